@@ -1,0 +1,144 @@
+"""The on-disk dataset: the contract between ingest, embed, index and search.
+
+    DATASET/
+      mmindex.json            format version, counts, shards, and a record of each stage run
+      shards/NNNNNN.tar       webdataset shards: KEY.jpg|png|..., KEY.wav|flac|..., KEY.txt, KEY.json
+      samples/NNNNNN.parquet  one row per sample of the shard of the same number (see SAMPLES_SCHEMA)
+      rejects/*.parquet       every input that was not ingested, with a reason (see REJECTS_SCHEMA)
+
+A shard is committed when its samples parquet exists: the tar is renamed into place first, then the
+parquet, so a tar without a parquet is the leftover of an interrupted run and is removed by the next.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmindex import storage
+
+FORMAT = "mmindex-dataset"
+FORMAT_VERSION = 1
+SHARD_DIGITS = 6
+
+SAMPLES_SCHEMA = pa.schema([
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("shard", pa.string(), nullable=False),
+    pa.field("modalities", pa.list_(pa.string()), nullable=False),
+    pa.field("members", pa.list_(pa.string()), nullable=False),
+    pa.field("caption", pa.string()),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("sha256", pa.string(), nullable=False),
+    pa.field("bytes", pa.int64(), nullable=False),
+    pa.field("image_format", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("audio_format", pa.string()),
+    pa.field("sample_rate", pa.int32()),
+    pa.field("channels", pa.int32()),
+    pa.field("duration_s", pa.float64()),
+])
+
+REJECTS_SCHEMA = pa.schema([
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("detail", pa.string(), nullable=False),
+])
+
+
+def shard_name(number: int) -> str:
+    return f"{number:0{SHARD_DIGITS}d}"
+
+
+def parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
+    """Rows as a parquet file; the same rows always give the same bytes."""
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    with storage.open_read(path) as f:
+        return pq.read_table(io.BytesIO(f.read()), columns=columns)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Paths and bookkeeping of one dataset folder (local or on any Beam file system)."""
+
+    root: str
+
+    @property
+    def metadata_path(self) -> str:
+        return storage.join(self.root, "mmindex.json")
+
+    def shard_path(self, number: int) -> str:
+        return storage.join(self.root, "shards", f"{shard_name(number)}.tar")
+
+    def samples_path(self, number: int) -> str:
+        return storage.join(self.root, "samples", f"{shard_name(number)}.parquet")
+
+    def rejects_path(self, name: str) -> str:
+        return storage.join(self.root, "rejects", f"{name}.parquet")
+
+    def scratch_path(self, name: str) -> str:
+        return storage.join(self.root, ".scratch", name)
+
+    def committed_shards(self) -> list[int]:
+        """Numbers of the shards whose samples parquet exists."""
+        names = storage.glob(storage.join(self.root, "samples", "*.parquet"))
+        return sorted(int(stem) for stem in (posixpath.basename(n)[: -len(".parquet")] for n in names)
+                      if stem.isdigit())
+
+    def remove_incomplete(self) -> list[str]:
+        """Deletes what an interrupted run left: temporary files, run reports, tars with no committed parquet."""
+        committed = {shard_name(n) for n in self.committed_shards()}
+        leftovers = [p for folder in ("shards", "samples", "rejects")
+                     for p in storage.glob(storage.join(self.root, folder, f"{storage.TEMP_MARK}*"))]
+        leftovers += storage.glob(self.scratch_path("*"))
+        leftovers += [p for p in storage.glob(storage.join(self.root, "shards", "*.tar"))
+                      if posixpath.basename(p)[: -len(".tar")] not in committed]
+        storage.delete(leftovers)
+        return leftovers
+
+    def read_metadata(self) -> dict[str, Any]:
+        if not storage.exists(self.metadata_path):
+            return {}
+        metadata = json.loads(storage.read_bytes(self.metadata_path))
+        if metadata.get("format") != FORMAT or metadata.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{self.metadata_path} is not an mmindex dataset of format version "
+                             f"<= {FORMAT_VERSION}; upgrade mmindex to read it")
+        return metadata
+
+    def write_metadata(self, metadata: dict[str, Any]) -> None:
+        storage.write_atomic(self.metadata_path, json.dumps(metadata, indent=2, sort_keys=True).encode())
+
+    def recorded_rejects(self) -> set[tuple[str, str, str]]:
+        """(source, reason, detail) of every reject already listed, so a repeat does not list it again."""
+        recorded: set[tuple[str, str, str]] = set()
+        for path in storage.glob(storage.join(self.root, "rejects", "*.parquet")):
+            table = read_parquet(path)
+            recorded.update(zip(*(table.column(c).to_pylist() for c in ("source", "reason", "detail")),
+                                strict=True))
+        return recorded
+
+    def totals(self) -> dict[str, Any]:
+        """Counts over every committed shard, read from the samples parquet (not from a cache that can lag)."""
+        shards, samples, nbytes = [], 0, 0
+        modalities = {"image": 0, "audio": 0, "text": 0}
+        for number in self.committed_shards():
+            table = read_parquet(self.samples_path(number), columns=["modalities"])
+            for present in table.column("modalities").to_pylist():
+                for modality in present:
+                    modalities[modality] += 1
+            tar_bytes = storage.size(self.shard_path(number))
+            shards.append({"name": shard_name(number), "samples": table.num_rows, "bytes": tar_bytes})
+            samples += table.num_rows
+            nbytes += tar_bytes
+        return {"samples": samples, "bytes": nbytes, "modalities": modalities, "shards": shards}

@@ -1,0 +1,138 @@
+"""What counts as a valid image, audio clip, text or metadata file, and why a file is refused.
+
+Every check reads the whole payload (images are decoded, audio is decoded to the end), because a
+header that parses says nothing about a truncated body. Limits guard against decompression bombs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import soundfile
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTS = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "bmp": "bmp",
+              "tif": "tiff", "tiff": "tiff"}
+AUDIO_EXTS = {"wav": "wav", "flac": "flac", "ogg": "ogg", "mp3": "mp3"}
+TEXT_EXTS = {"txt": "txt"}
+META_EXTS = {"json": "json"}
+PICKLE_EXTS = {"pkl", "pickle", "pyd", "pth", "pt", "ckpt", "joblib", "npy", "npz"}
+
+MODALITIES = ("image", "audio", "text")
+
+
+def modality_of(ext: str) -> str | None:
+    """'image', 'audio', 'text', 'meta', or None for a file type mmindex does not take."""
+    ext = ext.lower()
+    for modality, table in (("image", IMAGE_EXTS), ("audio", AUDIO_EXTS), ("text", TEXT_EXTS), ("meta", META_EXTS)):
+        if ext in table:
+            return modality
+    return None
+
+
+def canonical_ext(ext: str) -> str:
+    """The extension a member gets inside a shard (``jpeg`` -> ``jpg``, ``tif`` -> ``tiff``)."""
+    ext = ext.lower()
+    for table in (IMAGE_EXTS, AUDIO_EXTS, TEXT_EXTS, META_EXTS):
+        if ext in table:
+            return table[ext]
+    raise ValueError(f"unsupported extension {ext!r}")
+
+
+def unsupported_reason(ext: str) -> tuple[str, str]:
+    """Reason and detail for a file whose type mmindex does not take."""
+    if ext.lower() in PICKLE_EXTS:
+        return "refused pickle-like file", f"'.{ext}' files can run code when loaded; they are never read"
+    shown = f"'.{ext}'" if ext else "no extension"
+    return "unsupported file type", f"{shown} is not an image, audio, text (.txt) or metadata (.json) file"
+
+
+class Rejected(Exception):
+    """An input that cannot be ingested: ``reason`` is a short category, ``detail`` says what exactly."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep hostile or broken files from exhausting memory or time."""
+
+    max_file_bytes: int = 512 * 2**20
+    max_image_pixels: int = 100_000_000
+    max_text_bytes: int = 64 * 2**10
+    max_audio_seconds: float = 3 * 3600.0
+
+
+def inspect_image(data: bytes, limits: Limits) -> dict[str, Any]:
+    """Fully decodes an image; returns its format and size, or raises Rejected."""
+    Image.MAX_IMAGE_PIXELS = limits.max_image_pixels  # Pillow's own guard, at our limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > limits.max_image_pixels:
+                raise Rejected("image too large", f"{width}x{height} pixels is over the limit of "
+                               f"{limits.max_image_pixels:,} (a decompression bomb?)")
+            image.load()
+    except Rejected:
+        raise
+    except UnidentifiedImageError:
+        raise Rejected("unreadable image", "not an image in any format Pillow reads") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise Rejected("image too large", str(err)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        reason = "truncated image" if "truncated" in str(err).lower() else "corrupt image"
+        raise Rejected(reason, str(err) or type(err).__name__) from None
+    return {"image_format": (image.format or "").lower(), "width": width, "height": height}
+
+
+def inspect_audio(data: bytes, limits: Limits) -> dict[str, Any]:
+    """Decodes an audio clip to the end; returns duration and sample rate, or raises Rejected."""
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as clip:
+            rate, channels, declared = clip.samplerate, clip.channels, clip.frames
+            if rate <= 0:
+                raise Rejected("unreadable audio", f"sample rate {rate} Hz")
+            if declared / rate > limits.max_audio_seconds:
+                raise Rejected("audio too long", f"{declared / rate:,.0f} s is over the limit of "
+                               f"{limits.max_audio_seconds:,.0f} s")
+            frames = sum(len(block) for block in clip.blocks(blocksize=65536, dtype="float32"))
+            audio_format = clip.format.lower()
+    except Rejected:
+        raise
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        raise Rejected("unreadable audio", str(err)) from None
+    if frames == 0:
+        raise Rejected("empty audio", "the clip has no samples")
+    return {"audio_format": audio_format, "sample_rate": rate, "channels": channels,
+            "duration_s": round(frames / rate, 4)}
+
+
+def decode_text(data: bytes, limits: Limits) -> str:
+    """The text of a caption or text file: strict UTF-8 (a BOM is dropped), within the size limit."""
+    if len(data) > limits.max_text_bytes:
+        raise Rejected("text too long", f"{len(data):,} bytes is over the limit of {limits.max_text_bytes:,}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise Rejected("text not UTF-8", f"invalid byte at offset {err.start}") from None
+
+
+def parse_metadata(data: bytes, limits: Limits) -> dict[str, Any]:
+    """A metadata file must hold one JSON object."""
+    text = decode_text(data, limits)
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise Rejected("invalid JSON metadata", str(err)[:200]) from None
+    if not isinstance(value, dict):
+        raise Rejected("invalid JSON metadata", f"expected a JSON object, found {type(value).__name__}")
+    return value

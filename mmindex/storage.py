@@ -1,0 +1,117 @@
+"""File access through Beam's FileSystems, so every stage works on local disks and object stores alike.
+
+Writes are atomic: bytes go to a hidden temporary name beside the target and are renamed into place
+only once complete, so a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+TEMP_MARK = ".tmp-"
+
+
+def join(base: str, *parts: str) -> str:
+    return FileSystems.join(base, *parts)
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def size(path: str) -> int:
+    """Size in bytes; FileNotFoundError when nothing is there."""
+    found = FileSystems.match([path])[0].metadata_list
+    if not found:
+        raise FileNotFoundError(2, "No such file", path)
+    return found[0].size_in_bytes
+
+
+def glob(pattern: str) -> list[str]:
+    """Paths matching ``pattern``, sorted; an empty list when nothing matches."""
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def list_files(pattern: str) -> list[tuple[str, int]]:
+    """(path, size) of every file matching ``pattern``, sorted by path."""
+    return sorted((m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def open_read(path: str) -> BinaryIO:
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def read_bytes(path: str, offset: int = 0, length: int | None = None) -> bytes:
+    """The whole file, or ``length`` bytes from ``offset`` (a member inside an uncompressed tar)."""
+    with open_read(path) as f:
+        if offset:
+            f.seek(offset)
+        return f.read() if length is None else f.read(length)
+
+
+def delete(paths: list[str]) -> None:
+    if paths:
+        FileSystems.delete(paths)
+
+
+def temp_name(path: str) -> str:
+    """A hidden name beside ``path`` that no reader's glob (``*.tar``, ``*.parquet``) matches."""
+    directory, name = FileSystems.split(path)
+    return join(directory, f"{TEMP_MARK}{name}-{uuid.uuid4().hex}")
+
+
+class HashingWriter:
+    """Wraps a writable file and hashes what passes through, so a file's digest costs no second read."""
+
+    def __init__(self, raw: BinaryIO):
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self._raw.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str) -> Iterator[HashingWriter]:
+    """Yields a writer whose bytes appear at ``path`` only if the block completes."""
+    temp = temp_name(path)
+    if is_local(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    raw = FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED)
+    try:
+        writer = HashingWriter(raw)
+        yield writer
+        raw.close()
+    except BaseException:
+        raw.close()
+        delete([temp])
+        raise
+    if is_local(path):
+        os.replace(temp, path)
+    else:
+        if exists(path):
+            delete([path])
+        FileSystems.rename([temp], [path])
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    with atomic_writer(path) as out:
+        out.write(data)

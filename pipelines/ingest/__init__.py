@@ -1,0 +1,1 @@
+"""The ingest pipeline: raw multimodal corpora to webdataset shards (see pipeline.py)."""

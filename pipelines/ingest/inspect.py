@@ -1,0 +1,104 @@
+"""Validation: read every member of a candidate, check it fully, and give the sample its key.
+
+The key is derived from content (a digest over each modality's bytes), so it is stable across runs and
+machines, and two samples with the same image, audio and text are exact duplicates by construction.
+Metadata (.json) does not enter the key: the same content from two places is still one sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+
+from mmindex import storage
+from mmindex.media import (
+    Limits,
+    Rejected,
+    canonical_ext,
+    decode_text,
+    inspect_audio,
+    inspect_image,
+    modality_of,
+    parse_metadata,
+)
+from pipelines.ingest.records import Candidate, Member, SampleRecord
+
+KEY_HEX_DIGITS = 20  # 80 bits: a collision among a billion samples has odds below one in a million
+PRIMARY_ORDER = ("image", "audio", "text", "meta")
+
+
+def load_member(member: Member, limits: Limits) -> bytes:
+    """The member's bytes, refusing files over the size limit before reading them."""
+    if member.data is not None:
+        return member.data
+    assert member.path is not None
+    try:
+        size = member.size if member.size is not None else storage.size(member.path)
+        if size > limits.max_file_bytes:
+            raise Rejected("file too large", f"{size:,} bytes is over the limit of {limits.max_file_bytes:,}")
+        return storage.read_bytes(member.path, member.offset, member.size)
+    except FileNotFoundError:
+        raise Rejected("missing file", f"{member.path} does not exist") from None
+    except OSError as err:
+        raise Rejected("unreadable file", f"{member.path}: {err.strerror or err}") from None
+
+
+def inspect_candidate(candidate: Candidate, limits: Limits) -> SampleRecord:
+    """A validated SampleRecord, or Rejected saying why the candidate cannot be ingested."""
+    if candidate.problem:
+        raise Rejected(*candidate.problem)
+    by_modality: dict[str, list[Member]] = defaultdict(list)
+    for member in candidate.members:
+        by_modality[modality_of(member.ext) or "unsupported"].append(member)
+    for modality, members in by_modality.items():
+        if len(members) > 1:
+            raise Rejected("ambiguous sample", f"{len(members)} {modality} files share one name: "
+                           + ", ".join(m.ext for m in members))
+    if not {"image", "audio", "text"} & by_modality.keys():
+        raise Rejected("metadata without content", "a .json file with no image, audio or text beside it")
+
+    row: dict = {"caption": None}
+    digests: dict[str, str] = {}
+    members: dict[str, Member] = {}
+    modalities: list[str] = []
+    total = 0
+    for modality in PRIMARY_ORDER:
+        if modality not in by_modality:
+            continue
+        member = by_modality[modality][0]
+        data = load_member(member, limits)
+        if not data and not (modality == "text" and len(by_modality) > 1):
+            raise Rejected("empty file", f"the .{member.ext} file has 0 bytes")
+        if modality == "image":
+            row.update(inspect_image(data, limits))
+        elif modality == "audio":
+            row.update(inspect_audio(data, limits))
+        elif modality == "text":
+            text = decode_text(data, limits)
+            if not text.strip() and len(by_modality) == 1:
+                raise Rejected("empty text", "the text file holds only white space")
+            row["caption"] = text if text.strip() else None
+        else:
+            parse_metadata(data, limits)
+        if modality != "meta" and (modality != "text" or row["caption"] is not None):
+            modalities.append(modality)
+        ext = canonical_ext(member.ext)
+        digests[ext] = hashlib.sha256(data).hexdigest()
+        members[ext] = member
+        total += len(data)
+
+    content = "\n".join(f"{modality_of(ext)}:{digests[ext]}" for ext in sorted(digests)
+                        if modality_of(ext) != "meta")
+    sha256 = hashlib.sha256(content.encode()).hexdigest()
+    row.update(modalities=modalities, members=sorted(members), source=primary_source(candidate, members),
+               sha256=sha256, bytes=total)
+    return SampleRecord(key=sha256[:KEY_HEX_DIGITS], source=candidate.source, members=members,
+                        digests=digests, row=row)
+
+
+def primary_source(candidate: Candidate, members: dict[str, Member]) -> str:
+    """Where a person finds the sample: the path of its image, else audio, else text file; for samples
+    from tars or manifest text, the input they came from."""
+    first = min(members, key=lambda ext: PRIMARY_ORDER.index(modality_of(ext) or "meta"))
+    member = members[first]
+    return member.path if member.path and member.offset == 0 else candidate.source

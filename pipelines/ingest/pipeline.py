@@ -1,0 +1,165 @@
+"""The ingest pipeline: raw folders, manifests and webdataset tars -> a dataset of webdataset shards.
+
+    Discover -> Spread -> Inspect -> Deduplicate (against this run and the dataset) -> PlanShards
+             -> WriteShards -> Finalize (rejects parquet, mmindex.json, run report)
+
+Run it through ``mmindex ingest`` or directly, on any Beam runner:
+
+    python -m pipelines.ingest --source DIR --dataset OUT [--runner FlinkRunner --flink_master=...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.pvalue import AsList, AsSingleton, TaggedOutput
+
+from mmindex import storage
+from mmindex.dataset import Dataset, read_parquet
+from mmindex.media import Limits, Rejected
+from mmindex.progress import Progress
+from pipelines.ingest.inspect import inspect_candidate
+from pipelines.ingest.plan import ShardSize, plan_shards
+from pipelines.ingest.records import Candidate, Reject, SampleRecord
+from pipelines.ingest.sources import ManifestColumns, check_source, discover
+from pipelines.ingest.write import finalize, write_shard
+from pipelines.options import runner_and_options
+
+log = logging.getLogger("mmindex")
+DEFAULT_SHARD_SIZE = "10000,1GB"
+
+
+class InspectFn(beam.DoFn):
+    """Validates candidates; bad ones go to the 'rejected' output with a reason, never stopping the run."""
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+
+    def setup(self) -> None:
+        self.progress = Progress("ingest: checked")
+
+    def process(self, candidate: Candidate):
+        self.progress.add()
+        try:
+            yield inspect_candidate(candidate, self.limits)
+        except Rejected as err:
+            yield TaggedOutput("rejected", Reject(candidate.source, err.reason, err.detail))
+        except Exception as err:  # a decoder's unforeseen failure on hostile bytes must not stop the run
+            log.warning("unexpected error on %s", candidate.source, exc_info=True)
+            yield TaggedOutput("rejected", Reject(candidate.source, "unreadable input", f"{type(err).__name__}: {err}"))
+
+
+def deduplicate(item: tuple[str, dict[str, list]]):
+    """Keeps one sample per key (the first by source), unless the dataset already holds that key."""
+    key, groups = item
+    new: list[SampleRecord] = sorted(groups["new"], key=lambda r: r.source)
+    if groups["existing"]:
+        for _ in new:
+            yield TaggedOutput("already_present", key)
+        return
+    if new:
+        yield new[0]
+    for duplicate in new[1:]:
+        yield TaggedOutput("rejected", Reject(duplicate.source, "duplicate", f"same content as {new[0].source}"))
+
+
+def existing_keys(samples_parquet: str) -> list[tuple[str, None]]:
+    return [(key, None) for key in read_parquet(samples_parquet, ["key"]).column("key").to_pylist()]
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.ingest", description=__doc__.splitlines()[0])
+    parser.add_argument("--source", action="append", required=True, help="folder, manifest, tar or tar glob")
+    parser.add_argument("--dataset", required=True, help="dataset folder to create or add to")
+    parser.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE, help="samples and/or bytes per shard")
+    parser.add_argument("--workers", type=int, default=1, help="processes on this machine (default runner)")
+    parser.add_argument("--max-file-bytes", type=int, default=Limits.max_file_bytes)
+    parser.add_argument("--max-image-pixels", type=int, default=Limits.max_image_pixels)
+    parser.add_argument("--max-text-bytes", type=int, default=Limits.max_text_bytes)
+    parser.add_argument("--max-audio-seconds", type=float, default=Limits.max_audio_seconds)
+    for column in ("image", "audio", "caption"):
+        parser.add_argument(f"--{column}-column", help=f"manifest column with the {column}")
+    return parser.parse_known_args(argv)
+
+
+def manifest_columns(args: argparse.Namespace) -> ManifestColumns:
+    default = ManifestColumns()
+    return ManifestColumns(**{
+        name: ((chosen.lower(),) if (chosen := getattr(args, f"{name}_column")) else getattr(default, name))
+        for name in ("image", "audio", "caption")})
+
+
+def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
+    """Runs the ingest; returns the run's report (counts, rejects by reason, shards added)."""
+    args, beam_args = parse_args(argv)
+    for src in args.source:
+        check_source(src)
+    shard_size = ShardSize.parse(args.shard_size)
+    limits = Limits(args.max_file_bytes, args.max_image_pixels, args.max_text_bytes, args.max_audio_seconds)
+    columns = manifest_columns(args)
+    dataset = Dataset(args.dataset)
+    dataset.read_metadata()  # refuses a folder of another format before anything is written
+    removed = dataset.remove_incomplete()
+    if removed:
+        log.info("removed %d leftovers of an interrupted run", len(removed))
+    committed = dataset.committed_shards()
+    first_shard = committed[-1] + 1 if committed else 0
+    run_id = uuid.uuid4().hex[:12]
+    report_path = dataset.scratch_path(f"ingest-{run_id}.json")
+    run_info = {"stage": "ingest", "run_id": run_id, "started": time.time(), "sources": args.source,
+                "settings": {"shard_size": args.shard_size, "limits": asdict(limits),
+                             "manifest_columns": asdict(columns)}}
+
+    runner, options = runner_and_options(beam_args, args.workers)
+    pipeline = test_pipeline or beam.Pipeline(runner=runner, options=options)
+    with pipeline as p:
+        candidates = (
+            p
+            | "Sources" >> beam.Create(args.source)
+            | "Discover" >> beam.FlatMap(discover, columns, limits)
+            | "Spread" >> beam.Reshuffle()
+        )
+        inspected = candidates | "Inspect" >> beam.ParDo(InspectFn(limits)).with_outputs("rejected", main="samples")
+        existing = (
+            p
+            | "ExistingShards" >> beam.Create([dataset.samples_path(n) for n in committed])
+            | "ExistingKeys" >> beam.FlatMap(existing_keys)
+        )
+        deduped = (
+            {"new": inspected.samples | "ByKey" >> beam.Map(lambda r: (r.key, r)), "existing": existing}
+            | "Join" >> beam.CoGroupByKey()
+            | "Deduplicate" >> beam.FlatMap(deduplicate).with_outputs("rejected", "already_present", main="unique")
+        )
+        plan = (
+            deduped.unique
+            | "Sizes" >> beam.Map(lambda r: (r.key, [m.size or 0 for m in r.members.values()]))
+            | "AllSizes" >> beam.combiners.ToList()
+            | "PlanShards" >> beam.Map(plan_shards, first_shard, shard_size)
+        )
+        shards = (
+            deduped.unique
+            | "AssignShard" >> beam.Map(lambda r, plan: (plan[r.key], r), AsSingleton(plan))
+            | "GroupShards" >> beam.GroupByKey()
+            | "WriteShards" >> beam.MapTuple(lambda n, records: write_shard(n, list(records), dataset, limits))
+        )
+        rejects = (inspected.rejected, deduped.rejected) | "AllRejects" >> beam.Flatten()
+        _ = (
+            p
+            | "Once" >> beam.Create([None])
+            | "Finalize" >> beam.Map(
+                finalize, dataset=dataset, run=run_info, recorded=dataset.recorded_rejects(),
+                shards=AsList(shards), rejects=AsList(rejects),
+                found=AsSingleton(candidates | "CountFound" >> beam.combiners.Count.Globally()),
+                already_present=AsSingleton(deduped.already_present | "CountPresent" >> beam.combiners.Count.Globally()),
+                report_path=report_path)
+        )
+    report = json.loads(storage.read_bytes(report_path))
+    storage.delete([report_path])
+    return report

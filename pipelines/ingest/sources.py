@@ -1,0 +1,297 @@
+"""Discovery: turn each SRC argument (a folder tree, a manifest, webdataset tars) into candidate samples.
+
+Hostile layouts are caught here, before any byte is read: symlinks out of the source root, tar members
+with absolute or ``..`` paths, links and devices inside tars, manifest paths that leave the manifest's
+folder. Each becomes a Candidate carrying its problem, so it lands in rejects with a reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import posixpath
+import stat
+import tarfile
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+
+from mmindex import storage
+from mmindex.media import Limits, modality_of, unsupported_reason
+from pipelines.ingest.records import Candidate, Member
+
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class ManifestColumns:
+    """Which manifest columns name the image, the audio clip and the caption; the first present wins."""
+
+    image: tuple[str, ...] = ("image", "image_path", "img", "img_path", "filepath", "file_path")
+    audio: tuple[str, ...] = ("audio", "audio_path", "sound", "wav")
+    caption: tuple[str, ...] = ("caption", "text", "title", "description", "prompt")
+
+
+def source_kind(path: str) -> str:
+    """'tar', 'manifest' or 'tree', from the path's form."""
+    lower = path.lower()
+    if lower.endswith(TAR_SUFFIXES):
+        return "tar"
+    if lower.endswith(MANIFEST_SUFFIXES):
+        return "manifest"
+    return "tree"
+
+
+def check_source(src: str) -> None:
+    """Raises FileNotFoundError with a helpful message when SRC names nothing."""
+    if any(c in src for c in GLOB_CHARS):
+        if not storage.glob(src):
+            raise FileNotFoundError(f"no file matches {src!r}")
+    elif storage.is_local(src) and not os.path.exists(src):
+        raise FileNotFoundError(f"source not found: {src!r} (Beam options go as --name=value)")
+
+
+def discover(src: str, columns: ManifestColumns, limits: Limits) -> Iterator[Candidate]:
+    """Every candidate sample under one SRC argument."""
+    paths = storage.glob(src) if any(c in src for c in GLOB_CHARS) else [src]
+    for path in paths:
+        kind = source_kind(path)
+        if kind == "tar":
+            yield from read_tar(path, limits)
+        elif kind == "manifest":
+            yield from read_manifest(path, columns)
+        elif storage.is_local(path):
+            yield from walk_local_tree(path)
+        else:
+            yield from group_by_stem(storage.list_files(storage.join(path, "**")))
+
+
+# --- folder trees -------------------------------------------------------------------------------------
+
+def _split_stem(name: str) -> tuple[str, str]:
+    stem, dot, ext = name.rpartition(".")
+    return (stem, ext) if dot and stem else (name, "")
+
+
+def group_by_stem(files: Iterable[tuple[str, int]]) -> Iterator[Candidate]:
+    """Files that share a folder and a stem (``cat.jpg``, ``cat.txt``) form one candidate."""
+    groups: dict[str, list[Member]] = defaultdict(list)
+    for path, size in files:
+        stem, ext = _split_stem(posixpath.basename(path))
+        if modality_of(ext) is None:
+            yield Candidate(source=path, problem=unsupported_reason(ext))
+        else:
+            groups[posixpath.join(posixpath.dirname(path), stem)].append(Member(ext=ext.lower(), path=path, size=size))
+    for stem_path in sorted(groups):
+        members = tuple(sorted(groups[stem_path], key=lambda m: m.ext))
+        yield Candidate(source=describe(stem_path, members), members=members)
+
+
+def describe(stem_path: str, members: tuple[Member, ...]) -> str:
+    """``/d/cat.jpg`` for one file, ``/d/cat.{jpg,txt}`` for several."""
+    if len(members) == 1:
+        return f"{stem_path}.{members[0].ext}"
+    return f"{stem_path}.{{{','.join(m.ext for m in members)}}}"
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def walk_local_tree(root: str) -> Iterator[Candidate]:
+    """Walks a local folder without following symlinked folders; refuses links that leave the root."""
+    real_root = os.path.realpath(root)
+    for folder, subfolders, names in os.walk(root):
+        subfolders.sort()
+        files: list[tuple[str, int]] = []
+        for name in sorted(names + [d for d in subfolders if os.path.islink(os.path.join(folder, d))]):
+            path = os.path.join(folder, name)
+            problem = _local_file_problem(path, real_root)
+            if problem:
+                yield Candidate(source=path, problem=problem)
+            else:
+                files.append((path, os.stat(path).st_size))
+        yield from group_by_stem(files)
+
+
+def _local_file_problem(path: str, real_root: str) -> tuple[str, str] | None:
+    if os.path.islink(path):
+        target = os.path.realpath(path)
+        if not _inside(target, real_root):
+            return "symlink leaves the source", f"points to {target}, outside {real_root}"
+        if not os.path.exists(target):
+            return "broken symlink", f"points to {target}, which does not exist"
+        if os.path.isdir(target):
+            return "symlinked folder", "symlinked folders are not followed (they could loop or repeat samples)"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        return "unreadable file", err.strerror or str(err)
+    if not stat.S_ISREG(mode):
+        return "not a regular file", "devices, sockets and pipes are never read"
+    return None
+
+
+# --- manifests ----------------------------------------------------------------------------------------
+
+def read_manifest(path: str, columns: ManifestColumns) -> Iterator[Candidate]:
+    """One candidate per row; paths are relative to the manifest's folder and must stay inside it."""
+    base = os.path.dirname(os.path.abspath(path)) if storage.is_local(path) else posixpath.dirname(path)
+    try:
+        for number, row in _manifest_rows(path):
+            source = f"{path}#row={number}"
+            if isinstance(row, dict):
+                yield _row_candidate(source, row, base, columns)
+            else:
+                yield Candidate(source=source, problem=("invalid manifest row", row[:300]))
+    except (OSError, ValueError, csv.Error) as err:
+        yield Candidate(source=path, problem=("unreadable manifest", f"stopped reading: {err}"[:300]))
+
+
+def _pick(row: dict, names: tuple[str, ...]) -> str | None:
+    by_lower = {str(k).lower(): k for k in row}
+    return next((by_lower[n] for n in names if n in by_lower), None)
+
+
+def _row_candidate(source: str, row: dict, base: str, columns: ManifestColumns) -> Candidate:
+    image_col, audio_col, caption_col = (_pick(row, names) for names in (columns.image, columns.audio, columns.caption))
+    if not (image_col or audio_col or caption_col):
+        return Candidate(source=source, problem=(
+            "unusable manifest row", f"no column names an image ({', '.join(columns.image)}), audio "
+            f"({', '.join(columns.audio)}) or caption ({', '.join(columns.caption)})"))
+    members: list[Member] = []
+    for col in (image_col, audio_col):
+        value = row.get(col) if col else None
+        if value in (None, ""):
+            continue
+        resolved = resolve_inside(base, str(value))
+        if resolved is None:
+            return Candidate(source=source, problem=(
+                "path leaves the manifest's folder", f"{value!r} is not inside {base}"))
+        ext = _split_stem(posixpath.basename(resolved))[1]
+        if modality_of(ext) not in ("image", "audio"):
+            return Candidate(source=source, problem=unsupported_reason(ext))
+        members.append(Member(ext=ext.lower(), path=resolved))
+    caption = row.get(caption_col) if caption_col else None
+    if caption not in (None, ""):
+        members.append(Member(ext="txt", data=str(caption).encode("utf-8")))
+    used = {image_col, audio_col, caption_col}
+    extra = {k: v for k, v in row.items() if k not in used and v not in (None, "")}
+    if extra:
+        members.append(Member(ext="json", data=json.dumps(extra, sort_keys=True, ensure_ascii=False,
+                                                            default=str).encode("utf-8")))
+    if not members:
+        return Candidate(source=source, problem=("empty manifest row", "no image, audio or caption value"))
+    return Candidate(source=source, members=tuple(sorted(members, key=lambda m: m.ext)))
+
+
+def resolve_inside(base: str, relative: str) -> str | None:
+    """``relative`` joined to ``base``, or None if it points outside ``base`` (``..``, absolute, URL)."""
+    if "://" in relative:
+        return None
+    if storage.is_local(base):
+        joined = os.path.normpath(os.path.join(base, relative))
+        return joined if _inside(os.path.realpath(joined), os.path.realpath(base)) else None
+    joined = posixpath.normpath(posixpath.join(base, relative))
+    return joined if joined.startswith(base.rstrip("/") + "/") else None
+
+
+def _manifest_rows(path: str) -> Iterator[tuple[int, dict | str]]:
+    """(row number, row) for every data row; a row that cannot be parsed comes as its raw text."""
+    lower = path.lower()
+    if lower.endswith(".parquet"):
+        with storage.open_read(path) as f:
+            number = 0
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=4096):
+                for row in batch.to_pylist():
+                    number += 1
+                    yield number, row
+        return
+    with storage.open_read(path) as f:
+        text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
+        if lower.endswith(".jsonl"):
+            for number, line in enumerate(text, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except ValueError:
+                    yield number, line.strip()
+            return
+        reader = csv.reader(text, delimiter="\t" if lower.endswith(".tsv") else ",")
+        header = next(reader, None) or []
+        for row in reader:
+            if len(row) != len(header):
+                yield reader.line_num, f"{len(row)} fields where the header has {len(header)}"
+            else:
+                yield reader.line_num, dict(zip(header, row, strict=True))
+
+
+# --- webdataset tars ----------------------------------------------------------------------------------
+
+def read_tar(path: str, limits: Limits) -> Iterator[Candidate]:
+    """Members sharing a webdataset key (``dir/key.ext``) form one candidate.
+
+    Members of uncompressed tars are referenced by byte range; those of compressed tars are read
+    inline, since they cannot be reached by seeking.
+    """
+    compressed = not path.lower().endswith(".tar")
+    group_key: str | None = None
+    group: list[Member] = []
+    try:
+        with storage.open_read(path) as f, tarfile.open(fileobj=f, mode="r|*" if compressed else "r:") as tar:
+            for info in tar:
+                if info.isdir():
+                    continue
+                source = f"{path}::{info.name}"
+                problem = _tar_member_problem(info, limits)
+                key, ext = _split_tar_name(info.name)
+                if problem is None and modality_of(ext) is None:
+                    problem = unsupported_reason(ext)
+                if problem:
+                    yield Candidate(source=source, problem=problem)
+                    continue
+                if key != group_key:
+                    if group:
+                        yield _tar_candidate(path, group_key, group)
+                    group_key, group = key, []
+                data = tar.extractfile(info).read() if compressed else None
+                offset = None if compressed else info.offset_data
+                group.append(Member(ext=ext.lower(), path=None if compressed else path, offset=offset or 0,
+                                    size=info.size, data=data))
+    except (tarfile.TarError, OSError, EOFError) as err:
+        yield Candidate(source=path, problem=("unreadable tar", f"stopped reading: {err}"))
+    if group:
+        yield _tar_candidate(path, group_key, group)
+
+
+def _tar_candidate(path: str, key: str | None, members: list[Member]) -> Candidate:
+    ordered = tuple(sorted(members, key=lambda m: m.ext))
+    return Candidate(source=describe(f"{path}::{key}", ordered), members=ordered)
+
+
+def _split_tar_name(name: str) -> tuple[str, str]:
+    """webdataset's rule: the key is everything before the first dot of the file name."""
+    folder, base = posixpath.split(name)
+    stem, _, ext = base.partition(".")
+    return posixpath.join(folder, stem), ext
+
+
+def _tar_member_problem(info: tarfile.TarInfo, limits: Limits) -> tuple[str, str] | None:
+    name = info.name
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
+        return "unsafe path in tar", f"member name {name!r} is absolute or climbs out with '..'"
+    if info.issym() or info.islnk():
+        return "link in tar", f"links are refused (points to {info.linkname!r})"
+    if not info.isreg():
+        return "not a regular file", "devices and other special tar members are never read"
+    if info.size > limits.max_file_bytes:
+        return "file too large", f"{info.size:,} bytes is over the limit of {limits.max_file_bytes:,}"
+    return None
