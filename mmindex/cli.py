@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from mmindex.dataset import DatasetBusy
 from mmindex.media import Limits
 
 app = typer.Typer(
@@ -55,6 +56,9 @@ def human_bytes(n: float) -> str:
 
 def print_ingest_summary(report: dict[str, Any], dataset: str, seconds: float) -> None:
     c = report["counts"]
+    if c["found"] == 0:
+        typer.echo("No inputs found: nothing to ingest.")
+        return
     rate = c["ingested"] / seconds if seconds else 0.0
     if not report["changed"]:
         typer.echo(f"Nothing to do: all {c['found']:,} inputs were already ingested or rejected "
@@ -118,7 +122,7 @@ def ingest(
                 (("image", image_column), ("audio", audio_column), ("caption", caption_column)) if value]
     try:
         run_ingest(paths, out, options + beam_args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, DatasetBusy) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(2) from None
 

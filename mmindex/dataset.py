@@ -12,9 +12,13 @@ parquet, so a tar without a parquet is the leftover of an interrupted run and is
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import posixpath
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +54,10 @@ REJECTS_SCHEMA = pa.schema([
     pa.field("reason", pa.string(), nullable=False),
     pa.field("detail", pa.string(), nullable=False),
 ])
+
+
+class DatasetBusy(RuntimeError):
+    """Another run is writing to the dataset."""
 
 
 def shard_name(number: int) -> str:
@@ -89,6 +97,39 @@ class Dataset:
 
     def scratch_path(self, name: str) -> str:
         return storage.join(self.root, ".scratch", name)
+
+    @contextlib.contextmanager
+    def exclusive(self, stage: str) -> Iterator[None]:
+        """Refuses a second run writing to the same local dataset; a lock whose process died is taken over.
+
+        (Object stores have no such lock: run one writer per dataset there.)
+        """
+        if not storage.is_local(self.root):
+            yield
+            return
+        os.makedirs(self.root, exist_ok=True)
+        path = os.path.join(self.root, ".lock")
+        mine = json.dumps({"stage": stage, "pid": os.getpid(), "host": socket.gethostname()})
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                holder = _read_lock(path)
+                if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid", -1)):
+                    os.unlink(path)
+                    continue
+                raise DatasetBusy(f"{self.root} is being written by another run ({holder.get('stage')}, "
+                                   f"pid {holder.get('pid')} on {holder.get('host')}); if none is running, "
+                                   f"delete {path}") from None
+        else:
+            raise DatasetBusy(f"could not lock {self.root}")
+        with os.fdopen(fd, "w") as f:
+            f.write(mine)
+        try:
+            yield
+        finally:
+            os.unlink(path)
 
     def committed_shards(self) -> list[int]:
         """Numbers of the shards whose samples parquet exists."""
@@ -142,3 +183,23 @@ class Dataset:
             samples += table.num_rows
             nbytes += tar_bytes
         return {"samples": samples, "bytes": nbytes, "modalities": modalities, "shards": shards}
+
+
+def _read_lock(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True

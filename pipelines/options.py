@@ -19,5 +19,8 @@ def runner_and_options(beam_args: list[str], workers: int = 1) -> tuple[Pipeline
     if any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args):
         return None, PipelineOptions(beam_args)
     mode = "in_memory" if workers == 1 else "multi_processing"
-    options = PipelineOptions([*beam_args, f"--direct_num_workers={workers}", f"--direct_running_mode={mode}"])
-    return FnApiRunner(), options
+    defaults = [f"--direct_num_workers={workers}", f"--direct_running_mode={mode}"]
+    if not any(arg.startswith("--default_sdk_harness_log_level") for arg in beam_args):
+        # Worker processes: Beam's own chatter off, mmindex's progress lines on.
+        defaults += ["--default_sdk_harness_log_level=WARNING", '--sdk_harness_log_level_overrides={"mmindex":"INFO"}']
+    return FnApiRunner(), PipelineOptions([*beam_args, *defaults])

@@ -101,11 +101,17 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     args, beam_args = parse_args(argv)
     for src in args.source:
         check_source(src)
+    dataset = Dataset(args.dataset)
+    dataset.read_metadata()  # refuses a folder of another format before anything is written
+    with dataset.exclusive("ingest"):
+        return _ingest(args, beam_args, dataset, test_pipeline)
+
+
+def _ingest(args: argparse.Namespace, beam_args: list[str], dataset: Dataset,
+            test_pipeline: beam.Pipeline | None) -> dict[str, Any]:
     shard_size = ShardSize.parse(args.shard_size)
     limits = Limits(args.max_file_bytes, args.max_image_pixels, args.max_text_bytes, args.max_audio_seconds)
     columns = manifest_columns(args)
-    dataset = Dataset(args.dataset)
-    dataset.read_metadata()  # refuses a folder of another format before anything is written
     removed = dataset.remove_incomplete()
     if removed:
         log.info("removed %d leftovers of an interrupted run", len(removed))
@@ -157,7 +163,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
                 finalize, dataset=dataset, run=run_info, recorded=dataset.recorded_rejects(),
                 shards=AsList(shards), rejects=AsList(rejects),
                 found=AsSingleton(candidates | "CountFound" >> beam.combiners.Count.Globally()),
-                already_present=AsSingleton(deduped.already_present | "CountPresent" >> beam.combiners.Count.Globally()),
+                already_present=AsSingleton(
+                    deduped.already_present | "CountPresent" >> beam.combiners.Count.Globally()),
                 report_path=report_path)
         )
     report = json.loads(storage.read_bytes(report_path))

@@ -1,0 +1,52 @@
+"""The mmindex command as a user meets it: summaries, the demo, and errors that say what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from mmindex.cli import app
+
+runner = CliRunner()
+
+
+def test_ingest_prints_a_summary_and_a_repeat_says_nothing_to_do(corpus: Path, tmp_path: Path):
+    (corpus / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "ds"
+    first = runner.invoke(app, ["ingest", str(corpus), "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    assert "Ingested" in first.output and "samples/s" in first.output
+    assert "unreadable image" in first.output and "rejects" in first.output
+    again = runner.invoke(app, ["ingest", str(corpus), "--out", str(out)])
+    assert again.exit_code == 0 and "Nothing to do" in again.output
+
+
+def test_beam_options_pass_through(corpus: Path, tmp_path: Path):
+    default = runner.invoke(app, ["ingest", str(corpus / "texts"), "--out", str(tmp_path / "a")])
+    other = runner.invoke(app, ["ingest", str(corpus / "texts"), "--out", str(tmp_path / "b"),
+                                "--runner=BundleBasedDirectRunner"])
+    assert default.exit_code == 0 and other.exit_code == 0, other.output
+    shard = Path("shards", "000000.tar")
+    assert (tmp_path / "b" / shard).read_bytes() == (tmp_path / "a" / shard).read_bytes()
+
+
+def test_errors_are_clear(tmp_path: Path):
+    missing = runner.invoke(app, ["ingest", str(tmp_path / "nope"), "--out", str(tmp_path / "ds")])
+    assert missing.exit_code == 2 and "source not found" in missing.output
+    bad_size = runner.invoke(app, ["ingest", str(tmp_path), "--out", str(tmp_path / "ds"), "--shard-size", "lots"])
+    assert bad_size.exit_code == 2 and "--shard-size" in bad_size.output
+    no_source = runner.invoke(app, ["ingest", "--runner=DirectRunner", "--out", str(tmp_path / "ds")])
+    assert no_source.exit_code == 2
+    not_ours = tmp_path / "other"
+    not_ours.mkdir()
+    (not_ours / "mmindex.json").write_text('{"format": "something-else"}')
+    foreign = runner.invoke(app, ["ingest", str(tmp_path / "other"), "--out", str(not_ours)])
+    assert foreign.exit_code == 2 and "not an mmindex dataset" in foreign.output
+
+
+def test_demo_runs_the_whole_job(tmp_path: Path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert "Dataset ready" in result.output
+    assert list((tmp_path / "demo" / "dataset" / "shards").glob("*.tar"))

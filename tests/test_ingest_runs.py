@@ -1,0 +1,130 @@
+"""Runs of the ingest: deterministic, incremental, a no-op when repeated, complete after an interruption,
+and the same shards on every runner (in-process, several processes, Beam's portable job API)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import file_digests, ingest, read_shards, read_table
+from mmindex.dataset import Dataset
+from pipelines.ingest import write
+
+SHARDS = ("--shard-size=30",)
+
+
+def committed_files(dataset: Path) -> dict[str, str]:
+    """Digests of the shards and parquet files (mmindex.json holds times, so it is left out)."""
+    return {k: v for k, v in file_digests(dataset).items() if not k.endswith("mmindex.json")}
+
+
+def test_same_inputs_give_byte_identical_datasets(corpus: Path, tmp_path: Path):
+    ingest(corpus, dataset=tmp_path / "a", extra=SHARDS)
+    ingest(corpus, dataset=tmp_path / "b", extra=SHARDS)
+    first = committed_files(tmp_path / "a")
+    assert len([k for k in first if k.startswith("shards/")]) > 1
+    assert first == committed_files(tmp_path / "b")
+
+
+def test_repeat_is_a_no_op_and_says_so(corpus: Path, tmp_path: Path):
+    dataset = tmp_path / "ds"
+    first = ingest(corpus, dataset=dataset, extra=SHARDS)
+    before = {p: p.stat().st_mtime_ns for p in dataset.rglob("*") if p.is_file()}
+    again = ingest(corpus, dataset=dataset, extra=SHARDS)
+    assert again["changed"] is False
+    assert again["counts"]["ingested"] == 0
+    assert again["counts"]["already_present"] == first["counts"]["ingested"] + first["counts"]["duplicates_in_run"]
+    assert {p: p.stat().st_mtime_ns for p in dataset.rglob("*") if p.is_file()} == before
+
+
+def test_new_inputs_go_into_new_shards_only(corpus: Path, tmp_path: Path):
+    extra_dir = tmp_path / "later"
+    extra_dir.mkdir()
+    for path in sorted((corpus / "speech").iterdir())[:6]:
+        shutil.move(path, extra_dir / path.name)
+    dataset = tmp_path / "ds"
+    first = ingest(corpus, dataset=dataset, extra=SHARDS)
+    before = committed_files(dataset)
+
+    second = ingest(corpus, extra_dir, dataset=dataset, extra=SHARDS)
+    after = committed_files(dataset)
+    assert {k: v for k, v in after.items() if k in before} == before, "finished shards are never touched"
+    new_shards = sorted(k for k in set(after) - set(before) if k.startswith("shards/"))
+    assert new_shards == [f"shards/{s['name']}.tar" for s in second["shards_added"]]
+    assert second["counts"]["ingested"] == 3  # six files: three clips with their transcripts
+    assert second["counts"]["already_present"] == first["counts"]["ingested"] + first["counts"]["duplicates_in_run"]
+    meta = json.loads((dataset / "mmindex.json").read_text())
+    assert meta["counts"]["samples"] == first["counts"]["ingested"] + 3
+    assert len(meta["runs"]) == 2
+
+
+def test_an_interrupted_run_is_completed_by_the_next(corpus: Path, tmp_path: Path, monkeypatch):
+    dataset = tmp_path / "ds"
+    real_write_shard = write.write_shard
+    calls = []
+
+    def dies_on_third_shard(number, records, *args):
+        calls.append(number)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return real_write_shard(number, records, *args)
+
+    monkeypatch.setattr("pipelines.ingest.pipeline.write_shard", dies_on_third_shard)
+    with pytest.raises(Exception, match="killed"):
+        ingest(corpus, dataset=dataset, extra=("--shard-size=10",))
+    (dataset / "shards" / "000099.tar").write_bytes(b"leftover of a killed writer")
+    visible = [p.name for p in dataset.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert "mmindex.json" not in visible
+    monkeypatch.undo()
+
+    report = ingest(corpus, dataset=dataset, extra=("--shard-size=10",))
+    assert not (dataset / "shards" / "000099.tar").exists()
+    reference = tmp_path / "clean"
+    ingest(corpus, dataset=reference, extra=("--shard-size=10",))
+    assert set(read_shards(dataset)) == set(read_shards(reference))
+    assert report["counts"]["already_present"] == 2 * 10  # the two shards committed before the kill
+    assert Dataset(str(dataset)).totals()["samples"] == len(read_table(reference / "samples"))
+    assert not [p for p in dataset.rglob(".tmp-*")], "no temporary file is left behind"
+
+
+def test_two_worker_processes_give_the_same_shards(corpus: Path, tmp_path: Path):
+    ingest(corpus, dataset=tmp_path / "one", extra=SHARDS)
+    ingest(corpus, dataset=tmp_path / "two", extra=(*SHARDS, "--workers=2"))
+    assert committed_files(tmp_path / "one") == committed_files(tmp_path / "two")
+
+
+@pytest.fixture(scope="module")
+def job_service():
+    """Beam's own job service, as a Flink or Spark job server receives a pipeline."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    service = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("localhost", port)) == 0:
+                break
+        time.sleep(0.2)
+    else:
+        service.kill()
+        pytest.fail("the local job service did not start")
+    yield f"localhost:{port}"
+    service.terminate()
+    service.wait(timeout=30)
+
+
+def test_portable_job_api_gives_the_same_shards(corpus: Path, tmp_path: Path, job_service: str):
+    ingest(corpus, dataset=tmp_path / "local", extra=SHARDS)
+    report = ingest(corpus, dataset=tmp_path / "portable", extra=(
+        *SHARDS, "--runner=PortableRunner", f"--job_endpoint={job_service}", "--environment_type=LOOPBACK"))
+    assert report["counts"]["ingested"] > 0
+    assert committed_files(tmp_path / "local") == committed_files(tmp_path / "portable")

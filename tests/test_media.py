@@ -1,0 +1,71 @@
+"""The checks behind each reject reason, on real media from the demo corpus and on crafted bad bytes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+from mmindex.demo import CORPUS
+from mmindex.media import Limits, Rejected, decode_text, inspect_audio, inspect_image, parse_metadata
+
+LIMITS = Limits()
+
+
+def jpeg(size=(64, 48)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_real_photos_and_sounds_pass():
+    photo = sorted((CORPUS / "photos").glob("*.jpg"))[0].read_bytes()
+    info = inspect_image(photo, LIMITS)
+    assert info["image_format"] == "jpeg" and info["width"] > 0
+    for clip in sorted((CORPUS / "sounds").glob("*.mp3"))[:2] + sorted((CORPUS / "speech").glob("*.wav"))[:2]:
+        info = inspect_audio(clip.read_bytes(), LIMITS)
+        assert info["duration_s"] > 0.1 and info["sample_rate"] in (8000, 16000, 22050, 44100, 48000)
+
+
+def test_image_pixel_limit_is_checked_before_decoding():
+    with pytest.raises(Rejected, match="over the limit"):
+        inspect_image(jpeg((200, 100)), Limits(max_image_pixels=10_000))
+    assert inspect_image(jpeg((100, 100)), Limits(max_image_pixels=10_000))["width"] == 100
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"GIF89a" + b"\0" * 10, "corrupt image"),
+    (b"plain text", "unreadable image"),
+    (jpeg()[:300], "truncated image"),
+])
+def test_broken_images(data, reason):
+    with pytest.raises(Rejected) as err:
+        inspect_image(data, LIMITS)
+    assert err.value.reason == reason
+
+
+def test_audio_duration_limit_and_truncation():
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(16000 * 3, dtype="float32"), 16000, format="WAV")
+    with pytest.raises(Rejected, match="audio too long"):
+        inspect_audio(buffer.getvalue(), Limits(max_audio_seconds=2))
+    assert inspect_audio(buffer.getvalue(), LIMITS)["duration_s"] == 3.0
+    with pytest.raises(Rejected, match="unreadable audio"):
+        inspect_audio(b"RIFF" + b"\xff" * 100, LIMITS)
+
+
+def test_text_must_be_utf8_and_within_limit():
+    assert decode_text("\ufeffcafé".encode(), LIMITS) == "café"
+    with pytest.raises(Rejected, match="not UTF-8"):
+        decode_text(b"caf\xe9", LIMITS)
+    with pytest.raises(Rejected, match="too long"):
+        decode_text(b"x" * 11, Limits(max_text_bytes=10))
+
+
+@pytest.mark.parametrize("data", [b"[1, 2]", b"{", b"[" * 100_000 + b"]" * 100_000])
+def test_metadata_must_be_one_json_object(data):
+    with pytest.raises(Rejected, match="invalid JSON metadata"):
+        parse_metadata(data, Limits(max_text_bytes=10**6))
