@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 import typer
 
-from mmindex.dataset import DatasetBusy
 from mmindex.media import Limits
 
 app = typer.Typer(
@@ -120,6 +119,8 @@ def ingest(
                f"--max-audio-seconds={max_audio_seconds}"]
     options += [f"--{name}-column={value}" for name, value in
                 (("image", image_column), ("audio", audio_column), ("caption", caption_column)) if value]
+    from mmindex.dataset import DatasetBusy
+
     try:
         run_ingest(paths, out, options + beam_args)
     except (FileNotFoundError, ValueError, DatasetBusy) as err:

@@ -29,7 +29,7 @@ def write_manifest(rows: list[dict], path: Path) -> None:
     if path.suffix == ".jsonl":
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     elif path.suffix == ".parquet":
-        pq.write_table(pa.Table.from_pylist(rows), path)
+        pq.write_table(pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows]), path)
     else:
         sep = "\t" if path.suffix == ".tsv" else ","
         lines = [sep.join(columns)] + [sep.join(str(r.get(c, "")) for c in columns) for r in rows]

@@ -4,6 +4,7 @@ and the same shards on every runner (in-process, several processes, Beam's porta
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -14,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from conftest import file_digests, ingest, read_shards, read_table
-from mmindex.dataset import Dataset
+from mmindex.dataset import Dataset, DatasetBusy
 from pipelines.ingest import write
 
-SHARDS = ("--shard-size=30",)
+SHARDS = ("--shard-size=10",)
 
 
 def committed_files(dataset: Path) -> dict[str, str]:
@@ -82,6 +83,8 @@ def test_an_interrupted_run_is_completed_by_the_next(corpus: Path, tmp_path: Pat
     (dataset / "shards" / "000099.tar").write_bytes(b"leftover of a killed writer")
     visible = [p.name for p in dataset.rglob("*") if p.is_file() and not p.name.startswith(".")]
     assert "mmindex.json" not in visible
+    committed_before = len(read_table(dataset / "samples"))
+    assert committed_before > 0, "two shards were committed before the kill"
     monkeypatch.undo()
 
     report = ingest(corpus, dataset=dataset, extra=("--shard-size=10",))
@@ -89,7 +92,7 @@ def test_an_interrupted_run_is_completed_by_the_next(corpus: Path, tmp_path: Pat
     reference = tmp_path / "clean"
     ingest(corpus, dataset=reference, extra=("--shard-size=10",))
     assert set(read_shards(dataset)) == set(read_shards(reference))
-    assert report["counts"]["already_present"] == 2 * 10  # the two shards committed before the kill
+    assert report["counts"]["already_present"] == committed_before
     assert Dataset(str(dataset)).totals()["samples"] == len(read_table(reference / "samples"))
     assert not [p for p in dataset.rglob(".tmp-*")], "no temporary file is left behind"
 
@@ -128,3 +131,18 @@ def test_portable_job_api_gives_the_same_shards(corpus: Path, tmp_path: Path, jo
         *SHARDS, "--runner=PortableRunner", f"--job_endpoint={job_service}", "--environment_type=LOOPBACK"))
     assert report["counts"]["ingested"] > 0
     assert committed_files(tmp_path / "local") == committed_files(tmp_path / "portable")
+
+
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(corpus: Path, tmp_path: Path):
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    lock = dataset / ".lock"
+    lock.write_text(json.dumps({"stage": "ingest", "pid": os.getpid(), "host": socket.gethostname()}))
+    with pytest.raises(DatasetBusy, match="being written by another run"):
+        ingest(corpus / "texts", dataset=dataset)
+    assert not (dataset / "shards").exists()
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"stage": "ingest", "pid": int(dead.stdout), "host": socket.gethostname()}))
+    assert ingest(corpus / "texts", dataset=dataset)["counts"]["ingested"] > 0
+    assert not lock.exists()

@@ -25,6 +25,7 @@ from pipelines.ingest.records import Candidate, Member, SampleRecord
 
 KEY_HEX_DIGITS = 20  # 80 bits: a collision among a billion samples has odds below one in a million
 PRIMARY_ORDER = ("image", "audio", "text", "meta")
+INLINE_BYTES = 4096
 
 
 def load_member(member: Member, limits: Limits) -> bytes:
@@ -84,7 +85,8 @@ def inspect_candidate(candidate: Candidate, limits: Limits) -> SampleRecord:
             modalities.append(modality)
         ext = canonical_ext(member.ext)
         digests[ext] = hashlib.sha256(data).hexdigest()
-        members[ext] = member
+        # Small files travel inline: cheaper than opening them again when the shard is written.
+        members[ext] = Member(ext=member.ext, data=data) if len(data) <= INLINE_BYTES else member
         total += len(data)
 
     content = "\n".join(f"{modality_of(ext)}:{digests[ext]}" for ext in sorted(digests)

@@ -70,6 +70,18 @@ def deduplicate(item: tuple[str, dict[str, list]]):
         yield TaggedOutput("rejected", Reject(duplicate.source, "duplicate", f"same content as {new[0].source}"))
 
 
+def discover_in_batches(src: str, columns: ManifestColumns, limits: Limits, size: int = 64):
+    """Candidates in small batches, so that spreading them over workers costs one shuffle per batch."""
+    batch: list[Candidate] = []
+    for candidate in discover(src, columns, limits):
+        batch.append(candidate)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def existing_keys(samples_parquet: str) -> list[tuple[str, None]]:
     return [(key, None) for key in read_parquet(samples_parquet, ["key"]).column("key").to_pylist()]
 
@@ -129,8 +141,9 @@ def _ingest(args: argparse.Namespace, beam_args: list[str], dataset: Dataset,
         candidates = (
             p
             | "Sources" >> beam.Create(args.source)
-            | "Discover" >> beam.FlatMap(discover, columns, limits)
+            | "Discover" >> beam.FlatMap(discover_in_batches, columns, limits)
             | "Spread" >> beam.Reshuffle()
+            | "Unbatch" >> beam.FlatMap(lambda batch: batch)
         )
         inspected = candidates | "Inspect" >> beam.ParDo(InspectFn(limits)).with_outputs("rejected", main="samples")
         existing = (
