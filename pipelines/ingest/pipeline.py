@@ -73,13 +73,16 @@ def deduplicate(item: tuple[str, dict[str, list]]):
 def discover_in_batches(src: str, columns: ManifestColumns, limits: Limits, size: int = 64):
     """Candidates in small batches, so that spreading them over workers costs one shuffle per batch."""
     batch: list[Candidate] = []
+    progress = Progress(f"ingest: found in {src}", unit="candidates")
     for candidate in discover(src, columns, limits):
         batch.append(candidate)
+        progress.add()
         if len(batch) == size:
             yield batch
             batch = []
     if batch:
         yield batch
+    log.info("ingest: found %s candidate samples in %s", f"{progress.count:,}", src)
 
 
 def existing_keys(samples_parquet: str) -> list[tuple[str, None]]:

@@ -198,8 +198,10 @@ def resolve_inside(base: str, relative: str) -> str | None:
     if storage.is_local(base):
         joined = os.path.normpath(os.path.join(base, relative))
         return joined if _inside(os.path.realpath(joined), os.path.realpath(base)) else None
-    joined = posixpath.normpath(posixpath.join(base, relative))
-    return joined if joined.startswith(base.rstrip("/") + "/") else None
+    scheme, _, root = base.partition("://")  # normpath would fold the '//' of 'gs://'
+    root = "/" + root.strip("/")
+    joined = posixpath.normpath(posixpath.join(root, relative))
+    return f"{scheme}://{joined.lstrip('/')}" if joined.startswith(root + "/") else None
 
 
 def _manifest_rows(path: str) -> Iterator[tuple[int, dict | str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from typing import Any
 
@@ -13,6 +14,8 @@ from mmindex.media import Limits
 from mmindex.shards import write_tar
 from pipelines.ingest.inspect import load_member
 from pipelines.ingest.records import Reject, SampleRecord
+
+log = logging.getLogger("mmindex")
 
 
 class SourceChanged(RuntimeError):
@@ -37,6 +40,7 @@ def write_shard(number: int, records: list[SampleRecord], dataset: Dataset, limi
         write_tar(out, ((r.key, _member_bytes(r, limits)) for r in records))
     rows = [{**r.row, "key": r.key, "shard": name} for r in records]
     storage.write_atomic(dataset.samples_path(number), parquet_bytes(rows, SAMPLES_SCHEMA))
+    log.info("ingest: wrote shard %s (%s samples, %.1f MB)", name, f"{len(records):,}", out.size / 1e6)
     return {"name": name, "samples": len(records), "bytes": out.size, "sha256": out.sha256.hexdigest()}
 
 

@@ -1,0 +1,148 @@
+"""Ingest throughput against a near-floor baseline measured in the same run.
+
+    python benchmarks/ingest_bench.py [--samples 20000] [--workdir DIR] [--workers 1 2]
+
+Builds once (cached in --workdir) a folder tree of at least --samples real-media samples: crops of the
+scikit-image photos as JPEGs with captions, recorded speech clips with transcripts (WAV, and the same clips
+as FLAC), CC0 animal sounds, and WordNet glosses as text samples. Then, on a warm page cache, it times:
+
+    baseline  one process groups files by stem, reads them and writes 10,000-sample tars with tarfile
+              (no validation: a near floor for the I/O and tar work)
+    mmindex   the ingest pipeline (full decode of every image and clip, dedup, parquet, atomic commits)
+              with 1 and 2 worker processes
+
+and prints samples/s, MB/s and each run's ratio to the baseline's throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import real_data
+from pipelines.ingest.pipeline import run
+
+
+def build_corpus(root: Path, samples: int, workdir: Path) -> None:
+    """Writes the benchmark corpus under ``root`` (a folder tree, one stem per sample)."""
+    rng = np.random.default_rng(0)
+    speech = real_data.speech_clips(workdir)
+    (root / "speech").mkdir(parents=True)
+    for wav, transcript in speech:
+        for ext in ("wav", "flac"):
+            stem = root / "speech" / f"{Path(wav).stem}_{ext}"
+            if ext == "wav":
+                shutil.copy(wav, f"{stem}.wav")
+            else:
+                audio, rate = soundfile.read(wav)
+                soundfile.write(f"{stem}.flac", audio, rate)
+            Path(f"{stem}.txt").write_text(transcript)
+    (root / "sounds").mkdir()
+    for path, caption in real_data.animal_sounds(workdir):
+        shutil.copy(path, root / "sounds" / Path(path).name)
+        (root / "sounds" / Path(path).with_suffix(".txt").name).write_text(caption)
+    texts = real_data.wordnet_glosses(workdir, limit=samples // 2)
+    (root / "texts").mkdir()
+    for i, (lemma, text) in enumerate(texts):
+        (root / "texts" / f"{i:06d}.txt").write_text(f"{lemma}: {text}")
+    photos = real_data.skimage_photos()
+    n_images = max(0, samples - len(speech) * 2 - len(texts)) + 50
+    (root / "photos").mkdir()
+    for i in range(n_images):
+        name, image, description = photos[i % len(photos)]
+        image = Image.fromarray(np.asarray(image)).convert("RGB")
+        side = int(rng.integers(min(image.size) // 3, min(image.size) + 1))
+        x, y = (int(rng.integers(0, d - side + 1)) for d in image.size)
+        out = int(rng.integers(256, 513))
+        crop = image.crop((x, y, x + side, y + side)).resize((out, out), Image.Resampling.BICUBIC)
+        crop.save(root / "photos" / f"{name}_{i:06d}.jpg", quality=90)
+        (root / "photos" / f"{name}_{i:06d}.txt").write_text(f"a detail of {description}")
+
+
+def warm_read(root: Path) -> tuple[int, int]:
+    """Reads every file once so that all timed runs see a warm page cache; returns (files, bytes)."""
+    files = nbytes = 0
+    for path in root.rglob("*"):
+        if path.is_file():
+            files += 1
+            nbytes += len(path.read_bytes())
+    return files, nbytes
+
+
+def baseline(root: Path, out: Path, shard_samples: int = 10_000) -> int:
+    """Reads the same files and writes plain tars in one process; returns the samples written."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for folder, _, names in os.walk(root):
+        for name in names:
+            stem, _, ext = name.rpartition(".")
+            groups[os.path.join(folder, stem)].append(ext)
+    out.mkdir(parents=True)
+    stems = sorted(groups.items())
+    for first in range(0, len(stems), shard_samples):
+        with tarfile.open(out / f"{first // shard_samples:06d}.tar", "w") as tar:
+            for i, (stem, exts) in enumerate(stems[first: first + shard_samples], start=first):
+                for ext in exts:
+                    data = Path(f"{stem}.{ext}").read_bytes()
+                    info = tarfile.TarInfo(f"{i:09d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return len(groups)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=20_000)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mmindex-bench")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+
+    root = args.workdir / f"corpus-{args.samples}"
+    if not (args.workdir / f"corpus-{args.samples}.done").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"building the corpus in {root} (once) ...", flush=True)
+        build_corpus(root, args.samples, args.workdir)
+        (args.workdir / f"corpus-{args.samples}.done").touch()
+    files, nbytes = warm_read(root)
+    print(f"corpus: {files:,} files, {nbytes / 1e6:,.1f} MB; machine: {os.cpu_count()} cores")
+
+    results: list[tuple[str, int, float]] = []
+    scratch = Path(tempfile.mkdtemp(prefix="mmindex-bench-"))
+    try:
+        for name in ["baseline"] + [f"mmindex --workers {w}" for w in args.workers] + ["baseline (again)"]:
+            out = scratch / name.replace(" ", "_")
+            started = time.perf_counter()
+            if name.startswith("baseline"):
+                count = baseline(root, out)
+            else:
+                report = run([f"--source={root}", f"--dataset={out}", f"--workers={name.split()[-1]}"])
+                count = report["counts"]["ingested"]
+            results.append((name, count, time.perf_counter() - started))
+            shutil.rmtree(out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    floor = np.mean([count / seconds for name, count, seconds in results if name.startswith("baseline")])
+    print(f"\n{'run':<22}{'samples':>9}{'seconds':>10}{'samples/s':>12}{'MB/s':>9}{'vs baseline':>13}")
+    for name, count, seconds in results:
+        rate = count / seconds
+        print(f"{name:<22}{count:>9,}{seconds:>10.2f}{rate:>12,.0f}{nbytes / seconds / 1e6:>9.1f}"
+              f"{rate / floor:>12.2f}x")
+
+
+if __name__ == "__main__":
+    main()
