@@ -32,11 +32,19 @@ SOURCES_HELP = (
 def setup_logging(verbose: bool = False) -> None:
     """mmindex's own progress on stderr; Beam's chatter only with --verbose."""
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(message)s")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a line is logged (it may be replaced after setup)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 def split_beam_args(arguments: list[str]) -> tuple[list[str], list[str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ META_EXTS = {"json": "json"}
 PICKLE_EXTS = {"pkl", "pickle", "pyd", "pth", "pt", "ckpt", "joblib", "npy", "npz"}
 
 MODALITIES = ("image", "audio", "text")
+_MPEG_FRAME_SYNC = re.compile(rb"\xff[\xe0-\xff]")
 _MODALITY_OF_EXT = {ext: modality for modality, table in (("image", IMAGE_EXTS), ("audio", AUDIO_EXTS),
                                                           ("text", TEXT_EXTS), ("meta", META_EXTS))
                     for ext in table}
@@ -93,10 +95,29 @@ def inspect_image(data: bytes, limits: Limits) -> dict[str, Any]:
     return {"image_format": (image.format or "").lower(), "width": width, "height": height}
 
 
+def open_audio(data: bytes) -> soundfile.SoundFile:
+    """A decoder over the clip's bytes.
+
+    libsndfile gives up on MP3s whose ID3 tag is followed by padding or a damaged first frame, which other
+    players skip; for those, decoding restarts at the first MPEG frame sync after the tag (the stored bytes
+    are left as they are).
+    """
+    try:
+        return soundfile.SoundFile(io.BytesIO(data))
+    except soundfile.LibsndfileError:
+        if data[:3] != b"ID3" or len(data) < 10:
+            raise
+        tag_end = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(data[6:10]))
+        sync = _MPEG_FRAME_SYNC.search(data, tag_end, tag_end + 65536)
+        if sync is None:
+            raise
+        return soundfile.SoundFile(io.BytesIO(data[sync.start():]))
+
+
 def inspect_audio(data: bytes, limits: Limits) -> dict[str, Any]:
     """Decodes an audio clip to the end; returns duration and sample rate, or raises Rejected."""
     try:
-        with soundfile.SoundFile(io.BytesIO(data)) as clip:
+        with open_audio(data) as clip:
             rate, channels, declared = clip.samplerate, clip.channels, clip.frames
             if rate <= 0:
                 raise Rejected("unreadable audio", f"sample rate {rate} Hz")
@@ -107,7 +128,10 @@ def inspect_audio(data: bytes, limits: Limits) -> dict[str, Any]:
             audio_format = clip.format.lower()
     except Rejected:
         raise
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+    except soundfile.LibsndfileError as err:
+        # error_string, not str(err): the latter names the buffer's memory address, which changes every run
+        raise Rejected("unreadable audio", err.error_string) from None
+    except (RuntimeError, TypeError, ValueError) as err:
         raise Rejected("unreadable audio", str(err)) from None
     if frames == 0:
         raise Rejected("empty audio", "the clip has no samples")
