@@ -142,13 +142,22 @@ def demo(
     = Path("mmindex-demo"),
 ) -> None:
     """Run the whole job on the built-in demo corpus (photos, clipart, animal sounds, speech, texts)."""
+    from mmindex.dataset import Dataset, read_parquet
     from mmindex.demo import CORPUS
 
     setup_logging()
-    typer.echo(f"Demo corpus: {CORPUS}\n\n== mmindex ingest {CORPUS.name}/ --out {out}")
-    report = run_ingest([str(CORPUS)], str(out / "dataset"), [])
-    typer.echo(f"\nDataset ready at {out / 'dataset'} "
-               f"({report['counts']['ingested'] + report['counts']['already_present']:,} samples).")
+    dataset = out / "dataset"
+    typer.echo(f"== mmindex ingest {CORPUS} --out {dataset}")
+    run_ingest([str(CORPUS)], str(dataset), [])
+    metadata = Dataset(str(dataset)).read_metadata()
+    counts = metadata["counts"]
+    typer.echo(f"\nDataset {dataset}: {counts['samples']:,} samples in {len(metadata['shards'])} shard(s); "
+               + ", ".join(f"{n} with {m}" for m, n in counts["modalities"].items()))
+    rows = read_parquet(str(dataset / "samples" / f"{metadata['shards'][0]['name']}.parquet")).to_pylist()
+    typer.echo(f"{'key':<22}{'modalities':<16}caption")
+    for row in sorted(rows, key=lambda r: r["source"])[::max(1, len(rows) // 8)]:
+        caption = (row["caption"] or "").strip().replace("\n", " ")
+        typer.echo(f"{row['key']:<22}{'+'.join(row['modalities']):<16}{caption[:60]}")
 
 
 def main() -> None:

@@ -48,5 +48,6 @@ def test_errors_are_clear(tmp_path: Path):
 def test_demo_runs_the_whole_job(tmp_path: Path):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
-    assert "Dataset ready" in result.output
+    assert "Ingested" in result.output
+    assert "with image" in result.output and "with audio" in result.output and "with text" in result.output
     assert list((tmp_path / "demo" / "dataset" / "shards").glob("*.tar"))

@@ -146,3 +146,11 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(corpus: Path
     lock.write_text(json.dumps({"stage": "ingest", "pid": int(dead.stdout), "host": socket.gethostname()}))
     assert ingest(corpus / "texts", dataset=dataset)["counts"]["ingested"] > 0
     assert not lock.exists()
+
+
+def test_a_source_given_twice_is_ingested_once(corpus: Path, tmp_path: Path):
+    dataset = tmp_path / "ds"
+    report = ingest(corpus / "texts", corpus / "texts", dataset=dataset)
+    texts = len(list((corpus / "texts").glob("*.txt")))
+    assert len(read_shards(dataset)) == report["counts"]["ingested"] == texts  # read_shards refuses repeated keys
+    assert report["counts"]["duplicates_in_run"] == texts

@@ -62,7 +62,7 @@ def inspect_candidate(candidate: Candidate, limits: Limits) -> SampleRecord:
     digests: dict[str, str] = {}
     members: dict[str, Member] = {}
     modalities: list[str] = []
-    total = 0
+    sizes: list[int] = []
     for modality in PRIMARY_ORDER:
         if modality not in by_modality:
             continue
@@ -87,15 +87,15 @@ def inspect_candidate(candidate: Candidate, limits: Limits) -> SampleRecord:
         digests[ext] = hashlib.sha256(data).hexdigest()
         # Small files travel inline: cheaper than opening them again when the shard is written.
         members[ext] = Member(ext=member.ext, data=data) if len(data) <= INLINE_BYTES else member
-        total += len(data)
+        sizes.append(len(data))
 
     content = "\n".join(f"{modality_of(ext)}:{digests[ext]}" for ext in sorted(digests)
                         if modality_of(ext) != "meta")
     sha256 = hashlib.sha256(content.encode()).hexdigest()
     row.update(modalities=modalities, members=sorted(members), source=primary_source(candidate, members),
-               sha256=sha256, bytes=total)
+               sha256=sha256, bytes=sum(sizes))
     return SampleRecord(key=sha256[:KEY_HEX_DIGITS], source=candidate.source, members=members,
-                        digests=digests, row=row)
+                        digests=digests, sizes=sizes, row=row)
 
 
 def primary_source(candidate: Candidate, members: dict[str, Member]) -> str:

@@ -1,7 +1,7 @@
 """The ingest pipeline: raw folders, manifests and webdataset tars -> a dataset of webdataset shards.
 
-    Discover -> Spread -> Inspect -> Deduplicate (against this run and the dataset) -> PlanShards
-             -> WriteShards -> Finalize (rejects parquet, mmindex.json, run report)
+    Discover -> Spread -> Inspect -> ChooseWinners (one sample per key, none the dataset holds)
+             -> PlanShards -> AssignShard -> WriteShards -> Finalize (rejects parquet, mmindex.json, report)
 
 Run it through ``mmindex ingest`` or directly, on any Beam runner:
 
@@ -56,18 +56,36 @@ class InspectFn(beam.DoFn):
             yield TaggedOutput("rejected", Reject(candidate.source, "unreadable input", f"{type(err).__name__}: {err}"))
 
 
-def deduplicate(item: tuple[str, dict[str, list]]):
-    """Keeps one sample per key (the first by source), unless the dataset already holds that key."""
+def choose_winners(item: tuple[str, dict[str, list]]):
+    """Per key: the first source (by name) wins, unless the dataset already holds the key.
+
+    Only (source, sizes) pairs travel here; the records themselves are shuffled once, to their shard.
+    """
     key, groups = item
-    new: list[SampleRecord] = sorted(groups["new"], key=lambda r: r.source)
+    new: list[tuple[str, list[int]]] = sorted(groups["new"])
     if groups["existing"]:
         for _ in new:
             yield TaggedOutput("already_present", key)
         return
     if new:
-        yield new[0]
-    for duplicate in new[1:]:
-        yield TaggedOutput("rejected", Reject(duplicate.source, "duplicate", f"same content as {new[0].source}"))
+        source, sizes = new[0]
+        yield key, source, sizes
+    for duplicate, _ in new[1:]:
+        yield TaggedOutput("rejected", Reject(duplicate, "duplicate", f"same content as {new[0][0]}"))
+
+
+def plan_winners(winners: list[tuple[str, str, list[int]]], first_shard: int, size: ShardSize
+                 ) -> dict[str, tuple[int, str]]:
+    """Key -> (shard number, winning source)."""
+    shards = plan_shards([(key, sizes) for key, _, sizes in winners], first_shard, size)
+    return {key: (shards[key], source) for key, source, _ in winners}
+
+
+def to_shard(record: SampleRecord, plan: dict[str, tuple[int, str]]):
+    """(shard, record) for the winning record of each key; losers were counted by choose_winners."""
+    shard, source = plan.get(record.key, (None, None))
+    if source == record.source:
+        yield shard, record
 
 
 def discover_in_batches(src: str, columns: ManifestColumns, limits: Limits, size: int = 64):
@@ -154,24 +172,24 @@ def _ingest(args: argparse.Namespace, beam_args: list[str], dataset: Dataset,
             | "ExistingShards" >> beam.Create([dataset.samples_path(n) for n in committed])
             | "ExistingKeys" >> beam.FlatMap(existing_keys)
         )
-        deduped = (
-            {"new": inspected.samples | "ByKey" >> beam.Map(lambda r: (r.key, r)), "existing": existing}
+        winners = (
+            {"new": inspected.samples | "KeySources" >> beam.Map(lambda r: (r.key, (r.source, r.sizes))),
+             "existing": existing}
             | "Join" >> beam.CoGroupByKey()
-            | "Deduplicate" >> beam.FlatMap(deduplicate).with_outputs("rejected", "already_present", main="unique")
+            | "ChooseWinners" >> beam.FlatMap(choose_winners).with_outputs("rejected", "already_present", main="won")
         )
         plan = (
-            deduped.unique
-            | "Sizes" >> beam.Map(lambda r: (r.key, [m.size or 0 for m in r.members.values()]))
-            | "AllSizes" >> beam.combiners.ToList()
-            | "PlanShards" >> beam.Map(plan_shards, first_shard, shard_size)
+            winners.won
+            | "AllWinners" >> beam.combiners.ToList()
+            | "PlanShards" >> beam.Map(plan_winners, first_shard, shard_size)
         )
         shards = (
-            deduped.unique
-            | "AssignShard" >> beam.Map(lambda r, plan: (plan[r.key], r), AsSingleton(plan))
+            inspected.samples
+            | "AssignShard" >> beam.FlatMap(to_shard, AsSingleton(plan))
             | "GroupShards" >> beam.GroupByKey()
             | "WriteShards" >> beam.MapTuple(lambda n, records: write_shard(n, list(records), dataset, limits))
         )
-        rejects = (inspected.rejected, deduped.rejected) | "AllRejects" >> beam.Flatten()
+        rejects = (inspected.rejected, winners.rejected) | "AllRejects" >> beam.Flatten()
         _ = (
             p
             | "Once" >> beam.Create([None])
@@ -180,7 +198,7 @@ def _ingest(args: argparse.Namespace, beam_args: list[str], dataset: Dataset,
                 shards=AsList(shards), rejects=AsList(rejects),
                 found=AsSingleton(candidates | "CountFound" >> beam.combiners.Count.Globally()),
                 already_present=AsSingleton(
-                    deduped.already_present | "CountPresent" >> beam.combiners.Count.Globally()),
+                    winners.already_present | "CountPresent" >> beam.combiners.Count.Globally()),
                 report_path=report_path)
         )
     report = json.loads(storage.read_bytes(report_path))

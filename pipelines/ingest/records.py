@@ -47,8 +47,5 @@ class SampleRecord:
     source: str
     members: dict[str, Member]
     digests: dict[str, str]
+    sizes: list[int]
     row: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.row["bytes"])

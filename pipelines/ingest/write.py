@@ -34,7 +34,7 @@ def _member_bytes(record: SampleRecord, limits: Limits) -> dict[str, bytes]:
 
 def write_shard(number: int, records: list[SampleRecord], dataset: Dataset, limits: Limits) -> dict[str, Any]:
     """Writes one shard and then its samples parquet (the commit); returns the shard's summary."""
-    records = sorted(records, key=lambda r: r.key)
+    records = list({r.key: r for r in sorted(records, key=lambda r: r.key)}.values())  # a SRC given twice
     name = shard_name(number)
     with storage.atomic_writer(dataset.shard_path(number)) as out:
         write_tar(out, ((r.key, _member_bytes(r, limits)) for r in records))
