@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,8 +29,10 @@ SOURCES_HELP = (
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """mmindex's own progress on stderr; Beam's chatter only with --verbose."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(message)s")
+    """mmindex's own progress on stderr; Beam's chatter only with --verbose. Called before Beam is imported,
+    so that its import-time warnings stay quiet too."""
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(message)s")
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.ERROR)
     handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.handlers[:] = [handler]
@@ -142,10 +143,10 @@ def demo(
     = Path("mmindex-demo"),
 ) -> None:
     """Run the whole job on the built-in demo corpus (photos, clipart, animal sounds, speech, texts)."""
+    setup_logging()
     from mmindex.dataset import Dataset, read_parquet
     from mmindex.demo import CORPUS
 
-    setup_logging()
     dataset = out / "dataset"
     typer.echo(f"== mmindex ingest {CORPUS} --out {dataset}")
     run_ingest([str(CORPUS)], str(dataset), [])
@@ -161,5 +162,5 @@ def demo(
 
 
 def main() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    setup_logging()
     app(prog_name="mmindex")

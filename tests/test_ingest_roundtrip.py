@@ -60,3 +60,16 @@ def test_metadata_json_records_counts_and_run(corpus: Path, tmp_path: Path):
     assert all(s["samples"] <= 25 for s in meta["shards"])
     assert meta["runs"][-1]["stage"] == "ingest"
     assert meta["runs"][-1]["settings"]["shard_size"] == "25"
+
+
+def test_source_names_the_file_a_person_opens(tmp_path: Path):
+    from PIL import Image
+
+    root = tmp_path / "in"
+    root.mkdir()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(root / "tiny.png")  # small enough to travel inline
+    (root / "tiny.txt").write_text("a tiny image")
+    (root / "note.txt").write_text("a text on its own")
+    ingest(root, dataset=tmp_path / "ds")
+    sources = sorted(r["source"] for r in read_table(tmp_path / "ds" / "samples"))
+    assert sources == [str(root / "note.txt"), str(root / "tiny.png")]

@@ -92,15 +92,14 @@ def inspect_candidate(candidate: Candidate, limits: Limits) -> SampleRecord:
     content = "\n".join(f"{modality_of(ext)}:{digests[ext]}" for ext in sorted(digests)
                         if modality_of(ext) != "meta")
     sha256 = hashlib.sha256(content.encode()).hexdigest()
-    row.update(modalities=modalities, members=sorted(members), source=primary_source(candidate, members),
+    row.update(modalities=modalities, members=sorted(members), source=primary_source(candidate, by_modality),
                sha256=sha256, bytes=sum(sizes))
     return SampleRecord(key=sha256[:KEY_HEX_DIGITS], source=candidate.source, members=members,
                         digests=digests, sizes=sizes, row=row)
 
 
-def primary_source(candidate: Candidate, members: dict[str, Member]) -> str:
+def primary_source(candidate: Candidate, by_modality: dict[str, list[Member]]) -> str:
     """Where a person finds the sample: the path of its image, else audio, else text file; for samples
     from tars or manifest text, the input they came from."""
-    first = min(members, key=lambda ext: PRIMARY_ORDER.index(modality_of(ext) or "meta"))
-    member = members[first]
+    member = next(by_modality[m][0] for m in PRIMARY_ORDER if m in by_modality)
     return member.path if member.path and member.offset == 0 else candidate.source
