@@ -56,9 +56,9 @@ def split_beam_args(arguments: list[str]) -> tuple[list[str], list[str]]:
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
+        if n < 1000 or unit == "TB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
+        n /= 1000
     return f"{n:,.1f} TB"
 
 
@@ -70,7 +70,7 @@ def print_ingest_summary(report: dict[str, Any], dataset: str, seconds: float) -
     rate = c["ingested"] / seconds if seconds else 0.0
     if not report["changed"]:
         typer.echo(f"Nothing to do: all {c['found']:,} inputs were already ingested or rejected "
-                   f"({c['already_present']:,} samples already in {dataset}).")
+                   f"({c['already_present']:,} of them match samples already in {dataset}).")
         return
     typer.echo(f"Ingested {c['ingested']:,} samples into {len(report['shards_added'])} new shard(s) "
                f"({human_bytes(c['bytes_written'])}) in {seconds:.1f} s: {rate:,.1f} samples/s, "
