@@ -112,7 +112,7 @@ def baseline(root: Path, out: Path, shard_samples: int = 10_000) -> int:
 def checks_only(root: Path) -> int:
     """The validation mmindex does (decode every image and clip, hash, parse), alone: no Beam, no writes."""
     passed = 0
-    for candidate in discover(str(root), ManifestColumns(), Limits()):
+    for candidate in discover(str(root), ManifestColumns(), Limits(), scratch=tempfile.mkdtemp()):
         try:
             inspect_candidate(candidate, Limits())
             passed += 1

@@ -85,3 +85,4 @@ def test_tars_reshard_and_merge_without_changing_a_byte(corpus: Path, tmp_path: 
     assert read_shards(merged) == expected
     assert report["counts"]["ingested"] == len(expected)
     assert len(list((merged / "shards").glob("*.tar"))) == 1
+    assert not list((merged / ".scratch").glob("*")), "the decompressed copy of the .tar.gz is removed"

@@ -148,3 +148,19 @@ def test_a_fifo_is_never_opened(tmp_path: Path):
     dataset = tmp_path / "ds"
     ingest(root, dataset=dataset)
     assert [r["reason"] for r in read_table(dataset / "rejects")] == ["not a regular file"]
+
+
+def test_a_compressed_tar_bomb_is_refused_without_filling_memory_or_disk(tmp_path: Path):
+    bomb = tmp_path / "bomb.tar.gz"
+    zeros = 50 * 2**20
+    with tarfile.open(bomb, "w:gz") as tar:
+        info = tarfile.TarInfo("zeros.txt")
+        info.size = zeros
+        tar.addfile(info, io.BytesIO(bytes(zeros)))
+    assert bomb.stat().st_size < zeros / 500
+    dataset = tmp_path / "ds"
+    report = ingest(bomb, dataset=dataset, extra=("--max-file-bytes=1000000",))
+    (reject,) = read_table(dataset / "rejects")
+    assert (reject["source"], reject["reason"]) == (str(bomb), "decompression bomb")
+    assert report["counts"]["found"] == report["counts"]["rejected"] == 1
+    assert not list((dataset / ".scratch").iterdir()), "nothing decompressed is left behind"

@@ -102,11 +102,11 @@ def to_shard(record: SampleRecord, plan: dict[str, tuple[int, str]]):
         yield shard, record
 
 
-def discover_in_batches(src: str, columns: ManifestColumns, limits: Limits, size: int = 64):
+def discover_in_batches(src: str, columns: ManifestColumns, limits: Limits, scratch: str, size: int = 64):
     """Candidates in small batches, so that spreading them over workers costs one shuffle per batch."""
     batch: list[Candidate] = []
     progress = Progress(f"ingest: found in {src}", unit="candidates")
-    for candidate in discover(src, columns, limits):
+    for candidate in discover(src, columns, limits, scratch):
         batch.append(candidate)
         progress.add()
         if len(batch) == size:
@@ -176,7 +176,7 @@ def _ingest(args: argparse.Namespace, beam_args: list[str], dataset: Dataset,
         batches = (
             p
             | "Sources" >> beam.Create(args.source)
-            | "Discover" >> beam.FlatMap(discover_in_batches, columns, limits)
+            | "Discover" >> beam.FlatMap(discover_in_batches, columns, limits, dataset.scratch_path(run_id))
             | "Spread" >> beam.Reshuffle()
         )
         inspected = batches | "Inspect" >> beam.ParDo(InspectFn(limits)).with_outputs("rejected", main="samples")
@@ -207,7 +207,8 @@ def _ingest(args: argparse.Namespace, beam_args: list[str], dataset: Dataset,
             p
             | "Once" >> beam.Create([None])
             | "Finalize" >> beam.Map(
-                finalize, dataset=dataset, run=run_info, recorded=dataset.recorded_rejects(),
+                finalize, dataset=dataset, run=run_info, scratch=dataset.scratch_path(run_id),
+                recorded=dataset.recorded_rejects(),
                 shards=AsList(shards), rejects=AsList(rejects),
                 found=AsSingleton(batches | "BatchSizes" >> beam.Map(len) | "CountFound" >> beam.CombineGlobally(sum)),
                 already_present=AsSingleton(

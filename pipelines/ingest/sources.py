@@ -7,9 +7,13 @@ folder. Each becomes a Candidate carrying its problem, so it lands in rejects wi
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
+import hashlib
 import io
 import json
+import lzma
 import os
 import posixpath
 import stat
@@ -57,13 +61,13 @@ def check_source(src: str) -> None:
         raise FileNotFoundError(f"source not found: {src!r} (Beam options go as --name=value)")
 
 
-def discover(src: str, columns: ManifestColumns, limits: Limits) -> Iterator[Candidate]:
-    """Every candidate sample under one SRC argument."""
+def discover(src: str, columns: ManifestColumns, limits: Limits, scratch: str) -> Iterator[Candidate]:
+    """Every candidate sample under one SRC argument; ``scratch`` is where compressed tars are unpacked."""
     paths = storage.glob(src) if any(c in src for c in GLOB_CHARS) else [src]
     for path in paths:
         kind = source_kind(path)
         if kind == "tar":
-            yield from read_tar(path, limits)
+            yield from read_tar(path, limits, scratch)
         elif kind == "manifest":
             yield from read_manifest(path, columns)
         elif storage.is_local(path):
@@ -237,40 +241,66 @@ def _manifest_rows(path: str) -> Iterator[tuple[int, dict | str]]:
 
 # --- webdataset tars ----------------------------------------------------------------------------------
 
-def read_tar(path: str, limits: Limits) -> Iterator[Candidate]:
-    """Members sharing a webdataset key (``dir/key.ext``) form one candidate.
+DECOMPRESSORS = {".tar.gz": gzip.open, ".tgz": gzip.open, ".tar.bz2": bz2.open, ".tar.xz": lzma.open}
+MAX_EXPANSION = 100  # a compressed tar may grow to this many times its size; bombs grow a thousandfold
 
-    Members of uncompressed tars are referenced by byte range; those of compressed tars are read
-    inline, since they cannot be reached by seeking.
+
+class _DecompressionBomb(Exception):
+    pass
+
+
+def read_tar(path: str, limits: Limits, scratch: str) -> Iterator[Candidate]:
+    """Members sharing a webdataset key (``dir/key.ext``) form one candidate, referenced by byte range.
+
+    A compressed tar is first decompressed into ``scratch`` (a prefix in the dataset's scratch area),
+    so that its members need not travel through the pipeline in memory.
     """
-    compressed = not path.lower().endswith(".tar")
+    readable = path
+    if path.lower().endswith(tuple(DECOMPRESSORS)):
+        try:
+            readable = decompress_tar(path, scratch, limits)
+        except _DecompressionBomb as err:
+            yield Candidate(source=path, problem=("decompression bomb", str(err)))
+            return
+        except (OSError, EOFError, lzma.LZMAError) as err:
+            yield Candidate(source=path, problem=("unreadable tar", f"cannot decompress: {err}"))
+            return
     group_key: str | None = None
     group: list[Member] = []
     try:
-        with storage.open_read(path) as f, tarfile.open(fileobj=f, mode="r|*" if compressed else "r:") as tar:
+        with storage.open_read(readable) as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for info in tar:
                 if info.isdir():
                     continue
-                source = f"{path}::{info.name}"
                 problem = _tar_member_problem(info, limits)
                 key, ext = _split_tar_name(info.name)
                 if problem is None and modality_of(ext) is None:
                     problem = unsupported_reason(ext)
                 if problem:
-                    yield Candidate(source=source, problem=problem)
+                    yield Candidate(source=f"{path}::{info.name}", problem=problem)
                     continue
                 if key != group_key:
                     if group:
                         yield _tar_candidate(path, group_key, group)
                     group_key, group = key, []
-                data = tar.extractfile(info).read() if compressed else None
-                offset = None if compressed else info.offset_data
-                group.append(Member(ext=ext.lower(), path=None if compressed else path, offset=offset or 0,
-                                    size=info.size, data=data))
+                group.append(Member(ext=ext.lower(), path=readable, offset=info.offset_data, size=info.size))
     except (tarfile.TarError, OSError, EOFError) as err:
         yield Candidate(source=path, problem=("unreadable tar", f"stopped reading: {err}"))
     if group:
         yield _tar_candidate(path, group_key, group)
+
+
+def decompress_tar(path: str, scratch: str, limits: Limits) -> str:
+    """Decompresses ``path`` beside the run's scratch prefix; refuses to grow past MAX_EXPANSION times."""
+    opener = next(fn for suffix, fn in DECOMPRESSORS.items() if path.lower().endswith(suffix))
+    budget = max(limits.max_file_bytes, MAX_EXPANSION * storage.size(path))
+    target = f"{scratch}-{hashlib.sha256(path.encode()).hexdigest()[:16]}.tar"
+    with storage.open_read(path) as raw, opener(raw) as stream, storage.atomic_writer(target) as out:
+        while chunk := stream.read(2**20):
+            out.write(chunk)
+            if out.size > budget:
+                raise _DecompressionBomb(f"expands past {budget:,} bytes, {MAX_EXPANSION}x its size")
+    return target
 
 
 def _tar_candidate(path: str, key: str | None, members: list[Member]) -> Candidate:

@@ -59,10 +59,11 @@ def write_rejects(rejects: list[Reject], dataset: Dataset) -> str | None:
 
 
 def finalize(
-    _: Any, dataset: Dataset, run: dict[str, Any], recorded: set[tuple[str, str, str]], shards: list[dict],
-    rejects: list[Reject], found: int, already_present: int, report_path: str | None,
+    _: Any, dataset: Dataset, run: dict[str, Any], scratch: str, recorded: set[tuple[str, str, str]],
+    shards: list[dict], rejects: list[Reject], found: int, already_present: int, report_path: str | None,
 ) -> dict[str, Any]:
-    """Records the run in mmindex.json when it changed anything, and writes its report."""
+    """Records the run in mmindex.json when it changed anything, writes its report, clears its scratch."""
+    storage.delete(storage.glob(f"{scratch}-*"))  # decompressed tars: every shard that read them is written
     fresh = [r for r in rejects if (r.source, r.reason, r.detail) not in recorded]
     duplicates = [r for r in rejects if r.reason == "duplicate"]
     rejected = [r for r in rejects if r.reason != "duplicate"]
