@@ -45,12 +45,12 @@ class InspectFn(beam.DoFn):
     so one worker process keeps several cores busy. Output order follows the batch, whatever the threads.
     """
 
-    def __init__(self, limits: Limits, threads: int = min(4, os.cpu_count() or 1)):
+    def __init__(self, limits: Limits, threads: int | None = None):
         self.limits, self.threads = limits, threads
 
     def setup(self) -> None:
         self.progress = Progress("ingest: checked")
-        self.pool = ThreadPoolExecutor(self.threads)
+        self.pool = ThreadPoolExecutor(self.threads or min(4, os.cpu_count() or 1))  # the worker's cores
 
     def teardown(self) -> None:
         self.pool.shutdown()
