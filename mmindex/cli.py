@@ -112,6 +112,9 @@ def ingest(
     image_column: Annotated[str | None, typer.Option(help="Manifest column holding image paths.")] = None,
     audio_column: Annotated[str | None, typer.Option(help="Manifest column holding audio paths.")] = None,
     caption_column: Annotated[str | None, typer.Option(help="Manifest column holding captions or texts.")] = None,
+    profile: Annotated[str | None, typer.Option(
+        help="Runner profile: flink, spark, dataflow, portable (configs/runners/) or a YAML file of Beam options."
+    )] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Beam's own log.")] = False,
 ) -> None:
     """Validate and shard a raw corpus into DATASET: webdataset tars, a samples parquet, a rejects parquet.
@@ -129,9 +132,10 @@ def ingest(
     options += [f"--{name}-column={value}" for name, value in
                 (("image", image_column), ("audio", audio_column), ("caption", caption_column)) if value]
     from mmindex.dataset import DatasetBusy
+    from pipelines.options import profile_args
 
     try:
-        run_ingest(paths, out, options + beam_args)
+        run_ingest(paths, out, options + (profile_args(profile) if profile else []) + beam_args)
     except (FileNotFoundError, ValueError, DatasetBusy) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(2) from None

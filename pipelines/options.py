@@ -1,4 +1,4 @@
-"""Pipeline options shared by mmindex's pipelines, and the choice of runner.
+"""Pipeline options shared by mmindex's pipelines, the choice of runner, and runner profiles.
 
 With no ``--runner``, pipelines run on Beam's in-process FnApiRunner, named explicitly so that Beam
 never tries to download a runner binary. ``workers`` > 1 uses that many processes on this machine
@@ -7,6 +7,11 @@ never tries to download a runner binary. ``workers`` > 1 uses that many processe
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+
+import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.runner import PipelineRunner
@@ -24,3 +29,29 @@ def runner_and_options(beam_args: list[str], workers: int = 1) -> tuple[Pipeline
         # Worker processes: Beam's own chatter off, mmindex's progress lines on.
         defaults += ["--default_sdk_harness_log_level=WARNING", '--sdk_harness_log_level_overrides={"mmindex":"INFO"}']
     return FnApiRunner(), PipelineOptions([*beam_args, *defaults])
+
+
+PROFILES = Path(__file__).resolve().parents[1] / "configs" / "runners"
+_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def profile_args(profile: str) -> list[str]:
+    """Beam options (``--name=value``) from a runner profile: a name in configs/runners/ or a YAML path.
+
+    Values may name environment variables, ``${VAR}`` or ``${VAR:-default}``, so that one profile serves
+    several clusters; a variable that is neither set nor defaulted is an error, not an empty option.
+    """
+    path = Path(profile) if profile.endswith((".yaml", ".yml")) else PROFILES / f"{profile}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
+        raise FileNotFoundError(f"no runner profile {profile!r} (known: {known}; or give a .yaml path)")
+    options = (yaml.safe_load(path.read_text()) or {}).get("options") or {}
+
+    def expand(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name, default)
+        if value is None:
+            raise ValueError(f"runner profile {path.name} needs the environment variable {name}")
+        return value
+
+    return [f"--{name}={_VARIABLE.sub(expand, str(value))}" for name, value in options.items()]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from conftest import read_table
 from mmindex.cli import app
 
 runner = CliRunner()
@@ -51,3 +52,19 @@ def test_demo_runs_the_whole_job(tmp_path: Path):
     assert "Ingested" in result.output
     assert "with image" in result.output and "with audio" in result.output and "with text" in result.output
     assert list((tmp_path / "demo" / "dataset" / "shards").glob("*.tar"))
+
+
+def test_runner_profile_sends_the_job_to_a_job_server(corpus: Path, tmp_path: Path, job_service: str, monkeypatch):
+    monkeypatch.setenv("JOB_ENDPOINT", job_service)
+    result = runner.invoke(app, ["ingest", str(corpus / "texts"), "--out", str(tmp_path / "ds"),
+                                 "--profile", "portable"])
+    assert result.exit_code == 0, result.output
+    assert len(read_table(tmp_path / "ds" / "samples")) == len(list((corpus / "texts").glob("*.txt")))
+
+
+def test_runner_profiles_say_what_is_missing(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("FLINK_MASTER", raising=False)
+    result = runner.invoke(app, ["ingest", str(tmp_path), "--out", str(tmp_path / "ds"), "--profile", "flink"])
+    assert result.exit_code == 2 and "FLINK_MASTER" in result.output
+    unknown = runner.invoke(app, ["ingest", str(tmp_path), "--out", str(tmp_path / "ds"), "--profile", "yarn"])
+    assert unknown.exit_code == 2 and "dataflow, flink, portable, spark" in unknown.output

@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -101,28 +100,6 @@ def test_two_worker_processes_give_the_same_shards(corpus: Path, tmp_path: Path)
     ingest(corpus, dataset=tmp_path / "one", extra=SHARDS)
     ingest(corpus, dataset=tmp_path / "two", extra=(*SHARDS, "--workers=2"))
     assert committed_files(tmp_path / "one") == committed_files(tmp_path / "two")
-
-
-@pytest.fixture(scope="module")
-def job_service():
-    """Beam's own job service, as a Flink or Spark job server receives a pipeline."""
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    service = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
-                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("localhost", port)) == 0:
-                break
-        time.sleep(0.2)
-    else:
-        service.kill()
-        pytest.fail("the local job service did not start")
-    yield f"localhost:{port}"
-    service.terminate()
-    service.wait(timeout=30)
 
 
 def test_portable_job_api_gives_the_same_shards(corpus: Path, tmp_path: Path, job_service: str):
