@@ -86,3 +86,12 @@ def test_tars_reshard_and_merge_without_changing_a_byte(corpus: Path, tmp_path: 
     assert report["counts"]["ingested"] == len(expected)
     assert len(list((merged / "shards").glob("*.tar"))) == 1
     assert not list((merged / ".scratch").glob("*")), "the decompressed copy of the .tar.gz is removed"
+
+
+def test_files_named_by_a_glob_are_grouped_like_a_folder(corpus: Path, tmp_path: Path):
+    ingest(corpus / "photos", dataset=tmp_path / "folder")
+    ingest(str(corpus / "photos" / "*"), dataset=tmp_path / "glob")
+    assert read_shards(tmp_path / "glob") == read_shards(tmp_path / "folder")
+    one = next(iter(sorted((corpus / "sounds").glob("*.mp3"))))
+    report = ingest(one, dataset=tmp_path / "one")
+    assert report["counts"]["ingested"] == 1

@@ -62,8 +62,12 @@ def check_source(src: str) -> None:
 
 
 def discover(src: str, columns: ManifestColumns, limits: Limits, scratch: str) -> Iterator[Candidate]:
-    """Every candidate sample under one SRC argument; ``scratch`` is where compressed tars are unpacked."""
+    """Every candidate sample under one SRC argument; ``scratch`` is where compressed tars are unpacked.
+
+    Media files named directly (or by a glob such as ``photos/*``) are grouped by stem like a folder's.
+    """
     paths = storage.glob(src) if any(c in src for c in GLOB_CHARS) else [src]
+    loose: list[tuple[str, int]] = []
     for path in paths:
         kind = source_kind(path)
         if kind == "tar":
@@ -71,9 +75,13 @@ def discover(src: str, columns: ManifestColumns, limits: Limits, scratch: str) -
         elif kind == "manifest":
             yield from read_manifest(path, columns)
         elif storage.is_local(path):
-            yield from walk_local_tree(path)
+            if os.path.isdir(path):
+                yield from walk_local_tree(path)
+            else:
+                loose.append((path, os.path.getsize(path)))
         else:
-            yield from group_by_stem(storage.list_files(storage.join(path, "**")))
+            yield from group_by_stem(storage.list_files(storage.join(path, "**")) or storage.list_files(path))
+    yield from group_by_stem(loose)
 
 
 # --- folder trees -------------------------------------------------------------------------------------

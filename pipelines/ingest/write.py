@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 from mmindex import storage
@@ -67,9 +68,7 @@ def finalize(
     fresh = [r for r in rejects if (r.source, r.reason, r.detail) not in recorded]
     duplicates = [r for r in rejects if r.reason == "duplicate"]
     rejected = [r for r in rejects if r.reason != "duplicate"]
-    by_reason: dict[str, int] = {}
-    for r in rejected:
-        by_reason[r.reason] = by_reason.get(r.reason, 0) + 1
+    by_reason = Counter(r.reason for r in rejected)
     shards = sorted(shards, key=lambda s: s["name"])
     counts = {
         "found": found,
