@@ -19,6 +19,16 @@ from apache_beam.io.filesystems import FileSystems
 TEMP_MARK = ".tmp-"
 
 
+def readable(text: str) -> str:
+    """Text that is valid UTF-8 whatever a file name held: undecodable bytes (which Python keeps as
+    surrogates) are shown as ``\\xNN``. For sources and messages only, never for opening files."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def join(base: str, *parts: str) -> str:
     return FileSystems.join(base, *parts)
 

@@ -164,3 +164,32 @@ def test_a_compressed_tar_bomb_is_refused_without_filling_memory_or_disk(tmp_pat
     assert (reject["source"], reject["reason"]) == (str(bomb), "decompression bomb")
     assert report["counts"]["found"] == report["counts"]["rejected"] == 1
     assert not list((dataset / ".scratch").iterdir()), "nothing decompressed is left behind"
+
+
+def test_file_names_that_are_not_utf8_are_ingested_and_shown_readably(tmp_path: Path):
+    root = tmp_path / "in"
+    root.mkdir()
+    odd = os.fsdecode(b"caf\xe9")  # a Latin-1 file name, as old archives have
+    shutil.copy(PHOTO, root / f"{odd}.jpg")
+    (root / f"{odd}.txt").write_text("a photo with an odd name")
+    tar_path = tmp_path / "odd.tar"
+    tar_path.write_bytes(tar_with([member(f"{odd}.mp3", SOUND.read_bytes())]))
+    dataset = tmp_path / "ds"
+    report = ingest(root, tar_path, dataset=dataset)
+    assert report["counts"]["ingested"] == 2
+    assert sorted(r["source"] for r in read_table(dataset / "samples")) == [
+        str(root / "caf\\xe9.jpg"), f"{tar_path}::caf\\xe9.mp3"]
+
+
+def test_one_bad_manifest_row_does_not_cost_the_others(tmp_path: Path):
+    root = tmp_path / "m"
+    root.mkdir()
+    shutil.copy(PHOTO, root / "a.jpg")
+    shutil.copy(SOUND, root / "b.mp3")
+    (root / "latin1.csv").write_bytes("image,caption\na.jpg,un café\nb.mp3,a sound\n".encode("latin-1"))
+    (root / "long.csv").write_text("image,caption\na.jpg," + "x" * 200_000 + "\nb.mp3,another sound\n")
+    dataset = tmp_path / "ds"
+    report = ingest(root / "latin1.csv", root / "long.csv", dataset=dataset)
+    reasons = {r["source"].rsplit("/", 1)[1]: r["reason"] for r in read_table(dataset / "rejects")}
+    assert reasons == {"latin1.csv#row=2": "text not UTF-8", "long.csv#row=2": "text too long"}
+    assert report["counts"]["ingested"] == 2

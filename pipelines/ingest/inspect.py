@@ -102,4 +102,4 @@ def primary_source(candidate: Candidate, by_modality: dict[str, list[Member]]) -
     """Where a person finds the sample: the path of its image, else audio, else text file; for samples
     from tars or manifest text, the input they came from."""
     member = next(by_modality[m][0] for m in PRIMARY_ORDER if m in by_modality)
-    return member.path if member.path and member.offset == 0 else candidate.source
+    return storage.readable(member.path) if member.path and member.offset == 0 else candidate.source

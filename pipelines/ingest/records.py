@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmindex.storage import readable
+
 
 @dataclass(frozen=True)
 class Member:
@@ -27,9 +29,13 @@ class Candidate:
 
     source: str
     members: tuple[Member, ...] = ()
-    caption: str | None = None
-    meta: dict[str, Any] | None = None
     problem: tuple[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        # Sources are shown to people and stored in parquet: always valid UTF-8, even for odd file names.
+        object.__setattr__(self, "source", readable(self.source))
+        if self.problem:
+            object.__setattr__(self, "problem", (self.problem[0], readable(self.problem[1])))
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,9 @@ class Reject:
     source: str
     reason: str
     detail: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", readable(self.detail))
 
 
 @dataclass(frozen=True)

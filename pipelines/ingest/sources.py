@@ -192,12 +192,12 @@ def _row_candidate(source: str, row: dict, base: str, columns: ManifestColumns) 
         members.append(Member(ext=ext.lower(), path=resolved))
     caption = row.get(caption_col) if caption_col else None
     if caption not in (None, ""):
-        members.append(Member(ext="txt", data=str(caption).encode("utf-8")))
+        members.append(Member(ext="txt", data=str(caption).encode("utf-8", "surrogateescape")))
     used = {image_col, audio_col, caption_col}
     extra = {k: v for k, v in row.items() if k not in used and v not in (None, "")}
     if extra:
         members.append(Member(ext="json", data=json.dumps(extra, sort_keys=True, ensure_ascii=False,
-                                                            default=str).encode("utf-8")))
+                                                            default=str).encode("utf-8", "surrogateescape")))
     if not members:
         return Candidate(source=source, problem=("empty manifest row", "no image, audio or caption value"))
     return Candidate(source=source, members=tuple(sorted(members, key=lambda m: m.ext)))
@@ -228,7 +228,9 @@ def _manifest_rows(path: str) -> Iterator[tuple[int, dict | str]]:
                     yield number, row
         return
     with storage.open_read(path) as f:
-        text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
+        # Bytes that are not UTF-8 are kept (as surrogates) so that the row they are in, not the whole
+        # manifest, is rejected: its caption or metadata then fails the UTF-8 check.
+        text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
         if lower.endswith(".jsonl"):
             for number, line in enumerate(text, start=1):
                 if not line.strip():
@@ -238,6 +240,7 @@ def _manifest_rows(path: str) -> Iterator[tuple[int, dict | str]]:
                 except ValueError:
                     yield number, line.strip()
             return
+        csv.field_size_limit(2**31 - 1)  # a long caption is refused by its row's size check, not here
         reader = csv.reader(text, delimiter="\t" if lower.endswith(".tsv") else ",")
         header = next(reader, None) or []
         for row in reader:
