@@ -131,3 +131,10 @@ def test_a_source_given_twice_is_ingested_once(corpus: Path, tmp_path: Path):
     texts = len(list((corpus / "texts").glob("*.txt")))
     assert len(read_shards(dataset)) == report["counts"]["ingested"] == texts  # read_shards refuses repeated keys
     assert report["counts"]["duplicates_in_run"] == texts
+
+
+def test_a_dataset_inside_the_corpus_is_not_read_back_as_input(corpus: Path):
+    dataset = corpus / "ds"
+    first = ingest(corpus, dataset=dataset)
+    again = ingest(corpus, dataset=dataset)
+    assert again["changed"] is False and again["counts"]["found"] == first["counts"]["found"]

@@ -148,6 +148,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     args, beam_args = parse_args(argv)
     for src in args.source:
         check_source(src)
+    if storage.is_local(args.dataset) and os.path.exists(args.dataset) and not os.path.isdir(args.dataset):
+        raise ValueError(f"the dataset {args.dataset!r} is a file; give a folder")
     dataset = Dataset(args.dataset)
     dataset.read_metadata()  # refuses a folder of another format before anything is written
     with dataset.exclusive("ingest"):

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import lzma
 import os
 import posixpath
@@ -28,6 +29,7 @@ from mmindex import storage
 from mmindex.media import Limits, modality_of, unsupported_reason
 from pipelines.ingest.records import Candidate, Member
 
+log = logging.getLogger("mmindex")
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 GLOB_CHARS = "*?["
@@ -120,6 +122,10 @@ def walk_local_tree(root: str) -> Iterator[Candidate]:
     """Walks a local folder without following symlinked folders; refuses links that leave the root."""
     real_root = os.path.realpath(root)
     for folder, subfolders, names in os.walk(root):
+        if _is_dataset(folder):  # e.g. --out inside the corpus: its shards are not new inputs
+            log.info("ingest: not reading %s: it is an mmindex dataset (give its shards as tars instead)", folder)
+            subfolders.clear()
+            continue
         subfolders.sort()
         files: list[tuple[str, int]] = []
         for name in sorted(names + [d for d in subfolders if os.path.islink(os.path.join(folder, d))]):
@@ -130,6 +136,10 @@ def walk_local_tree(root: str) -> Iterator[Candidate]:
             else:
                 files.append((path, os.stat(path).st_size))
         yield from group_by_stem(files)
+
+
+def _is_dataset(folder: str) -> bool:
+    return os.path.exists(os.path.join(folder, "mmindex.json")) or os.path.exists(os.path.join(folder, ".lock"))
 
 
 def _local_file_problem(path: str, real_root: str) -> tuple[str, str] | None:
