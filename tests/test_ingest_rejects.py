@@ -193,3 +193,16 @@ def test_one_bad_manifest_row_does_not_cost_the_others(tmp_path: Path):
     reasons = {r["source"].rsplit("/", 1)[1]: r["reason"] for r in read_table(dataset / "rejects")}
     assert reasons == {"latin1.csv#row=2": "text not UTF-8", "long.csv#row=2": "text too long"}
     assert report["counts"]["ingested"] == 2
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path):
+    root = tmp_path / "in"
+    root.mkdir()
+    with open(root / "huge.wav", "wb") as f:
+        f.truncate(2**30)  # sparse: 1 GiB that takes no disk and, read, would take 1 GiB of memory
+    shutil.copy(SOUND, root / "fine.mp3")
+    dataset = tmp_path / "ds"
+    report = ingest(root, dataset=dataset)
+    (reject,) = read_table(dataset / "rejects")
+    assert (Path(reject["source"]).name, reject["reason"]) == ("huge.wav", "file too large")
+    assert report["counts"]["ingested"] == 1
