@@ -20,6 +20,23 @@ app = typer.Typer(
 )
 log = logging.getLogger("mmindex")
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from mmindex import __version__
+
+        typer.echo(f"mmindex {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", help="Print mmindex's version and exit.",
+                                          callback=_print_version, is_eager=True)] = False,
+) -> None:
+    """Make a multimodal corpus (images, audio, text) searchable across modalities."""
+
+
 SOURCES_HELP = (
     "Folders (files sharing a stem form one sample: cat.jpg + cat.txt + cat.json), manifests "
     "(.csv .tsv .jsonl .parquet) and webdataset tars (.tar, .tar.gz, or a glob such as 'shards/*.tar'). "
@@ -117,7 +134,7 @@ def ingest(
     )] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Beam's own log.")] = False,
 ) -> None:
-    """Validate and shard a raw corpus into DATASET: webdataset tars, a samples parquet, a rejects parquet.
+    """Validate and shard a raw corpus into DATASET: webdataset tars plus samples and rejects tables (parquet).
 
     Bad or hostile inputs never stop the run: each lands in the rejects parquet with a reason. Running
     the same ingest again does nothing; new inputs go into new shards, finished shards are never touched.

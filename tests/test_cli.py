@@ -32,6 +32,12 @@ def test_beam_options_pass_through(corpus: Path, tmp_path: Path):
     assert (tmp_path / "b" / shard).read_bytes() == (tmp_path / "a" / shard).read_bytes()
 
 
+def test_version_and_help():
+    assert runner.invoke(app, ["--version"]).output.startswith("mmindex 0.")
+    help_text = runner.invoke(app, ["ingest", "--help"]).output
+    assert "--shard-size" in help_text and "--profile" in help_text and "--workers" in help_text
+
+
 def test_errors_are_clear(tmp_path: Path):
     missing = runner.invoke(app, ["ingest", str(tmp_path / "nope"), "--out", str(tmp_path / "ds")])
     assert missing.exit_code == 2 and "source not found" in missing.output
