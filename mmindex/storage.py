@@ -51,14 +51,14 @@ def size(path: str) -> int:
     return found[0].size_in_bytes
 
 
+def list_files(pattern: str) -> list[tuple[str, int]]:
+    """(path, size) of every file matching ``pattern``, sorted by path; empty when nothing matches."""
+    return sorted((m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list)
+
+
 def glob(pattern: str) -> list[str]:
     """Paths matching ``pattern``, sorted; an empty list when nothing matches."""
-    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-
-
-def list_files(pattern: str) -> list[tuple[str, int]]:
-    """(path, size) of every file matching ``pattern``, sorted by path."""
-    return sorted((m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list)
+    return [path for path, _ in list_files(pattern)]
 
 
 def open_read(path: str) -> BinaryIO:

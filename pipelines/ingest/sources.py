@@ -54,9 +54,13 @@ def source_kind(path: str) -> str:
     return "tree"
 
 
+def is_glob(src: str) -> bool:
+    return any(c in src for c in GLOB_CHARS)
+
+
 def check_source(src: str) -> None:
     """Raises FileNotFoundError with a helpful message when SRC names nothing."""
-    if any(c in src for c in GLOB_CHARS):
+    if is_glob(src):
         if not storage.glob(src):
             raise FileNotFoundError(f"no file matches {src!r}")
     elif storage.is_local(src) and not os.path.exists(src):
@@ -68,7 +72,7 @@ def discover(src: str, columns: ManifestColumns, limits: Limits, scratch: str) -
 
     Media files named directly (or by a glob such as ``photos/*``) are grouped by stem like a folder's.
     """
-    paths = storage.glob(src) if any(c in src for c in GLOB_CHARS) else [src]
+    paths = storage.glob(src) if is_glob(src) else [src]
     loose: list[tuple[str, int]] = []
     for path in paths:
         kind = source_kind(path)
@@ -108,9 +112,10 @@ def group_by_stem(files: Iterable[tuple[str, int]]) -> Iterator[Candidate]:
 
 
 def describe(stem_path: str, members: tuple[Member, ...]) -> str:
-    """``/d/cat.jpg`` for one file, ``/d/cat.{jpg,txt}`` for several."""
+    """``/d/Cat.JPG`` (the file's own path) for one file, ``/d/cat.{jpg,txt}`` for several."""
     if len(members) == 1:
-        return f"{stem_path}.{members[0].ext}"
+        only = members[0]
+        return only.path if only.path and not only.offset else f"{stem_path}.{only.ext}"
     return f"{stem_path}.{{{','.join(m.ext for m in members)}}}"
 
 
