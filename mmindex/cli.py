@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from mmindex.media import Limits
+from pipelines.ingest.plan import DEFAULT_SHARD_SIZE
 
 app = typer.Typer(
     help="Make a multimodal corpus (images, audio, text) searchable across modalities.",
@@ -116,7 +117,7 @@ def ingest(
     sources: Annotated[list[str], typer.Argument(help=SOURCES_HELP, show_default=False)],
     out: Annotated[str, typer.Option("--out", "-o", help="Dataset folder to create, or to add new samples to.")],
     shard_size: Annotated[str, typer.Option(help="Samples and/or bytes per shard: 10000, 512MB or 10000,1GB.")]
-    = "10000,1GB",
+    = DEFAULT_SHARD_SIZE,
     workers: Annotated[int, typer.Option(help="Processes on this machine (with the default in-process runner).")]
     = 1,
     max_file_bytes: Annotated[int, typer.Option(help="Refuse files larger than this.")] = Limits.max_file_bytes,

@@ -28,14 +28,13 @@ from mmindex.dataset import Dataset, read_parquet
 from mmindex.media import Limits, Rejected
 from mmindex.progress import Progress
 from pipelines.ingest.inspect import inspect_candidate
-from pipelines.ingest.plan import ShardSize, plan_shards
-from pipelines.ingest.records import Candidate, Reject, SampleRecord
+from pipelines.ingest.plan import DEFAULT_SHARD_SIZE, ShardSize, plan_shards
+from pipelines.ingest.records import DUPLICATE, Candidate, Reject, SampleRecord
 from pipelines.ingest.sources import ManifestColumns, check_source, discover
 from pipelines.ingest.write import finalize, write_shard
 from pipelines.options import runner_and_options
 
 log = logging.getLogger("mmindex")
-DEFAULT_SHARD_SIZE = "10000,1GB"
 
 
 class InspectFn(beam.DoFn):
@@ -85,7 +84,7 @@ def choose_winners(item: tuple[str, dict[str, list]]):
         source, sizes = new[0]
         yield key, source, sizes
     for duplicate, _ in new[1:]:
-        yield TaggedOutput("rejected", Reject(duplicate, "duplicate", f"same content as {new[0][0]}"))
+        yield TaggedOutput("rejected", Reject(duplicate, DUPLICATE, f"same content as {new[0][0]}"))
 
 
 def plan_winners(winners: list[tuple[str, str, list[int]]], first_shard: int, size: ShardSize

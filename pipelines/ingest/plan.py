@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from mmindex.shards import tar_member_bytes
 
+DEFAULT_SHARD_SIZE = "10000,1GB"
+
 
 @dataclass(frozen=True)
 class ShardSize:

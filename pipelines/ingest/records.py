@@ -38,6 +38,9 @@ class Candidate:
             object.__setattr__(self, "problem", (self.problem[0], readable(self.problem[1])))
 
 
+DUPLICATE = "duplicate"  # the reason of a Reject that is an exact copy of an ingested sample
+
+
 @dataclass(frozen=True)
 class Reject:
     source: str

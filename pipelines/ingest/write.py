@@ -14,7 +14,7 @@ from mmindex.dataset import REJECTS_SCHEMA, SAMPLES_SCHEMA, Dataset, parquet_byt
 from mmindex.media import Limits
 from mmindex.shards import write_tar
 from pipelines.ingest.inspect import load_member
-from pipelines.ingest.records import Reject, SampleRecord
+from pipelines.ingest.records import DUPLICATE, Reject, SampleRecord
 
 log = logging.getLogger("mmindex")
 
@@ -66,8 +66,8 @@ def finalize(
     """Records the run in mmindex.json when it changed anything, writes its report, clears its scratch."""
     storage.delete(storage.glob(f"{scratch}-*"))  # decompressed tars: every shard that read them is written
     fresh = [r for r in rejects if (r.source, r.reason, r.detail) not in recorded]
-    duplicates = [r for r in rejects if r.reason == "duplicate"]
-    rejected = [r for r in rejects if r.reason != "duplicate"]
+    duplicates = [r for r in rejects if r.reason == DUPLICATE]
+    rejected = [r for r in rejects if r.reason != DUPLICATE]
     by_reason = Counter(r.reason for r in rejected)
     shards = sorted(shards, key=lambda s: s["name"])
     counts = {
