@@ -159,6 +159,74 @@ def ingest(
         raise typer.Exit(2) from None
 
 
+def print_embed_summary(result: dict[str, Any], model: str) -> None:
+    if not result["pending"]:
+        typer.echo(f"Nothing to do: all {result['shards']:,} shard(s) already have embeddings in space "
+                   f"{result['space']!r} ({result['root']}).")
+        return
+    stats, report = result["stats"], result["report"]
+    typer.echo(f"Embedded {stats['shards']:,} of {result['pending']:,} pending shard(s) into space "
+               f"{result['space']!r} in {stats['wall_seconds']:.1f} s -> {result['root']}")
+    for modality, figures in stats["modalities"].items():
+        rate = figures["per_worker_items_per_s"]
+        per_worker = f"  ({rate:,.1f}/s per worker)" if rate else ""
+        typer.echo(f"  {modality:<6}{figures['embedded']:>9,} embedded{per_worker}")
+    for row in stats["skipped"]:
+        typer.echo(f"  {row['modality']:<6}{row['items']:>9,} skipped: {row['reason']}")
+    for failure in report.failures:
+        typer.echo(f"  worker failed: {failure}; run the same command again to finish the remaining shards",
+                   err=True)
+
+
+def run_embed(dataset: str, model: str, gpus: int | None = None, device: str = "cpu", workers: int = 1,
+              batch_size: int = 64, decode_workers: int | None = None) -> dict[str, Any]:
+    from mmindex.embed.run import embed_dataset
+    from mmindex.embed.workers import WorkerSettings, devices
+    from mmindex.spaces import resolve_space
+
+    chosen = devices(gpus, device, workers)
+    if decode_workers is None:
+        decode_workers = 1 if chosen[0] == "cpu" else 4
+    result = embed_dataset(dataset, resolve_space(model), WorkerSettings(chosen, batch_size, decode_workers))
+    print_embed_summary(result, model)
+    return result
+
+
+@app.command()
+def embed(
+    dataset: Annotated[str, typer.Argument(help="A dataset made by `mmindex ingest`.", show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help=(
+        "Model space: a preset (offline, clip, siglip, clap: see configs/spaces/), a space YAML file, or a "
+        "Hugging Face id / local folder of a CLIP, SigLIP or CLAP model."))] = "offline",
+    gpus: Annotated[int | None, typer.Option(help="One worker process per GPU, fp16 (default: use --device).")]
+    = None,
+    device: Annotated[str, typer.Option(help="Device for --workers: cpu, cuda, cuda:1 ...")] = "cpu",
+    workers: Annotated[int, typer.Option(help="Worker processes on --device (each loads the models).")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Items per model forward pass.")] = 64,
+    decode_workers: Annotated[int | None, typer.Option(
+        help="Decode processes per worker, preparing the next batches while one is encoded (0: none). "
+             "Default: 1 on CPU, 4 per GPU.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the libraries' own log.")] = False,
+) -> None:
+    """Embed every sample's image, audio and text into one vector space, under DATASET/embeddings/<space>/.
+
+    Finished shards are committed one by one: a killed run resumes where it stopped, and a repeat does
+    nothing. Media a model cannot read, and audio with no speech for the offline space, are skipped with a
+    reason listed per item and counted in the summary.
+    """
+    setup_logging(verbose)
+    from mmindex.dataset import DatasetBusy
+    from mmindex.embed.store import SpaceMismatch
+    from mmindex.encoders.huggingface import ModelUnavailable
+
+    try:
+        run_embed(dataset, model, gpus, device, workers, batch_size, decode_workers)
+    except (FileNotFoundError, ValueError, RuntimeError, DatasetBusy, SpaceMismatch, ModelUnavailable,
+            ModuleNotFoundError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to build the demo dataset.")]

@@ -6,10 +6,12 @@ header that parses says nothing about a truncated body. Limits guard against dec
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,18 +117,11 @@ def open_audio(data: bytes) -> soundfile.SoundFile:
         return soundfile.SoundFile(io.BytesIO(data[sync.start():]))
 
 
-def inspect_audio(data: bytes, limits: Limits) -> dict[str, Any]:
-    """Decodes an audio clip to the end; returns duration and sample rate, or raises Rejected."""
+@contextlib.contextmanager
+def audio_errors() -> Iterator[None]:
+    """Turns a decoder's exceptions into Rejected, with a detail that is the same on every run."""
     try:
-        with open_audio(data) as clip:
-            rate, channels, declared = clip.samplerate, clip.channels, clip.frames
-            if rate <= 0:
-                raise Rejected("unreadable audio", f"sample rate {rate} Hz")
-            if declared / rate > limits.max_audio_seconds:
-                raise Rejected("audio too long", f"{declared / rate:,.0f} s is over the limit of "
-                               f"{limits.max_audio_seconds:,.0f} s")
-            frames = sum(len(block) for block in clip.blocks(blocksize=65536, dtype="float32"))
-            audio_format = clip.format.lower()
+        yield
     except Rejected:
         raise
     except soundfile.LibsndfileError as err:
@@ -134,6 +129,23 @@ def inspect_audio(data: bytes, limits: Limits) -> dict[str, Any]:
         raise Rejected("unreadable audio", err.error_string) from None
     except (RuntimeError, TypeError, ValueError) as err:
         raise Rejected("unreadable audio", str(err)) from None
+
+
+def check_clip(clip: soundfile.SoundFile, limits: Limits) -> None:
+    """Refuses a clip whose header declares no usable rate or a length over the limit, before decoding it."""
+    if clip.samplerate <= 0:
+        raise Rejected("unreadable audio", f"sample rate {clip.samplerate} Hz")
+    if clip.frames / clip.samplerate > limits.max_audio_seconds:
+        raise Rejected("audio too long", f"{clip.frames / clip.samplerate:,.0f} s is over the limit of "
+                       f"{limits.max_audio_seconds:,.0f} s")
+
+
+def inspect_audio(data: bytes, limits: Limits) -> dict[str, Any]:
+    """Decodes an audio clip to the end; returns duration and sample rate, or raises Rejected."""
+    with audio_errors(), open_audio(data) as clip:
+        check_clip(clip, limits)
+        frames = sum(len(block) for block in clip.blocks(blocksize=65536, dtype="float32"))
+        rate, channels, audio_format = clip.samplerate, clip.channels, clip.format.lower()
     if frames == 0:
         raise Rejected("empty audio", "the clip has no samples")
     return {"audio_format": audio_format, "sample_rate": rate, "channels": channels,

@@ -1,0 +1,59 @@
+"""One ``mmindex embed`` run: lock the dataset, find the shards still to embed, run them, record stats."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+from mmindex.dataset import Dataset, shard_name
+from mmindex.embed.store import EmbeddingStore
+from mmindex.embed.workers import RunReport, WorkerSettings, run_workers
+from mmindex.spaces import Space
+
+log = logging.getLogger("mmindex")
+
+
+def embed_dataset(root: str, space: Space, settings: WorkerSettings) -> dict[str, Any]:
+    """Embeds every committed shard of the dataset that has no committed embeddings in ``space`` yet."""
+    dataset = Dataset(root)
+    if not dataset.committed_shards():
+        raise FileNotFoundError(f"{root} has no ingested shards: run `mmindex ingest SOURCES --out {root}` first")
+    store = EmbeddingStore(dataset, space)
+    with dataset.exclusive("embed"):
+        store.claim()
+        pending = store.pending()
+        total = len(dataset.committed_shards())
+        if not pending:
+            return {"space": space.name, "pending": 0, "shards": total, "root": store.root}
+        log.info("embed: %d of %d shard(s) to embed into space %r on %s", len(pending), total, space.name,
+                 ", ".join(sorted(set(settings.devices))) + (f" x{len(settings.devices)}"
+                                                             if len(settings.devices) > 1 else ""))
+        started = time.monotonic()
+        report = run_workers(store, pending, settings, on_shard=lambda s: log.info(
+            "embed: shard %s committed on %s (%s)", shard_name(s["number"]), s["device"],
+            ", ".join(f"{n} {m}" for m, n in sorted(s["embedded"].items())) or "nothing to embed"))
+        wall = time.monotonic() - started
+        stats = _stats(report, settings, wall)
+        store.record_run(stats)
+    return {"space": space.name, "pending": len(pending), "shards": total, "root": store.root, "report": report,
+            "stats": stats}
+
+
+def _stats(report: RunReport, settings: WorkerSettings, wall: float) -> dict[str, Any]:
+    per_modality = {}
+    for modality, items in sorted(report.embedded.items()):
+        seconds = report.seconds[modality]
+        per_modality[modality] = {"embedded": items, "worker_seconds": round(seconds, 3),
+                                  "per_worker_items_per_s": round(items / seconds, 2) if seconds else None}
+    return {
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "settings": asdict(settings),
+        "shards": report.shards,
+        "wall_seconds": round(wall, 3),
+        "modalities": per_modality,
+        "skipped": [{"modality": m, "reason": r, "items": n} for (m, r), n in sorted(report.skipped.items())],
+        "failures": report.failures,
+    }

@@ -1,0 +1,139 @@
+"""Reading one shard's items and embedding them: the unit of work of both the worker pool and Beam."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import tarfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from mmindex import storage
+from mmindex.embed.store import ShardEmbeddings
+from mmindex.encoders.base import Encoded, Encoder, Preparer
+from mmindex.media import Rejected, modality_of
+
+log = logging.getLogger("mmindex")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One member of a shard that a space may embed: where its bytes are, and which modality it is."""
+
+    key: str
+    modality: str
+    offset: int
+    size: int
+
+
+def shard_items(path: str) -> list[Item]:
+    """Image, audio and text members of a webdataset tar (the key is the name up to its first dot)."""
+    items = []
+    with storage.open_read(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+        for member in tar:
+            folder, name = posixpath.split(member.name)
+            stem, _, ext = name.partition(".")
+            modality = modality_of(ext)
+            if member.isfile() and modality in ("image", "audio", "text"):
+                items.append(Item(posixpath.join(folder, stem), modality, member.offset_data, member.size))
+    return items
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Items of one modality from one shard, embedded as one batch."""
+
+    path: str
+    modality: str
+    items: list[Item]
+
+
+def prepare_chunk(chunk: Chunk, preparers: dict[str, Preparer]) -> list[Any]:
+    """Each item's model input, or the Rejected that says why it has none (runs in decode processes)."""
+    prepare = preparers[chunk.modality]
+    prepared: list[Any] = []
+    for item in chunk.items:
+        try:
+            prepared.append(prepare(storage.read_bytes(chunk.path, item.offset, item.size)))
+        except Rejected as rejected:
+            prepared.append(rejected)
+    return prepared
+
+
+def chunks(path: str, items: list[Item], modalities: Iterable[str], batch_size: int) -> list[Chunk]:
+    """Batches in a fixed order (modality, then position in the tar), so results do not depend on workers."""
+    out = []
+    for modality in sorted(modalities):
+        group = [item for item in items if item.modality == modality]
+        out += [Chunk(path, modality, group[i:i + batch_size]) for i in range(0, len(group), batch_size)]
+    return out
+
+
+def ordered_map(executor: Executor | None, fn: Callable, jobs: list, ahead: int) -> Iterator:
+    """fn over jobs in order; with an executor, up to ``ahead`` jobs run ahead of the consumer."""
+    if executor is None:
+        yield from map(fn, jobs)
+        return
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(executor.submit(fn, job))
+        if len(pending) > ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def encode_robustly(encoder: Encoder, inputs: list[Any]) -> Encoded:
+    """A batch's vectors; if the model fails on the batch, item by item, so one bad item costs only itself."""
+    try:
+        return encoder.encode(inputs)
+    except (RuntimeError, ValueError, IndexError) as err:
+        if len(inputs) == 1:
+            raise
+        log.warning("embed: %s batch of %d failed (%s); retrying item by item", encoder.modality, len(inputs), err)
+    vectors, skipped, notes = [], [], []
+    for one in inputs:
+        try:
+            result = encoder.encode([one])
+            vectors.append(result.vectors[0])
+            skipped.append(result.skipped[0])
+            notes.append(result.notes[0])
+        except (RuntimeError, ValueError, IndexError) as err:
+            vectors.append(None)
+            skipped.append(f"encoder failed: {err}")
+            notes.append(None)
+    return Encoded(vectors, skipped, notes)  # type: ignore[arg-type]
+
+
+def collect(result: ShardEmbeddings, chunk: Chunk, prepared: list[Any], encoder: Encoder) -> None:
+    """Adds a chunk's items to the shard's result: a vector each, or the reason it has none."""
+    good = [i for i, x in enumerate(prepared) if not isinstance(x, Rejected)]
+    encoded = encode_robustly(encoder, [prepared[i] for i in good]) if good else None
+    position = {i: j for j, i in enumerate(good)}
+    for i, item in enumerate(chunk.items):
+        if i not in position:
+            rejected = prepared[i]
+            result.add(item.key, chunk.modality, None, f"{rejected.reason}: {rejected.detail}")
+            continue
+        j = position[i]
+        skipped = encoded.skipped[j]
+        result.add(item.key, chunk.modality, None if skipped else encoded.vectors[j], skipped, encoded.notes[j])
+
+
+def embed_shard(number: int, path: str, encoders: dict[str, Encoder], prepare: Callable[[Chunk], list[Any]],
+                executor: Executor | None, batch_size: int, ahead: int) -> tuple[ShardEmbeddings, dict[str, float]]:
+    """All of a shard's items in the space, and the seconds spent per modality."""
+    result = ShardEmbeddings(number)
+    seconds: dict[str, float] = {}
+    jobs = chunks(path, shard_items(path), encoders, batch_size)
+    started = time.perf_counter()
+    for chunk, prepared in zip(jobs, ordered_map(executor, prepare, jobs, ahead), strict=True):
+        collect(result, chunk, prepared, encoders[chunk.modality])
+        now = time.perf_counter()
+        seconds[chunk.modality] = seconds.get(chunk.modality, 0.0) + now - started
+        started = now
+    return result, seconds

@@ -1,0 +1,115 @@
+"""embeddings/<space>/ in a dataset: per shard, float16 vectors per modality and a parquet that commits them.
+
+    embeddings/<space>/space.json             the space's settings (vectors from other settings never mix)
+    embeddings/<space>/<modality>/NNNNNN.npy  float16, one row per embedded item, in the parquet's order
+    embeddings/<space>/NNNNNN.parquet         key, modality, row (into the .npy), skipped (reason), note
+    embeddings/<space>/stats.json             per run: samples/s per modality and device
+
+The parquet is written last, with an atomic rename: a shard's embeddings exist once it exists. Vector files
+without it are leftovers of an interrupted run and are overwritten.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mmindex import storage
+from mmindex.dataset import Dataset, parquet_bytes, read_parquet, shard_name
+from mmindex.spaces import Space
+
+EMBEDDINGS_SCHEMA = pa.schema([
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("modality", pa.string(), nullable=False),
+    pa.field("row", pa.int32()),
+    pa.field("skipped", pa.string()),
+    pa.field("note", pa.string()),
+])
+
+
+class SpaceMismatch(ValueError):
+    """The folder holds vectors made with other settings under the same space name."""
+
+
+@dataclass
+class ShardEmbeddings:
+    """One shard's result: vectors by modality and one row per item (embedded or skipped with a reason)."""
+
+    number: int
+    vectors: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, key: str, modality: str, vector: np.ndarray | None, skipped: str | None = None,
+            note: str | None = None) -> None:
+        row = None
+        if vector is not None:
+            row = len(self.vectors.setdefault(modality, []))
+            self.vectors[modality].append(vector)
+        self.rows.append({"key": key, "modality": modality, "row": row, "skipped": skipped, "note": note})
+
+
+@dataclass(frozen=True)
+class EmbeddingStore:
+    dataset: Dataset
+    space: Space
+
+    @property
+    def root(self) -> str:
+        return storage.join(self.dataset.root, "embeddings", self.space.name)
+
+    def parquet_path(self, number: int) -> str:
+        return storage.join(self.root, f"{shard_name(number)}.parquet")
+
+    def vectors_path(self, number: int, modality: str) -> str:
+        return storage.join(self.root, modality, f"{shard_name(number)}.npy")
+
+    def claim(self) -> None:
+        """Records the space's settings, or refuses if the folder holds vectors made with other settings."""
+        path = storage.join(self.root, "space.json")
+        mine = {"name": self.space.name, "fingerprint": self.space.fingerprint, "settings": self.space.settings}
+        if storage.exists(path):
+            recorded = json.loads(storage.read_bytes(path))
+            if recorded.get("fingerprint") != self.space.fingerprint:
+                raise SpaceMismatch(f"{self.root} holds vectors made with other settings of space "
+                                    f"{self.space.name!r}; delete that folder to re-embed, or give the new "
+                                    f"settings another name")
+            return
+        storage.write_atomic(path, json.dumps(mine, indent=2, sort_keys=True).encode())
+
+    def committed(self) -> set[int]:
+        names = (posixpath.basename(p)[: -len(".parquet")] for p in storage.glob(storage.join(self.root, "*.parquet")))
+        return {int(name) for name in names if name.isdigit()}
+
+    def pending(self) -> list[int]:
+        """Dataset shards whose embeddings are not committed yet."""
+        done = self.committed()
+        return [n for n in self.dataset.committed_shards() if n not in done]
+
+    def commit(self, shard: ShardEmbeddings) -> None:
+        for modality, vectors in sorted(shard.vectors.items()):
+            buffer = io.BytesIO()
+            np.save(buffer, np.stack(vectors).astype(np.float16), allow_pickle=False)
+            storage.write_atomic(self.vectors_path(shard.number, modality), buffer.getvalue())
+        storage.write_atomic(self.parquet_path(shard.number), parquet_bytes(shard.rows, EMBEDDINGS_SCHEMA))
+
+    def read(self, number: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
+        """A committed shard's rows and its vectors by modality (memory-mapped where the file is local)."""
+        table = read_parquet(self.parquet_path(number))
+        vectors = {}
+        for modality in sorted(set(table.column("modality").to_pylist())):
+            path = self.vectors_path(number, modality)
+            if storage.exists(path):
+                vectors[modality] = (np.load(path, mmap_mode="r", allow_pickle=False) if storage.is_local(path)
+                                     else np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False))
+        return table, vectors
+
+    def record_run(self, stats: dict[str, Any]) -> None:
+        path = storage.join(self.root, "stats.json")
+        runs = json.loads(storage.read_bytes(path))["runs"] if storage.exists(path) else []
+        storage.write_atomic(path, json.dumps({"runs": [*runs, stats]}, indent=2).encode())

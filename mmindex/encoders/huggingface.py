@@ -1,0 +1,114 @@
+"""Joint models from Hugging Face transformers: CLIP and SigLIP (image + text), CLAP (audio + text).
+
+Weights come from the hub cache or a local folder saved with ``save_pretrained``; preprocessing is the
+model's own processor, so vectors match the model's reference use.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+
+from mmindex.encoders.base import Encoded, Encoder, inference, normalised
+from mmindex.encoders.inputs import decode_utf8, load_mono, load_rgb
+
+# Which modalities each supported architecture embeds besides text.
+MODALITIES = {"clip": ("image", "text"), "siglip": ("image", "text"), "clap": ("audio", "text")}
+
+
+class ModelUnavailable(RuntimeError):
+    """The weights are neither in the hub cache nor in the folder named, and cannot be downloaded."""
+
+
+def load_pretrained(reference: str) -> tuple[Any, Any]:
+    """(model, processor) from a hub id or a local folder, with an error that says how to get them."""
+    try:
+        config = transformers.AutoConfig.from_pretrained(reference)
+    except OSError as err:
+        raise ModelUnavailable(
+            f"cannot load model {reference!r}: it is not a local folder, not in the Hugging Face cache, and "
+            f"could not be downloaded ({str(err).splitlines()[0]}). On a machine with network, run "
+            f"`hf download {reference}` and copy the cache (~/.cache/huggingface, or $HF_HOME), or save the "
+            f"model with save_pretrained and pass that folder to --model.") from None
+    if config.model_type not in MODALITIES:
+        raise ModelUnavailable(f"{reference!r} is a {config.model_type!r} model; mmindex embeds with "
+                               f"{', '.join(sorted(MODALITIES))} models (or a space YAML, see configs/spaces)")
+    model = transformers.AutoModel.from_pretrained(reference)
+    processor = transformers.AutoProcessor.from_pretrained(reference)
+    return model.eval(), processor
+
+
+@dataclass
+class _ImagePreparer:
+    image_processor: Any
+
+    def __call__(self, data: bytes) -> np.ndarray:
+        return self.image_processor(load_rgb(data), return_tensors="np")["pixel_values"][0]
+
+
+@dataclass
+class _AudioPreparer:
+    """Clips longer than the model's window are cut into consecutive windows whose vectors are averaged
+    (deterministic, unlike the random crop used in training); the last window is repeat-padded."""
+
+    feature_extractor: Any
+
+    def __call__(self, data: bytes) -> dict[str, np.ndarray]:
+        rate = self.feature_extractor.sampling_rate
+        samples = load_mono(data, rate)
+        window = self.feature_extractor.nb_max_samples
+        windows = [samples[start:start + window] for start in range(0, len(samples), window)]
+        features = self.feature_extractor(windows, sampling_rate=rate, return_tensors="np")
+        return {name: features[name] for name in ("input_features", "is_longer") if name in features}
+
+
+class HuggingFaceEncoder(Encoder):
+    """One modality of a loaded transformers model (several encoders share one model)."""
+
+    def __init__(self, model: Any, processor: Any, modality: str, device: torch.device):
+        super().__init__(device)
+        self.model, self.processor, self.modality = model, processor, modality
+        self.dim = model.config.projection_dim
+        self.model_type = model.config.model_type
+
+    def preparer(self):
+        if self.modality == "image":
+            return _ImagePreparer(self.processor.image_processor)
+        if self.modality == "audio":
+            return _AudioPreparer(self.processor.feature_extractor)
+        return decode_utf8
+
+    def encode(self, prepared: list[Any]) -> Encoded:
+        with inference(self.device):
+            if self.modality == "text":
+                return Encoded.all_embedded(self._encode_text(prepared))
+            if self.modality == "image":
+                pixels = torch.from_numpy(np.stack(prepared)).to(self.device)
+                return Encoded.all_embedded(normalised(self.model.get_image_features(pixel_values=pixels)))
+            return Encoded.all_embedded(self._encode_audio(prepared))
+
+    def _encode_text(self, texts: list[str]) -> np.ndarray:
+        # SigLIP was trained on text padded to its full length and must be fed that way.
+        padding = "max_length" if self.model_type == "siglip" else True
+        tokens = self.processor.tokenizer(texts, padding=padding, truncation=True, return_tensors="pt")
+        return normalised(self.model.get_text_features(**tokens.to(self.device)))
+
+    def _encode_audio(self, clips: list[dict[str, np.ndarray]]) -> np.ndarray:
+        inputs = {name: torch.from_numpy(np.concatenate([clip[name] for clip in clips])).to(self.device)
+                  for name in clips[0]}
+        windows = normalised(self.model.get_audio_features(**inputs))
+        bounds = np.cumsum([0] + [len(clip["input_features"]) for clip in clips])
+        means = np.stack([windows[start:end].mean(axis=0) for start, end in itertools.pairwise(bounds)])
+        return means / np.linalg.norm(means, axis=1, keepdims=True)
+
+
+def encoders(reference: str, device: torch.device) -> dict[str, Encoder]:
+    model, processor = load_pretrained(reference)
+    model.to(device)
+    return {modality: HuggingFaceEncoder(model, processor, modality, device)
+            for modality in MODALITIES[model.config.model_type]}

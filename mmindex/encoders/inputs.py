@@ -1,0 +1,60 @@
+"""Decoding media for encoders: the pixels and samples a model should see, whatever the file's quirks."""
+
+from __future__ import annotations
+
+import io
+from math import gcd
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy.signal import resample_poly
+
+from mmindex.media import Limits, Rejected, audio_errors, check_clip, open_audio
+
+WHITE = (255, 255, 255, 255)
+DEFAULT_LIMITS = Limits()
+
+
+def load_rgb(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
+    """An RGB image as displayed: EXIF orientation applied, transparency composited onto white."""
+    Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > limits.max_image_pixels:
+            raise Rejected("image too large", f"{image.width}x{image.height} pixels is over the limit of "
+                           f"{limits.max_image_pixels:,}")
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, WHITE)
+            return Image.alpha_composite(background, image).convert("RGB")
+        return image.convert("RGB")
+    except Rejected:
+        raise
+    except UnidentifiedImageError:
+        raise Rejected("unreadable image", "not an image in any format Pillow reads") from None
+    except Image.DecompressionBombError as err:
+        raise Rejected("image too large", str(err)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise Rejected("corrupt image", str(err) or type(err).__name__) from None
+
+
+def load_mono(data: bytes, rate: int, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """float32 mono samples at ``rate`` Hz: channels averaged, resampled with a polyphase anti-aliasing filter."""
+    with audio_errors(), open_audio(data) as clip:
+        check_clip(clip, limits)
+        samples = clip.read(dtype="float32", always_2d=True).mean(axis=1)
+        source_rate = clip.samplerate
+    if not len(samples):
+        raise Rejected("empty audio", "the clip has no samples")
+    if source_rate != rate:
+        common = gcd(rate, source_rate)
+        samples = resample_poly(samples, rate // common, source_rate // common)
+    return samples.astype(np.float32, copy=False)
+
+
+def decode_utf8(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise Rejected("text not UTF-8", str(err)) from None

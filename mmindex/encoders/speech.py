@@ -1,0 +1,61 @@
+"""Speech into a text space: offline speech recognition (whisper via faster-whisper), then the text encoder.
+
+Audio with no speech in it (music, animal sounds, silence) has nothing this path can embed: it is skipped
+with the reason "no speech detected" rather than given the vector of whatever whisper hallucinates. A voice
+activity detector (shipped with faster-whisper) decides; long clips are transcribed window by window, as
+whisper does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmindex.encoders.base import Encoded, Encoder
+from mmindex.encoders.inputs import load_mono
+from mmindex.encoders.sentence import SentenceEncoder
+
+WHISPER_RATE = 16_000
+NO_SPEECH = "no speech detected"
+
+
+@dataclass(frozen=True)
+class _SpeechInput:
+    def __call__(self, data: bytes) -> np.ndarray:
+        return load_mono(data, WHISPER_RATE)
+
+
+class SpeechEncoder(Encoder):
+    modality = "audio"
+
+    def __init__(self, text: SentenceEncoder, whisper_folder: Path, device: torch.device, beam_size: int = 1,
+                 language: str = "en", threads: int = 0):
+        from faster_whisper import WhisperModel
+
+        super().__init__(device)
+        on_gpu = device.type == "cuda"
+        self.whisper = WhisperModel(str(whisper_folder), device="cuda" if on_gpu else "cpu",
+                                    device_index=device.index or 0, compute_type="float16" if on_gpu else "int8",
+                                    cpu_threads=threads)
+        self.text, self.dim = text, text.dim
+        self.beam_size, self.language = beam_size, language
+
+    def preparer(self):
+        return _SpeechInput()
+
+    def transcribe(self, samples: np.ndarray) -> str:
+        segments, _ = self.whisper.transcribe(samples, language=self.language, beam_size=self.beam_size,
+                                              vad_filter=True, condition_on_previous_text=False)
+        return " ".join(segment.text.strip() for segment in segments).strip()
+
+    def encode(self, prepared: list[np.ndarray]) -> Encoded:
+        transcripts = [self.transcribe(samples) for samples in prepared]
+        spoken = [i for i, text in enumerate(transcripts) if text]
+        vectors = np.zeros((len(prepared), self.dim), np.float32)
+        if spoken:
+            vectors[spoken] = self.text.embed([transcripts[i] for i in spoken])
+        return Encoded(vectors, [None if text else NO_SPEECH for text in transcripts],
+                       [text or None for text in transcripts])

