@@ -35,6 +35,14 @@ class Space:
         relevant = {k: v for k, v in self.settings.items() if k != "description"}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
+    def modalities(self) -> list[str]:
+        """The modalities the space embeds (reads at most a model's config, never its weights)."""
+        if self.settings["kind"] == "huggingface":
+            from mmindex.encoders import huggingface
+
+            return sorted(huggingface.MODALITIES[huggingface.load_config(self.settings["model"]).model_type])
+        return sorted(m for m in ("image", "audio", "text") if self.settings.get(m))
+
     def load(self, device: torch.device | str = "cpu") -> dict[str, Encoder]:
         """The space's encoders by modality, on ``device``."""
         device = torch.device(device)

@@ -75,3 +75,51 @@ def job_service():
     yield f"localhost:{port}"
     service.terminate()
     service.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory) -> Path:
+    """The demo corpus ingested into shards of 20 samples (6 shards), shared read-only: copy it to change it."""
+    dataset = tmp_path_factory.mktemp("demo") / "dataset"
+    ingest(CORPUS, dataset=dataset, extra=("--shard-size=20",))
+    return dataset
+
+
+def copy_dataset(dataset: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(dataset, tmp_path / "dataset"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    from tiny_models import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_clap(tmp_path_factory) -> Path:
+    from tiny_models import save_tiny_clap
+
+    return save_tiny_clap(tmp_path_factory.mktemp("models") / "tiny-clap")
+
+
+def embed(dataset: Path, model: str = "offline", **settings) -> dict:
+    """Runs ``mmindex embed`` in this process, as the CLI does."""
+    from mmindex.cli import run_embed
+
+    return run_embed(str(dataset), model, **settings)
+
+
+@pytest.fixture(scope="session")
+def offline_embedded(demo_dataset: Path, tmp_path_factory) -> Path:
+    """The demo dataset embedded in the offline space by one CPU worker: the reference other runs must match."""
+    dataset = Path(shutil.copytree(demo_dataset, tmp_path_factory.mktemp("offline") / "dataset"))
+    embed(dataset)
+    return dataset
+
+
+def embeddings(dataset: Path, space: str) -> dict[str, bytes]:
+    """Every committed embeddings file of a space (vectors and parquet), by name."""
+    root = dataset / "embeddings" / space
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.suffix in (".npy", ".parquet")}

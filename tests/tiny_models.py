@@ -40,7 +40,7 @@ def save_tiny_clip(out: Path) -> Path:
     alphabet = _byte_alphabet()
     vocab = {token: i for i, token in enumerate([*alphabet, *(c + "</w>" for c in alphabet),
                                                  "<|startoftext|>", "<|endoftext|>"])}
-    tokenizer = CLIPTokenizer(*_write_bpe(out / "bpe", vocab))
+    tokenizer = CLIPTokenizer(*_write_bpe(out / "bpe", vocab), model_max_length=77)
     layers = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
     config = CLIPConfig(
         text_config={**layers, "vocab_size": len(vocab), "max_position_embeddings": 77,
@@ -58,7 +58,7 @@ def save_tiny_clap(out: Path) -> Path:
     """A tiny CLAP (HTSAT audio tower, RoBERTa text tower, 16-d shared space) with its processor."""
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
     vocab = {token: i for i, token in enumerate([*specials, *_byte_alphabet(), "<mask>"])}
-    tokenizer = RobertaTokenizer(*_write_bpe(out / "bpe", vocab))
+    tokenizer = RobertaTokenizer(*_write_bpe(out / "bpe", vocab), model_max_length=77)
     config = ClapConfig(
         text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
                      "num_attention_heads": 4, "max_position_embeddings": 80, "projection_dim": 16,

@@ -22,6 +22,7 @@ def embed_dataset(root: str, space: Space, settings: WorkerSettings) -> dict[str
     if not dataset.committed_shards():
         raise FileNotFoundError(f"{root} has no ingested shards: run `mmindex ingest SOURCES --out {root}` first")
     store = EmbeddingStore(dataset, space)
+    space.modalities()  # fails early, before anything is written, if the model cannot be found
     with dataset.exclusive("embed"):
         store.claim()
         pending = store.pending()

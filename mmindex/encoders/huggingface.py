@@ -25,8 +25,8 @@ class ModelUnavailable(RuntimeError):
     """The weights are neither in the hub cache nor in the folder named, and cannot be downloaded."""
 
 
-def load_pretrained(reference: str) -> tuple[Any, Any]:
-    """(model, processor) from a hub id or a local folder, with an error that says how to get them."""
+def load_config(reference: str) -> Any:
+    """The model's config (a small file), with an error that says how to get the model if it is missing."""
     try:
         config = transformers.AutoConfig.from_pretrained(reference)
     except OSError as err:
@@ -38,6 +38,12 @@ def load_pretrained(reference: str) -> tuple[Any, Any]:
     if config.model_type not in MODALITIES:
         raise ModelUnavailable(f"{reference!r} is a {config.model_type!r} model; mmindex embeds with "
                                f"{', '.join(sorted(MODALITIES))} models (or a space YAML, see configs/spaces)")
+    return config
+
+
+def load_pretrained(reference: str) -> tuple[Any, Any]:
+    """(model, processor) from a hub id or a local folder."""
+    load_config(reference)
     model = transformers.AutoModel.from_pretrained(reference)
     processor = transformers.AutoProcessor.from_pretrained(reference)
     return model.eval(), processor
@@ -95,7 +101,11 @@ class HuggingFaceEncoder(Encoder):
     def _encode_text(self, texts: list[str]) -> np.ndarray:
         # SigLIP was trained on text padded to its full length and must be fed that way.
         padding = "max_length" if self.model_type == "siglip" else True
-        tokens = self.processor.tokenizer(texts, padding=padding, truncation=True, return_tensors="pt")
+        tokenizer = self.processor.tokenizer
+        limit = tokenizer.model_max_length
+        if limit > 100_000:  # the tokenizer does not say: the text tower's positions bound it
+            limit = self.model.config.text_config.max_position_embeddings
+        tokens = tokenizer(texts, padding=padding, truncation=True, max_length=limit, return_tensors="pt")
         return normalised(self.model.get_text_features(**tokens.to(self.device)))
 
     def _encode_audio(self, clips: list[dict[str, np.ndarray]]) -> np.ndarray:

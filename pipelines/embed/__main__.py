@@ -1,0 +1,4 @@
+from pipelines.embed.pipeline import run
+
+if __name__ == "__main__":
+    run()

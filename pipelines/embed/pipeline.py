@@ -1,0 +1,149 @@
+"""Embedding a dataset with Apache Beam: RunInference runs the space's encoders on any runner.
+
+    python -m pipelines.embed --dataset DATASET --model offline [--batch-size 64] [--device cpu] [Beam options]
+
+Same encoders, same preparation and the same per-shard commits as the local worker pool (mmindex.embed),
+so a dataset can be embedded partly on a laptop and partly on a cluster. Each worker loads the space once;
+shards already committed are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+
+from mmindex.dataset import Dataset
+from mmindex.embed.shard import Chunk, Item, prepare_chunk, shard_items
+from mmindex.embed.store import EmbeddingStore, ShardEmbeddings
+from mmindex.encoders.base import Encoder
+from mmindex.media import Rejected
+from mmindex.spaces import DEFAULT_SPACE, Space, resolve_space
+from pipelines.options import runner_and_options
+
+log = logging.getLogger("mmindex")
+REJECTED = "rejected"
+
+
+_loaded: dict[tuple[str, str], dict[str, Encoder]] = {}
+
+
+def _encoders(space: Space, device: str) -> dict[str, Encoder]:
+    """The space's encoders, loaded once per worker process (preparation and inference share them)."""
+    ident = (space.fingerprint, device)
+    if ident not in _loaded:
+        _loaded[ident] = space.load(device)
+    return _loaded[ident]
+
+
+class EncoderHandler(ModelHandler):
+    """RunInference's view of one encoder of a space: batches of prepared items -> (vector, skipped, note)."""
+
+    def __init__(self, space: Space, modality: str, device: str, batch_size: int):
+        super().__init__()
+        self.space, self.modality, self.device, self.batch_size = space, modality, device, batch_size
+
+    def load_model(self) -> Encoder:
+        return _encoders(self.space, self.device)[self.modality]
+
+    def run_inference(self, batch: Sequence[Any], model: Encoder, inference_args=None) -> Iterable[PredictionResult]:
+        from mmindex.embed.shard import encode_robustly
+
+        encoded = encode_robustly(model, list(batch))
+        for i, example in enumerate(batch):
+            vector = encoded.vectors[i]
+            yield PredictionResult(example, (None if vector is None else vector.copy(), encoded.skipped[i],
+                                             encoded.notes[i]))
+
+    def batch_elements_kwargs(self) -> dict[str, int]:
+        return {"min_batch_size": 1, "max_batch_size": self.batch_size}
+
+
+class PrepareFn(beam.DoFn):
+    """Reads and prepares one item: main output ((shard, position, key), input), or the reason it has none."""
+
+    def __init__(self, space: Space, device: str):
+        self.space, self.device = space, device
+
+    def setup(self) -> None:
+        self.preparers = {m: e.preparer() for m, e in _encoders(self.space, self.device).items()}
+
+    def process(self, element: tuple[int, str, int, Item]) -> Iterator:
+        number, path, position, item = element
+        (prepared,) = prepare_chunk(Chunk(path, item.modality, [item]), self.preparers)
+        ident = (number, item.modality, position, item.key)
+        if isinstance(prepared, Rejected):
+            yield beam.pvalue.TaggedOutput(REJECTED, (number, (ident, (None, f"{prepared.reason}: {prepared.detail}",
+                                                                       None))))
+        else:
+            yield ident, prepared
+
+
+def list_items(number: int, dataset: Dataset, modalities: list[str]) -> Iterator[tuple[int, str, int, Item]]:
+    path = dataset.shard_path(number)
+    for position, item in enumerate(shard_items(path)):
+        if item.modality in modalities:
+            yield number, path, position, item
+
+
+def commit_shard(element: tuple[int, Iterable], store: EmbeddingStore) -> int:
+    """Writes a shard's results in the worker pool's order (modality, then position in the tar)."""
+    number, results = element
+    shard = ShardEmbeddings(number)
+    for (_, modality, _, key), (vector, skipped, note) in sorted((r for r in results if r is not None),
+                                                                 key=lambda r: r[0][1:3]):
+        shard.add(key, modality, vector, skipped, note)
+    store.commit(shard)
+    return number
+
+
+def build(pipeline: beam.Pipeline, store: EmbeddingStore, pending: list[int], device: str,
+          batch_size: int) -> beam.PCollection:
+    space, dataset = store.space, store.dataset
+    modalities = space.modalities()
+    prepared = (pipeline
+                | "Pending shards" >> beam.Create(pending)
+                | "List items" >> beam.FlatMap(list_items, dataset, modalities)
+                | "Spread items" >> beam.Reshuffle()
+                | "Prepare" >> beam.ParDo(PrepareFn(space, device)).with_outputs(REJECTED, main="ready"))
+    results = [prepared[REJECTED],
+               pipeline | "Every pending shard" >> beam.Create([(n, None) for n in pending])]
+    for modality in modalities:
+        results.append(
+            prepared.ready
+            | f"Only {modality}" >> beam.Filter(lambda element, m=modality: element[0][1] == m)
+            | f"Embed {modality}" >> RunInference(KeyedModelHandler(EncoderHandler(space, modality, device,
+                                                                                   batch_size)))
+            | f"By shard ({modality})" >> beam.Map(lambda kv: (kv[0][0], (kv[0], kv[1].inference))))
+    return (results
+            | "All results" >> beam.Flatten()
+            | "Group by shard" >> beam.GroupByKey()
+            | "Commit shard" >> beam.Map(commit_shard, store))
+
+
+def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, help="dataset folder made by mmindex ingest")
+    parser.add_argument("--model", default=DEFAULT_SPACE, help="model space (see configs/spaces)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="device on each Beam worker (cpu, cuda)")
+    parser.add_argument("--workers", type=int, default=1, help="processes, with the default local runner")
+    known, beam_args = parser.parse_known_args(argv)
+    dataset = Dataset(known.dataset)
+    store = EmbeddingStore(dataset, resolve_space(known.model))
+    store.space.modalities()  # fails early, before anything is written, if the model cannot be found
+    with dataset.exclusive("embed"):
+        store.claim()
+        pending = store.pending()
+        if pending:
+            runner, options = runner_and_options(beam_args, known.workers)
+            pipeline = test_pipeline or beam.Pipeline(runner=runner, options=options)
+            build(pipeline, store, pending, known.device, known.batch_size)
+            if test_pipeline is None:
+                pipeline.run().wait_until_finish()
+    return {"space": store.space.name, "pending": len(pending), "shards": len(dataset.committed_shards()),
+            "root": store.root}
