@@ -179,7 +179,7 @@ def print_embed_summary(result: dict[str, Any], model: str) -> None:
 
 
 def run_embed(dataset: str, model: str, gpus: int | None = None, device: str = "cpu", workers: int = 1,
-              batch_size: int = 64, decode_workers: int | None = None) -> dict[str, Any]:
+              batch_size: int = 64, decode_workers: int | None = None, threads: int | None = None) -> dict[str, Any]:
     from mmindex.embed.run import embed_dataset
     from mmindex.embed.workers import WorkerSettings, devices
     from mmindex.spaces import resolve_space
@@ -187,7 +187,7 @@ def run_embed(dataset: str, model: str, gpus: int | None = None, device: str = "
     chosen = devices(gpus, device, workers)
     if decode_workers is None:
         decode_workers = 1 if chosen[0] == "cpu" else 4
-    result = embed_dataset(dataset, resolve_space(model), WorkerSettings(chosen, batch_size, decode_workers))
+    result = embed_dataset(dataset, resolve_space(model), WorkerSettings(chosen, batch_size, decode_workers, threads))
     print_embed_summary(result, model)
     return result
 
@@ -206,6 +206,10 @@ def embed(
     decode_workers: Annotated[int | None, typer.Option(
         help="Decode processes per worker, preparing the next batches while one is encoded (0: none). "
              "Default: 1 on CPU, 4 per GPU.")] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="Torch threads per worker (default: CPU workers share the cores). On CPU, vectors are bit-identical "
+             "for any --workers at the same --threads; other thread counts may change a float16 value's last bit."
+    )] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the libraries' own log.")] = False,
 ) -> None:
     """Embed every sample's image, audio and text into one vector space, under DATASET/embeddings/<space>/.
@@ -220,11 +224,13 @@ def embed(
     from mmindex.encoders.huggingface import ModelUnavailable
 
     try:
-        run_embed(dataset, model, gpus, device, workers, batch_size, decode_workers)
+        result = run_embed(dataset, model, gpus, device, workers, batch_size, decode_workers, threads)
     except (FileNotFoundError, ValueError, RuntimeError, DatasetBusy, SpaceMismatch, ModelUnavailable,
             ModuleNotFoundError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(2) from None
+    if result.get("report") and result["report"].failures:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -68,6 +68,6 @@ def save_tiny_clap(out: Path) -> Path:
         projection_dim=16,
     )
     ClapModel(config).save_pretrained(out)
-    ClapProcessor(
-        feature_extractor=ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad"), tokenizer=tokenizer).save_pretrained(out)
+    features = ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad")  # as laion/clap-htsat-unfused
+    ClapProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(out)
     return out

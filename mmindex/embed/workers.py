@@ -12,6 +12,8 @@ import logging
 import multiprocessing
 import os
 import queue
+import threading
+import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -34,10 +36,13 @@ class WorkerSettings:
     devices: list[str]          # one worker per entry: "cuda:0", "cuda:1", or "cpu" repeated
     batch_size: int = 64
     decode_workers: int = 1     # decode processes per worker (0: decode in the worker, between batches)
+    threads: int | None = None  # torch threads per worker (None: CPU workers share the cores)
 
     @property
     def threads_per_worker(self) -> int:
         """CPU workers share the cores; a GPU worker's own CPU work needs few threads."""
+        if self.threads:
+            return self.threads
         cores = os.cpu_count() or 1
         return max(1, cores // len(self.devices)) if self.devices[0] == "cpu" else 2
 
@@ -57,9 +62,25 @@ class RunReport:
         self.seconds.update(shard["seconds"])
 
 
-def _install_preparers(preparers: dict[str, Preparer]) -> None:
-    """Decode process set-up: one thread each (they are many), and no library chatter on the run's stderr."""
+def _child_setup() -> None:
+    """For worker and decode processes: no library chatter (Beam's import warnings) on the run's stderr, and
+    exit as soon as the parent is gone (killed with -9, say), rather than linger or go on writing."""
+    if multiprocessing.parent_process() is None:
+        return
     logging.getLogger().setLevel(logging.ERROR)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _install_preparers(preparers: dict[str, Preparer]) -> None:
+    """Decode process set-up: one thread each (they are many)."""
+    _child_setup()
     _preparers.update(preparers)
     torch.set_num_threads(1)
 
@@ -77,8 +98,8 @@ def _shard_summary(result, seconds: dict[str, float], device: str) -> dict[str, 
 
 def work(root: str, space: Space, device: str, settings: WorkerSettings, todo, done) -> None:
     """One worker: shard numbers from ``todo`` until a None, a summary per committed shard onto ``done``."""
+    _child_setup()
     torch.set_num_threads(settings.threads_per_worker)
-    parent = os.getppid()
     store = EmbeddingStore(Dataset(root), space)
     encoders = space.load(device)
     preparers = {modality: encoder.preparer() for modality, encoder in encoders.items()}
@@ -90,8 +111,6 @@ def work(root: str, space: Space, device: str, settings: WorkerSettings, todo, d
         _install_preparers(preparers)
     try:
         while (number := todo.get()) is not None:
-            if os.getppid() != parent:  # the run was killed: an orphan must not go on writing
-                return
             result, seconds = embed_shard(number, store.dataset.shard_path(number), encoders, _prepare, executor,
                                           settings.batch_size, ahead=2 * max(1, settings.decode_workers))
             store.commit(result)
@@ -121,7 +140,7 @@ def run_workers(store: EmbeddingStore, shards: list[int], settings: WorkerSettin
     for number in [*shards, *[None] * len(settings.devices)]:
         todo.put(number)
     workers = [context.Process(target=work, args=(store.dataset.root, store.space, device, settings, todo, done),
-                               name=f"mmindex-embed-{device}-{i}", daemon=True)
+                               name=f"mmindex-embed-{device}-{i}")
                for i, device in enumerate(settings.devices)]
     for process in workers:
         process.start()

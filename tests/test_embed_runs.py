@@ -1,0 +1,149 @@
+"""`mmindex embed` runs: resume, repeat, worker counts, corrupt media, the Beam pipeline, errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from conftest import copy_dataset, embed, embeddings, file_digests
+from mmindex.cli import app
+from pipelines.embed.pipeline import run as run_beam_embed
+
+
+def test_a_repeat_does_nothing_and_touches_nothing(offline_embedded, capsys):
+    before = file_digests(offline_embedded)
+    result = embed(offline_embedded)
+    assert result["pending"] == 0 and "Nothing to do" in capsys.readouterr().out
+    assert file_digests(offline_embedded) == before
+
+
+def test_two_workers_give_the_same_vectors_as_one(offline_embedded, demo_dataset, tmp_path):
+    dataset = copy_dataset(demo_dataset, tmp_path)
+    embed(dataset, workers=2, threads=1)
+    assert embeddings(dataset, "offline") == embeddings(offline_embedded, "offline")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"resource_tracker" not in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds worker processes through /proc")
+def test_a_run_whose_worker_is_killed_resumes_with_only_the_unfinished_shards(offline_embedded, demo_dataset,
+                                                                                tmp_path):
+    dataset = copy_dataset(demo_dataset, tmp_path)
+    out = dataset / "embeddings" / "offline"
+    run = subprocess.Popen([sys.executable, "-m", "mmindex", "embed", str(dataset), "--workers", "2", "--threads", "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*.parquet")) and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.2)
+    workers = children(run.pid)
+    assert workers, "no worker processes found"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    output = run.communicate(timeout=120)[0]
+    committed = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
+    assert run.returncode != 0 or "worker failed" in output
+    assert 0 < len(committed) < 6, output
+
+    result = embed(dataset, threads=1)
+    assert result["pending"] == 6 - len(committed)
+    assert {name: (out / name).stat().st_mtime_ns for name in committed} == committed  # not recomputed
+    assert embeddings(dataset, "offline") == embeddings(offline_embedded, "offline")
+
+
+def corrupt_first_image(dataset: Path) -> str:
+    """Overwrites the start of a JPEG inside a committed shard, in place (bit rot after ingest)."""
+    for shard in sorted((dataset / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            member = next((m for m in tar if m.name.endswith(".jpg")), None)
+        if member:
+            with open(shard, "r+b") as f:
+                f.seek(member.offset_data)
+                f.write(b"\0" * 64)
+            return member.name.split(".")[0]
+    raise AssertionError("no jpg in the dataset")
+
+
+def test_corrupt_media_in_a_shard_is_skipped_with_a_reason_and_the_run_goes_on(demo_dataset, tiny_clip, tmp_path,
+                                                                               capsys):
+    dataset = copy_dataset(demo_dataset, tmp_path)
+    broken = corrupt_first_image(dataset)
+    result = embed(dataset, str(tiny_clip))
+    rows = pq.read_table(dataset / "embeddings" / "tiny-clip").to_pylist()
+    image_rows = {r["key"]: r for r in rows if r["modality"] == "image"}
+    assert image_rows[broken]["skipped"].startswith("unreadable image") and image_rows[broken]["row"] is None
+    assert sum(r["row"] is not None for r in image_rows.values()) == 34
+    assert any(r["key"] == broken and r["modality"] == "text" and r["row"] is not None for r in rows)
+    assert result["report"].skipped["image", "unreadable image"] == 1
+    assert "1 skipped: unreadable image" in capsys.readouterr().out
+
+
+def test_the_beam_pipeline_gives_the_worker_pools_vectors(demo_dataset, tiny_clip, tmp_path):
+    pool = copy_dataset(demo_dataset, tmp_path / "pool")
+    embed(pool, str(tiny_clip))
+    beam = copy_dataset(demo_dataset, tmp_path / "beam")
+    result = run_beam_embed([f"--dataset={beam}", f"--model={tiny_clip}", "--batch-size=8"])
+    assert result["pending"] == 6
+    ours, theirs = embeddings(beam, "tiny-clip"), embeddings(pool, "tiny-clip")
+    assert sorted(ours) == sorted(theirs)
+    for name in ours:
+        if name.endswith(".parquet"):
+            assert ours[name] == theirs[name]
+        else:  # batches differ between RunInference and the pool: float16 rounding may differ in the last bit
+            a = np.load(beam / "embeddings" / "tiny-clip" / name).astype(np.float32)
+            b = np.load(pool / "embeddings" / "tiny-clip" / name).astype(np.float32)
+            np.testing.assert_allclose(a, b, atol=2e-3)
+    assert run_beam_embed([f"--dataset={beam}", f"--model={tiny_clip}"])["pending"] == 0
+
+
+def test_audio_and_text_spaces_embed_every_clip(demo_dataset, tiny_clap, tmp_path):
+    dataset = copy_dataset(demo_dataset, tmp_path)
+    result = embed(dataset, str(tiny_clap), batch_size=7, decode_workers=0)
+    assert dict(result["report"].embedded) == {"audio": 40, "text": 113}
+    assert not result["report"].skipped
+
+
+def test_gpus_without_cuda_is_a_clear_error(demo_dataset):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = CliRunner().invoke(app, ["embed", str(demo_dataset), "--gpus", "1"])
+    assert result.exit_code == 2
+    assert "CUDA" in result.output and "--device cpu" in result.output
+
+
+def test_other_settings_under_the_same_space_name_are_refused(demo_dataset, tiny_clip, tiny_clap, tmp_path):
+    dataset = copy_dataset(demo_dataset, tmp_path)
+    space = tmp_path / "mine.yaml"
+    space.write_text(f"kind: huggingface\nmodel: {tiny_clip}\n")
+    embed(dataset, str(space))
+    space.write_text(f"kind: huggingface\nmodel: {tiny_clap}\n")
+    result = CliRunner().invoke(app, ["embed", str(dataset), "--model", str(space)])
+    assert result.exit_code == 2 and "other settings" in result.output
+
+
+def test_embedding_a_dataset_that_was_never_ingested_says_what_to_run(tmp_path):
+    result = CliRunner().invoke(app, ["embed", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "mmindex ingest" in result.output
