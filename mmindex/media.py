@@ -60,6 +60,9 @@ class Rejected(Exception):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self):  # crosses process boundaries (decode processes) intact
+        return Rejected, (self.reason, self.detail)
+
 
 @dataclass(frozen=True)
 class Limits:

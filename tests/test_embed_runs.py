@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import copy_dataset, embed, embeddings, file_digests
+from conftest import copy_dataset, embed, embeddings, file_digests, read_table
 from mmindex.cli import app
 from pipelines.embed.pipeline import run as run_beam_embed
 
@@ -90,7 +89,7 @@ def test_corrupt_media_in_a_shard_is_skipped_with_a_reason_and_the_run_goes_on(d
     dataset = copy_dataset(demo_dataset, tmp_path)
     broken = corrupt_first_image(dataset)
     result = embed(dataset, str(tiny_clip))
-    rows = pq.read_table(dataset / "embeddings" / "tiny-clip").to_pylist()
+    rows = read_table(dataset / "embeddings" / "tiny-clip")
     image_rows = {r["key"]: r for r in rows if r["modality"] == "image"}
     assert image_rows[broken]["skipped"].startswith("unreadable image") and image_rows[broken]["row"] is None
     assert sum(r["row"] is not None for r in image_rows.values()) == 34
