@@ -255,6 +255,8 @@ def demo(
     for row in sorted(rows, key=lambda r: r["source"])[::max(1, len(rows) // 8)]:
         caption = (row["caption"] or "").strip().replace("\n", " ")
         typer.echo(f"{row['key']:<22}{'+'.join(row['modalities']):<16}{caption[:60]}")
+    typer.echo(f"\n== mmindex embed {dataset} --model offline")
+    run_embed(str(dataset), "offline")
 
 
 def main() -> None:

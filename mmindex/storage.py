@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import uuid
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+_root_level = logging.getLogger().level
+logging.getLogger().setLevel(max(_root_level, logging.ERROR))
+try:  # Beam warns at import about optional cloud clients it lacks; that is noise in every worker process
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+finally:
+    logging.getLogger().setLevel(_root_level)
 
 TEMP_MARK = ".tmp-"
 
