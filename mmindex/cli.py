@@ -192,8 +192,24 @@ def run_embed(dataset: str, model: str, gpus: int | None = None, device: str = "
     return result
 
 
-@app.command()
+def run_beam_embed(dataset: str, model: str, device: str, workers: int, batch_size: int,
+                   beam_args: list[str]) -> None:
+    from pipelines.embed.pipeline import run
+
+    started = time.monotonic()
+    result = run([f"--dataset={dataset}", f"--model={model}", f"--device={device}", f"--workers={workers}",
+                  f"--batch-size={batch_size}", *beam_args])
+    if not result["pending"]:
+        typer.echo(f"Nothing to do: all {result['shards']:,} shard(s) already have embeddings in space "
+                   f"{result['space']!r} ({result['root']}).")
+        return
+    typer.echo(f"Embedded {result['pending']:,} shard(s) into space {result['space']!r} with Beam in "
+               f"{time.monotonic() - started:.1f} s -> {result['root']} (per-item reasons in its parquet files)")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def embed(
+    ctx: typer.Context,
     dataset: Annotated[str, typer.Argument(help="A dataset made by `mmindex ingest`.", show_default=False)],
     model: Annotated[str, typer.Option("--model", "-m", help=(
         "Model space: a preset (offline, clip, siglip, clap: see configs/spaces/), a space YAML file, or a "
@@ -210,20 +226,33 @@ def embed(
         help="Torch threads per worker (default: CPU workers share the cores). On CPU, vectors are bit-identical "
              "for any --workers at the same --threads; other thread counts may change a float16 value's last bit."
     )] = None,
+    profile: Annotated[str | None, typer.Option(
+        help="Run the Beam pipeline with a runner profile: flink, spark, dataflow, portable, or a YAML file."
+    )] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the libraries' own log.")] = False,
 ) -> None:
     """Embed every sample's image, audio and text into one vector space, under DATASET/embeddings/<space>/.
 
     Finished shards are committed one by one: a killed run resumes where it stopped, and a repeat does
     nothing. Media a model cannot read, and audio with no speech for the offline space, are skipped with a
-    reason listed per item and counted in the summary.
+    reason listed per item and counted in the summary. Arguments of the form --name=value (such as
+    --runner=FlinkRunner) or --profile run the same encoders in a Beam RunInference pipeline instead of the
+    local worker pool.
     """
     setup_logging(verbose)
+    beam_args = [a for a in ctx.args if a.startswith("--")]
+    if len(beam_args) != len(ctx.args):
+        raise typer.BadParameter(f"unexpected arguments: {' '.join(a for a in ctx.args if a not in beam_args)}")
     from mmindex.dataset import DatasetBusy
     from mmindex.embed.store import SpaceMismatch
     from mmindex.encoders.huggingface import ModelUnavailable
+    from pipelines.options import profile_args
 
     try:
+        if beam_args or profile:
+            run_beam_embed(dataset, model, device, workers, batch_size,
+                           (profile_args(profile) if profile else []) + beam_args)
+            return
         result = run_embed(dataset, model, gpus, device, workers, batch_size, decode_workers, threads)
     except (FileNotFoundError, ValueError, RuntimeError, DatasetBusy, SpaceMismatch, ModelUnavailable,
             ModuleNotFoundError) as err:

@@ -143,6 +143,8 @@ def test_other_settings_under_the_same_space_name_are_refused(demo_dataset, tiny
     assert result.exit_code == 2 and "other settings" in result.output
 
 
-def test_embedding_a_dataset_that_was_never_ingested_says_what_to_run(tmp_path):
-    result = CliRunner().invoke(app, ["embed", str(tmp_path / "nothing")])
+@pytest.mark.parametrize("beam", [[], ["--runner=BundleBasedDirectRunner"]], ids=["pool", "beam"])
+def test_embedding_a_dataset_that_was_never_ingested_says_what_to_run(tmp_path, beam):
+    result = CliRunner().invoke(app, ["embed", str(tmp_path / "nothing"), *beam])
     assert result.exit_code == 2 and "mmindex ingest" in result.output
+    assert not (tmp_path / "nothing").exists()

@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from mmindex.dataset import Dataset, shard_name
+from mmindex.dataset import shard_name
 from mmindex.embed.store import EmbeddingStore
 from mmindex.embed.workers import RunReport, WorkerSettings, run_workers
 from mmindex.spaces import Space
@@ -18,10 +18,8 @@ log = logging.getLogger("mmindex")
 
 def embed_dataset(root: str, space: Space, settings: WorkerSettings) -> dict[str, Any]:
     """Embeds every committed shard of the dataset that has no committed embeddings in ``space`` yet."""
-    dataset = Dataset(root)
-    if not dataset.committed_shards():
-        raise FileNotFoundError(f"{root} has no ingested shards: run `mmindex ingest SOURCES --out {root}` first")
-    store = EmbeddingStore(dataset, space)
+    store = EmbeddingStore.of(root, space)
+    dataset = store.dataset
     space.modalities()  # fails early, before anything is written, if the model cannot be found
     with dataset.exclusive("embed"):
         store.claim()

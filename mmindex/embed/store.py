@@ -59,6 +59,15 @@ class EmbeddingStore:
     dataset: Dataset
     space: Space
 
+    @classmethod
+    def of(cls, root: str, space: Space) -> EmbeddingStore:
+        """The store of an ingested dataset; a folder with no ingested shards is an error that says what to run."""
+        dataset = Dataset(root)
+        if not dataset.committed_shards():
+            raise FileNotFoundError(f"{root} has no ingested shards: run `mmindex ingest SOURCES --out {root}` "
+                                    f"first")
+        return cls(dataset, space)
+
     @property
     def root(self) -> str:
         return storage.join(self.dataset.root, "embeddings", self.space.name)

@@ -133,8 +133,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     parser.add_argument("--device", default="cpu", help="device on each Beam worker (cpu, cuda)")
     parser.add_argument("--workers", type=int, default=1, help="processes, with the default local runner")
     known, beam_args = parser.parse_known_args(argv)
-    dataset = Dataset(known.dataset)
-    store = EmbeddingStore(dataset, resolve_space(known.model))
+    store = EmbeddingStore.of(known.dataset, resolve_space(known.model))
+    dataset = store.dataset
     store.space.modalities()  # fails early, before anything is written, if the model cannot be found
     with dataset.exclusive("embed"):
         store.claim()
