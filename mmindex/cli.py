@@ -174,8 +174,9 @@ def print_embed_summary(result: dict[str, Any], model: str) -> None:
     for row in stats["skipped"]:
         typer.echo(f"  {row['modality']:<6}{row['items']:>9,} skipped: {row['reason']}")
     for failure in report.failures:
-        typer.echo(f"  worker failed: {failure}; run the same command again to finish the remaining shards",
-                   err=True)
+        typer.echo(f"  failed: {failure}", err=True)
+    if report.failures:
+        typer.echo("  Shards that failed are not committed: run the same command again to finish them.", err=True)
 
 
 def run_embed(dataset: str, model: str, gpus: int | None = None, device: str = "cpu", workers: int = 1,

@@ -62,13 +62,14 @@ def test_a_run_whose_worker_is_killed_resumes_with_only_the_unfinished_shards(of
         os.kill(pid, signal.SIGKILL)
     output = run.communicate(timeout=120)[0]
     committed = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
-    assert run.returncode != 0 or "worker failed" in output
+    assert run.returncode == 1 and "run the same command again" in output, output
     assert 0 < len(committed) < 6, output
 
     result = embed(dataset, threads=1)
     assert result["pending"] == 6 - len(committed)
     assert {name: (out / name).stat().st_mtime_ns for name in committed} == committed  # not recomputed
     assert embeddings(dataset, "offline") == embeddings(offline_embedded, "offline")
+    assert not [p for p in out.rglob("*") if p.name.startswith(".tmp-")]  # what the killed run left is gone
 
 
 def corrupt_first_image(dataset: Path) -> str:
@@ -96,6 +97,20 @@ def test_corrupt_media_in_a_shard_is_skipped_with_a_reason_and_the_run_goes_on(d
     assert any(r["key"] == broken and r["modality"] == "text" and r["row"] is not None for r in rows)
     assert result["report"].skipped["image", "unreadable image"] == 1
     assert "1 skipped: unreadable image" in capsys.readouterr().out
+
+
+def test_a_damaged_shard_file_fails_alone_and_is_retried_by_the_next_run(demo_dataset, tiny_clip, tmp_path):
+    dataset = copy_dataset(demo_dataset, tmp_path)
+    tar = dataset / "shards" / "000002.tar"
+    intact = tar.read_bytes()
+    tar.write_bytes(intact[:700])  # cut inside the first member's data
+    result = CliRunner().invoke(app, ["embed", str(dataset), "--model", str(tiny_clip)])
+    assert result.exit_code == 1
+    assert "shard 000002 unreadable" in result.output and "run the same command again" in result.output
+    out = dataset / "embeddings" / "tiny-clip"
+    assert sorted(p.stem for p in out.glob("*.parquet")) == ["000000", "000001", "000003", "000004", "000005"]
+    tar.write_bytes(intact)
+    assert embed(dataset, str(tiny_clip))["pending"] == 1
 
 
 def test_the_beam_pipeline_gives_the_worker_pools_vectors(demo_dataset, tiny_clip, tmp_path):

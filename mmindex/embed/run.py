@@ -31,14 +31,21 @@ def embed_dataset(root: str, space: Space, settings: WorkerSettings) -> dict[str
                  ", ".join(sorted(set(settings.devices))) + (f" x{len(settings.devices)}"
                                                              if len(settings.devices) > 1 else ""))
         started = time.monotonic()
-        report = run_workers(store, pending, settings, on_shard=lambda s: log.info(
-            "embed: shard %s committed on %s (%s)", shard_name(s["number"]), s["device"],
-            ", ".join(f"{n} {m}" for m, n in sorted(s["embedded"].items())) or "nothing to embed"))
+        report = run_workers(store, pending, settings, on_shard=_log_shard)
         wall = time.monotonic() - started
         stats = _stats(report, settings, wall)
         store.record_run(stats)
     return {"space": space.name, "pending": len(pending), "shards": total, "root": store.root, "report": report,
             "stats": stats}
+
+
+def _log_shard(summary: dict[str, Any]) -> None:
+    if "failed" in summary:
+        log.warning("embed: %s", summary["failed"])
+        return
+    embedded = ", ".join(f"{n} {m}" for m, n in sorted(summary["embedded"].items()))
+    log.info("embed: shard %s committed on %s (%s)", shard_name(summary["number"]), summary["device"],
+             embedded or "nothing to embed")
 
 
 def _stats(report: RunReport, settings: WorkerSettings, wall: float) -> dict[str, Any]:

@@ -79,7 +79,11 @@ class EmbeddingStore:
         return storage.join(self.root, modality, f"{shard_name(number)}.npy")
 
     def claim(self) -> None:
-        """Records the space's settings, or refuses if the folder holds vectors made with other settings."""
+        """Records the space's settings, or refuses if the folder holds vectors made with other settings;
+        removes the temporary files an interrupted run left."""
+        leftovers = [p for folder in ("", "image", "audio", "text")
+                     for p in storage.glob(storage.join(self.root, folder, f"{storage.TEMP_MARK}*"))]
+        storage.delete(leftovers)
         path = storage.join(self.root, "space.json")
         mine = {"name": self.space.name, "fingerprint": self.space.fingerprint, "settings": self.space.settings}
         if storage.exists(path):

@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import tarfile
 import threading
 import time
 from collections import Counter
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mmindex.dataset import Dataset
+from mmindex.dataset import Dataset, shard_name
 from mmindex.embed.shard import Chunk, embed_shard, prepare_chunk
 from mmindex.embed.store import EmbeddingStore
 from mmindex.encoders.base import Preparer
@@ -54,8 +55,17 @@ class RunReport:
     skipped: Counter = field(default_factory=Counter)           # (modality, reason) -> items
     seconds: Counter = field(default_factory=Counter)           # modality -> worker seconds
     failures: list[str] = field(default_factory=list)
+    failed_shards: int = 0
+
+    @property
+    def handled(self) -> int:
+        return self.shards + self.failed_shards
 
     def add(self, shard: dict[str, Any]) -> None:
+        if "failed" in shard:
+            self.failed_shards += 1
+            self.failures.append(shard["failed"])
+            return
         self.shards += 1
         self.embedded.update(shard["embedded"])
         self.skipped.update({(m, r): n for m, r, n in shard["skipped"]})
@@ -111,8 +121,12 @@ def work(root: str, space: Space, device: str, settings: WorkerSettings, todo, d
         _install_preparers(preparers)
     try:
         while (number := todo.get()) is not None:
-            result, seconds = embed_shard(number, store.dataset.shard_path(number), encoders, _prepare, executor,
-                                          settings.batch_size, ahead=2 * max(1, settings.decode_workers))
+            try:
+                result, seconds = embed_shard(number, store.dataset.shard_path(number), encoders, _prepare,
+                                              executor, settings.batch_size, ahead=2 * max(1, settings.decode_workers))
+            except (tarfile.TarError, OSError) as err:  # a damaged shard file: the other shards go on
+                done.put({"number": number, "failed": f"shard {shard_name(number)} unreadable ({err})"})
+                continue
             store.commit(result)
             done.put(_shard_summary(result, seconds, device))
     finally:
@@ -144,7 +158,7 @@ def run_workers(store: EmbeddingStore, shards: list[int], settings: WorkerSettin
                for i, device in enumerate(settings.devices)]
     for process in workers:
         process.start()
-    while report.shards < len(shards):
+    while report.handled < len(shards):
         try:
             summary = done.get(timeout=1.0)
         except queue.Empty:
