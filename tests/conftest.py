@@ -97,6 +97,13 @@ def tiny_clip(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_siglip(tmp_path_factory) -> Path:
+    from tiny_models import save_tiny_siglip
+
+    return save_tiny_siglip(tmp_path_factory.mktemp("models") / "tiny-siglip")
+
+
+@pytest.fixture(scope="session")
 def tiny_clap(tmp_path_factory) -> Path:
     from tiny_models import save_tiny_clap
 

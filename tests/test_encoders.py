@@ -128,6 +128,19 @@ def test_joint_model_encoders_give_unit_vectors_and_truncate_long_text(clip_enco
     np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)
 
 
+def test_siglip_text_is_padded_to_its_full_length_as_it_was_trained(tiny_siglip, monkeypatch):
+    encoders = resolve_space(str(tiny_siglip)).load("cpu")
+    assert sorted(encoders) == ["image", "text"] and encoders["text"].dim == 32
+    seen = []
+    forward = encoders["text"].model.get_text_features
+    monkeypatch.setattr(encoders["text"].model, "get_text_features",
+                        lambda **tokens: seen.append(tokens["input_ids"].shape) or forward(**tokens))
+    short = encoders["text"].encode(["a cat"]).vectors
+    assert seen == [(1, 16)] and short.shape == (1, 32)
+    image = encoders["image"].encode([encoders["image"].preparer()(CAT)]).vectors
+    assert image.shape == (1, 32) and abs(np.linalg.norm(image) - 1) < 1e-5
+
+
 def test_spaces_resolve_presets_files_and_folders(tmp_path, tiny_clip):
     assert resolve_space().name == "offline" and resolve_space().modalities() == ["audio", "image", "text"]
     assert resolve_space("clip").settings["model"] == "openai/clip-vit-base-patch32"

@@ -1,4 +1,4 @@
-"""Tiny random-weight CLIP and CLAP models saved with save_pretrained, so that tests run the real
+"""Tiny random-weight CLIP, SigLIP and CLAP models saved with save_pretrained, so that tests run the real
 Hugging Face loading code offline. Their vectors mean nothing; their shapes, preprocessing and plumbing
 are those of the real models."""
 
@@ -18,6 +18,10 @@ from transformers import (
     CLIPProcessor,
     CLIPTokenizer,
     RobertaTokenizer,
+    SiglipConfig,
+    SiglipImageProcessorPil,
+    SiglipModel,
+    SiglipProcessor,
 )
 
 
@@ -35,22 +39,41 @@ def _write_bpe(folder: Path, vocab: dict[str, int]) -> tuple[str, str]:
     return str(folder / "vocab.json"), str(folder / "merges.txt")
 
 
-def save_tiny_clip(out: Path) -> Path:
-    """A 2-layer CLIP (16-d shared space, 32 px images) with its processor, as a hub download would have it."""
+def _clip_tokenizer(out: Path, max_tokens: int) -> CLIPTokenizer:
     alphabet = _byte_alphabet()
     vocab = {token: i for i, token in enumerate([*alphabet, *(c + "</w>" for c in alphabet),
                                                  "<|startoftext|>", "<|endoftext|>"])}
-    tokenizer = CLIPTokenizer(*_write_bpe(out / "bpe", vocab), model_max_length=77)
-    layers = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    return CLIPTokenizer(*_write_bpe(out / "bpe", vocab), model_max_length=max_tokens)
+
+
+LAYERS = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+
+
+def save_tiny_clip(out: Path) -> Path:
+    """A 2-layer CLIP (16-d shared space, 32 px images) with its processor, as a hub download would have it."""
+    tokenizer = _clip_tokenizer(out, 77)
     config = CLIPConfig(
-        text_config={**layers, "vocab_size": len(vocab), "max_position_embeddings": 77,
-                     "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"]},
-        vision_config={**layers, "image_size": 32, "patch_size": 8},
+        text_config={**LAYERS, "vocab_size": len(tokenizer), "max_position_embeddings": 77,
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id},
+        vision_config={**LAYERS, "image_size": 32, "patch_size": 8},
         projection_dim=16,
     )
     images = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPModel(config).save_pretrained(out)
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def save_tiny_siglip(out: Path) -> Path:
+    """A 2-layer SigLIP (32-d: no projection, the towers' width), 32 px images, text padded to 16 tokens.
+    (Its tokenizer is CLIP's byte-level BPE rather than SigLIP's SentencePiece: the processor treats both alike.)"""
+    tokenizer = _clip_tokenizer(out, 16)
+    config = SiglipConfig(text_config={**LAYERS, "vocab_size": len(tokenizer), "max_position_embeddings": 16,
+                                       "bos_token_id": None, "eos_token_id": None},
+                          vision_config={**LAYERS, "image_size": 32, "patch_size": 8})
+    SiglipModel(config).save_pretrained(out)
+    images = SiglipImageProcessorPil(size={"height": 32, "width": 32})
+    SiglipProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(out)
     return out
 
 

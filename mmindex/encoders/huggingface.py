@@ -79,7 +79,8 @@ class HuggingFaceEncoder(Encoder):
     def __init__(self, model: Any, processor: Any, modality: str, device: torch.device):
         super().__init__(device)
         self.model, self.processor, self.modality = model, processor, modality
-        self.dim = model.config.projection_dim
+        config = model.config  # SigLIP has no projection: its vectors are the towers' pooled outputs
+        self.dim = getattr(config, "projection_dim", None) or config.text_config.hidden_size
         self.model_type = model.config.model_type
 
     def preparer(self):
