@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -186,8 +187,8 @@ def run_embed(dataset: str, model: str, gpus: int | None = None, device: str = "
     from mmindex.spaces import resolve_space
 
     chosen = devices(gpus, device, workers)
-    if decode_workers is None:
-        decode_workers = 1 if chosen[0] == "cpu" else 4
+    if decode_workers is None:  # on CPU the model needs the cores; a GPU worker gets its share of them
+        decode_workers = 1 if chosen[0] == "cpu" else max(1, min(8, (os.cpu_count() or 2) // len(chosen) - 1))
     result = embed_dataset(dataset, resolve_space(model), WorkerSettings(chosen, batch_size, decode_workers, threads))
     print_embed_summary(result, model)
     return result
@@ -222,7 +223,7 @@ def embed(
     batch_size: Annotated[int, typer.Option(help="Items per model forward pass.")] = 64,
     decode_workers: Annotated[int | None, typer.Option(
         help="Decode processes per worker, preparing the next batches while one is encoded (0: none). "
-             "Default: 1 on CPU, 4 per GPU.")] = None,
+             "Default: 1 on CPU; per GPU, its share of the cores less one (at most 8).")] = None,
     threads: Annotated[int | None, typer.Option(
         help="Torch threads per worker (default: CPU workers share the cores). On CPU, vectors are bit-identical "
              "for any --workers at the same --threads; other thread counts may change a float16 value's last bit."
