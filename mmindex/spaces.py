@@ -43,14 +43,14 @@ class Space:
             return sorted(huggingface.MODALITIES[huggingface.load_config(self.settings["model"]).model_type])
         return sorted(m for m in ("image", "audio", "text") if self.settings.get(m))
 
-    def load(self, device: torch.device | str = "cpu") -> dict[str, Encoder]:
-        """The space's encoders by modality, on ``device``."""
+    def load(self, device: torch.device | str = "cpu", only: set[str] | None = None) -> dict[str, Encoder]:
+        """The space's encoders by modality, on ``device`` (``only`` some, where that saves loading models)."""
         device = torch.device(device)
         if self.settings["kind"] == "huggingface":
             from mmindex.encoders import huggingface
 
             return huggingface.encoders(self.settings["model"], device)
-        return _offline_encoders(self.settings, device)
+        return _offline_encoders(self.settings, device, only)
 
 
 def resolve_space(spec: str = DEFAULT_SPACE) -> Space:
@@ -95,17 +95,18 @@ def _package_model(package: str) -> Path:
                                   f"pip install {package.replace('_', '-')}") from None
 
 
-def _offline_encoders(settings: dict[str, Any], device: torch.device) -> dict[str, Encoder]:
+def _offline_encoders(settings: dict[str, Any], device: torch.device, only: set[str] | None) -> dict[str, Encoder]:
     from mmindex.encoders.conse import ConseImageEncoder
     from mmindex.encoders.sentence import SentenceEncoder
     from mmindex.encoders.speech import SpeechEncoder
 
     text = SentenceEncoder(_package_model(settings["text"]["package"]), device)
     encoders: dict[str, Encoder] = {"text": text}
-    if image := settings.get("image"):
+    wanted = {"image", "audio"} if only is None else only
+    if (image := settings.get("image")) and "image" in wanted:
         encoders["image"] = ConseImageEncoder(text, device, top_labels=image.get("top_labels", 10),
                                               template=image.get("template", "a photo of a {label}"))
-    if audio := settings.get("audio"):
+    if (audio := settings.get("audio")) and "audio" in wanted:
         encoders["audio"] = SpeechEncoder(text, _package_model(audio["package"]), device,
                                           beam_size=audio.get("beam_size", 1), language=audio.get("language", "en"),
                                           threads=torch.get_num_threads())

@@ -1,0 +1,6 @@
+"""``mmindex index``: one FAISS index per modality of a space, chosen, trained, tuned and checked.
+
+vectors.py reads the committed embeddings shard by shard (memory-mapped), choose.py picks an index type for
+the vector count, dimension, memory budget and target recall, build.py trains, fills, tunes and saves it,
+store.py is the on-disk layout and the consistency check between the index and the dataset.
+"""

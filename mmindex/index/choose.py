@@ -1,0 +1,52 @@
+"""Which FAISS index suits n vectors of dimension d under a memory budget and a recall target.
+
+    exact (Flat)     while n is small: exact search is fast enough and recall is 1.0
+    IVF, Flat        when the raw float32 vectors fit the budget: exact distances within the probed lists
+    IVF, SQ8         when only 8 bits per component fit (recall near IVF-Flat's at a quarter of the memory)
+    IVF, PQm         when even that does not fit: m bytes per vector, the largest m that fits
+
+The number of IVF lists grows with sqrt(n); how many are probed (nprobe) is tuned after building, on held-out
+queries, to the smallest value that meets the recall target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+EXACT_BELOW = 20_000
+TRAIN_PER_LIST = 50       # training vectors per IVF list (FAISS warns below 39)
+OVERHEAD = 1.2            # ids, list structures, lookup tables
+
+
+@dataclass(frozen=True)
+class Choice:
+    factory: str
+    bytes_per_vector: int
+    lists: int = 0
+
+    @property
+    def is_ivf(self) -> bool:
+        return self.lists > 0
+
+
+def ivf_lists(n: int) -> int:
+    """About 4 sqrt(n) lists, a power of two, with enough vectors to train each."""
+    lists = 2 ** round(math.log2(max(4 * math.sqrt(n), 16)))
+    return max(16, min(lists, n // TRAIN_PER_LIST, 65_536))
+
+
+def choose(n: int, dim: int, max_memory: int, target_recall: float) -> Choice:
+    flat = 4 * dim
+    if (n < EXACT_BELOW or target_recall >= 1.0) and n * flat * OVERHEAD <= max_memory:
+        return Choice("Flat", flat)
+    lists = ivf_lists(n)
+    if n * flat * OVERHEAD <= max_memory:
+        return Choice(f"IVF{lists},Flat", flat, lists)
+    if n * dim * OVERHEAD <= max_memory:
+        return Choice(f"IVF{lists},SQ8", dim, lists)
+    for m in sorted((m for m in range(1, dim + 1) if dim % m == 0 and m <= dim // 2), reverse=True):
+        if n * m * OVERHEAD <= max_memory:
+            return Choice(f"IVF{lists},PQ{m}", m, lists)
+    raise MemoryError(f"{n:,} vectors of dimension {dim} do not fit in {max_memory:,} bytes even at 1 byte "
+                      f"per vector; raise --max-memory")

@@ -1,0 +1,60 @@
+"""One modality's committed vectors, shard by shard, without loading them all into memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmindex.dataset import shard_name
+from mmindex.embed.store import EmbeddingStore
+
+
+@dataclass(frozen=True)
+class ShardVectors:
+    number: int
+    keys: list[str]          # keys[i] is the sample of vectors[i]
+    vectors: np.ndarray      # float16, memory-mapped where the file is local
+
+
+def shard_vectors(store: EmbeddingStore, number: int, modality: str) -> ShardVectors:
+    table, arrays = store.read(number)
+    rows = [(r["row"], r["key"]) for r in table.to_pylist() if r["modality"] == modality and r["row"] is not None]
+    keys = [key for _, key in sorted(rows)]
+    vectors = arrays.get(modality, np.zeros((0, 0), np.float16))
+    if len(keys) != len(vectors):
+        raise ValueError(f"{store.vectors_path(number, modality)} has {len(vectors)} vectors for {len(keys)} "
+                         f"items in {shard_name(number)}.parquet: re-embed that shard (delete both files)")
+    return ShardVectors(number, keys, vectors)
+
+
+def modality_shards(store: EmbeddingStore, modality: str, numbers: list[int] | None = None) -> Iterator[ShardVectors]:
+    for number in sorted(store.committed() if numbers is None else numbers):
+        yield shard_vectors(store, number, modality)
+
+
+def counts(store: EmbeddingStore, modality: str) -> dict[str, int]:
+    """Vectors per committed shard, by shard name (what an index of this modality must hold)."""
+    out = {}
+    for number in sorted(store.committed()):
+        table = store.read(number)[0]
+        n = sum(1 for m, r in zip(table.column("modality").to_pylist(), table.column("row").to_pylist(), strict=True)
+                if m == modality and r is not None)
+        if n:
+            out[shard_name(number)] = n
+    return out
+
+
+def sample_rows(shards: list[ShardVectors], size: int, seed: int = 0) -> np.ndarray:
+    """``size`` vectors drawn uniformly without replacement across shards, as float32."""
+    total = sum(len(s.keys) for s in shards)
+    picks = np.sort(np.random.default_rng(seed).choice(total, size=min(size, total), replace=False))
+    out, start = [], 0
+    for shard in shards:
+        end = start + len(shard.keys)
+        local = picks[(picks >= start) & (picks < end)] - start
+        if len(local):
+            out.append(np.asarray(shard.vectors[local], dtype=np.float32))
+        start = end
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

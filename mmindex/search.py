@@ -1,0 +1,121 @@
+"""Cross-modal search: a query (text, image, audio, or several fused) against the indexes of a space.
+
+Models and indexes load once per Searcher, so a batch of queries pays for them once. Scores are cosine
+similarities in the space's shared vector space, so results from several modalities merge on one scale.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmindex import storage
+from mmindex.dataset import read_parquet
+from mmindex.embed.store import EmbeddingStore
+from mmindex.encoders.base import Encoder
+from mmindex.index.store import IndexFiles
+from mmindex.media import MODALITIES, Rejected
+from mmindex.spaces import Space
+
+log = logging.getLogger("mmindex")
+
+
+class BadQuery(ValueError):
+    """A query that cannot be run: empty, a missing file, media that cannot be read."""
+
+
+@dataclass
+class Query:
+    """One query: any of a text, an image file and an audio file, with a weight each (fused into one vector)."""
+
+    text: str | None = None
+    image: str | None = None
+    audio: str | None = None
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def parts(self) -> dict[str, str]:
+        parts = {m: v for m, v in (("text", self.text), ("image", self.image), ("audio", self.audio)) if v}
+        if "text" in parts and not parts["text"].strip():
+            del parts["text"]
+        if not parts:
+            raise BadQuery("empty query: give a text, --image PATH or --audio PATH")
+        return parts
+
+
+class Searcher:
+    def __init__(self, root: str, space: Space, targets: list[str] | None = None, device: str = "cpu"):
+        self.store = EmbeddingStore.of(root, space)
+        self.device = device
+        self._encoders: dict[str, Encoder] = {}
+        self._indexes: dict[str, tuple[Any, list[str], list[str]]] = {}
+        self.targets = targets or [m for m in MODALITIES if IndexFiles(self.store, m).exists()]
+        if not self.targets:
+            IndexFiles(self.store, "text").info()  # raises IndexMissing with the command to run
+        for modality in self.targets:
+            files = IndexFiles(self.store, modality)
+            files.check()
+            index, keys = files.load()
+            shards = read_parquet(files.path("keys.parquet"), columns=["shard"]).column("shard").to_pylist()
+            self._indexes[modality] = (index, keys, shards)
+
+    def encoder(self, modality: str) -> Encoder:
+        if modality not in self._encoders:
+            loaded = self.store.space.load(self.device, only={modality})
+            if modality not in loaded:
+                raise BadQuery(f"space {self.store.space.name!r} cannot embed {modality} queries "
+                               f"(it embeds {', '.join(sorted(loaded))})")
+            self._encoders.update(loaded)
+        return self._encoders[modality]
+
+    def embed(self, query: Query) -> np.ndarray:
+        """The query's unit vector: its parts embedded and averaged with their weights."""
+        total = None
+        for modality, value in query.parts().items():
+            encoder = self.encoder(modality)
+            if modality == "text":
+                payload = value.encode()
+            else:
+                path = Path(value)
+                if not path.is_file():
+                    raise BadQuery(f"--{modality} {value}: no such file")
+                payload = path.read_bytes()
+            try:
+                result = encoder.encode([encoder.preparer()(payload)])
+            except Rejected as err:
+                raise BadQuery(f"--{modality} {value}: {err.reason}: {err.detail}") from None
+            if result.skipped[0]:
+                raise BadQuery(f"--{modality} {value}: {result.skipped[0]}")
+            part = query.weights.get(modality, 1.0) * np.asarray(result.vectors[0], np.float32)
+            total = part if total is None else total + part
+        norm = np.linalg.norm(total)
+        if not norm:
+            raise BadQuery("the weighted query parts cancel out: check --weight")
+        return total / norm
+
+    def search(self, query: Query, k: int = 10) -> list[dict[str, Any]]:
+        vector = self.embed(query)[None, :]
+        hits = []
+        for modality, (index, keys, shards) in self._indexes.items():
+            scores, ids = index.search(vector, min(k, index.ntotal))
+            hits += [{"score": float(s), "modality": modality, "key": keys[i], "shard": shards[i]}
+                     for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+        hits.sort(key=lambda h: -h["score"])
+        hits = hits[:k]
+        self._describe(hits)
+        return [{"rank": rank, **hit} for rank, hit in enumerate(hits, 1)]
+
+    def _describe(self, hits: list[dict[str, Any]]) -> None:
+        """Adds each hit's caption and source from the samples parquet of its shard."""
+        dataset = self.store.dataset
+        for shard in sorted({h["shard"] for h in hits}):
+            table = read_parquet(storage.join(dataset.root, "samples", f"{shard}.parquet"),
+                                 columns=["key", "caption", "source"])
+            rows = {r["key"]: r for r in table.to_pylist()}
+            for hit in hits:
+                if hit["shard"] == shard:
+                    row = rows.get(hit["key"], {})
+                    hit["caption"], hit["source"] = row.get("caption"), row.get("source")
