@@ -58,6 +58,11 @@ def test_demo_runs_the_whole_job(tmp_path: Path):
     assert "Ingested" in result.output
     assert "with image" in result.output and "with audio" in result.output and "with text" in result.output
     assert list((tmp_path / "demo" / "dataset" / "shards").glob("*.tar"))
+    searches = result.output.split("== mmindex search")[1:]
+    assert len(searches) == 2
+    cat_first = searches[0].splitlines()[2]  # the query line, the table header, then rank 1
+    assert cat_first.split()[:3] == ["1", cat_first.split()[1], "image"] and "chelsea_cat.jpg" in cat_first
+    assert "conference is locked" in searches[1].splitlines()[2].lower()
 
 
 def test_runner_profile_sends_the_job_to_a_job_server(corpus: Path, tmp_path: Path, job_service: str, monkeypatch):

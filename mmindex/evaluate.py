@@ -1,0 +1,94 @@
+"""Retrieval quality of a dataset's own pairs: caption -> image, image -> caption, caption -> audio, ...
+
+For each ordered pair of modalities, every sample with both is a query (its vector of the first modality);
+the correct answers are the second modality's items of all samples that share its caption (so duplicates
+of a caption count as correct). Ranks come from exact search over all vectors, and from the built index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import permutations
+from typing import Any
+
+import numpy as np
+
+from mmindex.dataset import read_parquet
+from mmindex.embed.store import EmbeddingStore
+from mmindex.index.store import IndexFiles
+from mmindex.index.vectors import modality_shards
+
+KS = (1, 5, 10)
+INDEX_DEPTH = 100   # how deep the built index is searched for the first correct answer
+
+
+@dataclass
+class Items:
+    keys: list[str]
+    vectors: np.ndarray
+
+
+def load_items(store: EmbeddingStore, modality: str) -> Items:
+    keys, parts = [], []
+    for shard in modality_shards(store, modality):
+        keys += shard.keys
+        parts.append(np.asarray(shard.vectors, np.float32))
+    dim = next((p.shape[1] for p in parts if p.size), 0)
+    return Items(keys, np.concatenate(parts) if parts else np.zeros((0, dim), np.float32))
+
+
+def captions(store: EmbeddingStore) -> dict[str, str]:
+    out = {}
+    for number in store.dataset.committed_shards():
+        table = read_parquet(store.dataset.samples_path(number), columns=["key", "caption"])
+        for key, caption in zip(table.column("key").to_pylist(), table.column("caption").to_pylist(), strict=True):
+            if caption and caption.strip():
+                out[key] = " ".join(caption.split()).lower()
+    return out
+
+
+def first_correct(ranked: np.ndarray, correct: set[int]) -> float:
+    """1-based rank of the first correct id in ``ranked``, or inf if none is there."""
+    for position, item in enumerate(ranked, 1):
+        if int(item) in correct:
+            return float(position)
+    return float("inf")
+
+
+def summarise(ranks: list[float]) -> dict[str, Any]:
+    ranks_array = np.asarray(ranks)
+    out: dict[str, Any] = {f"recall@{k}": round(float(np.mean(ranks_array <= k)), 4) for k in KS}
+    median = float(np.median(ranks_array))
+    out["median_rank"] = median if np.isfinite(median) else None
+    out["queries"] = len(ranks)
+    return out
+
+
+def evaluate(store: EmbeddingStore, with_index: bool = True) -> list[dict[str, Any]]:
+    """One row per (query modality, target modality) pair the data has, exact and (if built) indexed."""
+    text_of = captions(store)
+    items = {m: load_items(store, m) for m in ("image", "audio", "text")}
+    rows = []
+    for source, target in permutations(items, 2):
+        queries, targets = items[source], items[target]
+        by_caption: dict[str, set[int]] = {}
+        for i, key in enumerate(targets.keys):
+            if key in text_of:
+                by_caption.setdefault(text_of[key], set()).add(i)
+        asked = [(i, by_caption[text_of[key]]) for i, key in enumerate(queries.keys)
+                 if key in text_of and text_of[key] in by_caption]
+        if not asked:
+            continue
+        query_vectors = queries.vectors[[i for i, _ in asked]]
+        exact = np.argsort(-(query_vectors @ targets.vectors.T), axis=1, kind="stable")
+        row = {"query": "caption" if source == "text" else source, "target": "caption" if target == "text" else target,
+               "exact": summarise([first_correct(r, c) for r, (_, c) in zip(exact, asked, strict=True)])}
+        files = IndexFiles(store, target)
+        if with_index and files.exists():
+            files.check()
+            index, _ = files.load()
+            _, found = index.search(query_vectors, min(INDEX_DEPTH, index.ntotal))
+            row["index"] = summarise([first_correct(r, c) for r, (_, c) in zip(found, asked, strict=True)])
+            row["index_type"] = files.info()["type"]
+        rows.append(row)
+    return rows
