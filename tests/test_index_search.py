@@ -1,0 +1,170 @@
+"""`mmindex index`, `search` and `eval`: index choice and recall, update, consistency, queries, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import add_shard, copy_dataset, synthetic_dataset
+from mmindex.cli import app
+from mmindex.evaluate import evaluate
+from mmindex.index.build import IndexSettings, build_index, exact_neighbours, recall_at_10
+from mmindex.index.choose import choose
+from mmindex.index.store import IndexFiles, IndexStale
+from mmindex.index.vectors import modality_shards
+
+runner = CliRunner()
+
+
+def clustered(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
+    """Unit vectors around random centres: the structure real embeddings have (random isotropic vectors make
+    recall figures meaningless)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    vectors = centres[rng.integers(0, clusters, n)] + 0.35 * rng.standard_normal((n, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def image_shards(vectors: np.ndarray, per_shard: int, prefix: str = "k") -> list[list[tuple]]:
+    return [[(f"{prefix}{i:07d}", None, {"image": vectors[i]}) for i in range(start, min(start + per_shard,
+                                                                                          len(vectors)))]
+            for start in range(0, len(vectors), per_shard)]
+
+
+def test_the_choice_follows_size_and_memory():
+    assert choose(5_000, 384, 2**30, 0.95).factory == "Flat"
+    assert choose(1_000_000, 384, 2**40, 1.0).factory == "Flat"
+    assert choose(1_000_000, 384, 8 * 2**30, 0.95).factory == "IVF4096,Flat"
+    assert choose(1_000_000, 384, 2**30, 0.95).factory == "IVF4096,SQ8"          # float32 would need 1.5 GB
+    assert choose(1_000_000, 384, 100 * 2**20, 0.95).factory == "IVF4096,PQ64"   # 64 bytes a vector fit
+    with pytest.raises(MemoryError, match="--max-memory"):
+        choose(1_000_000, 384, 2**20, 0.95)
+
+
+def test_the_automatic_index_meets_its_target_recall_on_clustered_data(tmp_path):
+    store = synthetic_dataset(tmp_path / "ds", image_shards(clustered(60_000, 64, 300, seed=0), 20_000))
+    files = IndexFiles(store, "image")
+    info = build_index(files, IndexSettings(target_recall=0.95))
+    assert info["type"].startswith("IVF") and info["recall_at_10"] >= 0.95 and info["parameters"]["nprobe"] >= 1
+    # measured again, independently, on fresh queries from the same distribution
+    index, keys = files.load()
+    queries = clustered(60_500, 64, 300, seed=0)[60_000:]  # same seed: same centres, 500 points not indexed
+    truth = exact_neighbours(list(modality_shards(store, "image")), queries)
+    assert recall_at_10(index, queries, truth) >= 0.93
+    assert len(keys) == index.ntotal == 60_000 and info["shards"] == {"000000": 20_000, "000001": 20_000,
+                                                                      "000002": 20_000}
+
+
+def test_update_adds_new_shards_and_the_check_says_when_to_run_it(tmp_path):
+    vectors = clustered(30_000, 32, 100, seed=1)
+    store = synthetic_dataset(tmp_path / "ds", image_shards(vectors[:24_000], 8_000))
+    files = IndexFiles(store, "image")
+    first = build_index(files, IndexSettings())
+    add_shard(store, 3, image_shards(vectors[24_000:], 6_000, prefix="new")[0])
+    with pytest.raises(IndexStale, match="--update"):
+        files.check()
+    updated = build_index(files, IndexSettings(), update=True)
+    assert updated["type"] == first["type"] and updated["vectors"] == 30_000
+    files.check()
+    index, keys = files.load()
+    _, found = index.search(vectors[24_000:24_010], 1)
+    assert [keys[i] for i in found[:, 0]] == [f"new{i:07d}" for i in range(10)]
+
+
+def test_an_index_that_disagrees_with_the_embeddings_is_refused_with_the_fix(tmp_path):
+    store = synthetic_dataset(tmp_path / "ds", image_shards(clustered(3_000, 16, 10, seed=2), 1_000))
+    build_index(IndexFiles(store, "image"), IndexSettings())
+    (tmp_path / "ds" / "embeddings" / "synthetic" / "000001.parquet").unlink()
+    (tmp_path / "ds" / "embeddings" / "synthetic" / "image" / "000001.npy").unlink()
+    with pytest.raises(IndexStale, match=r"gone or changed.*mmindex index .* --model synthetic`"):
+        IndexFiles(store, "image").check()
+
+
+def test_eval_on_a_hand_made_case_with_known_answers(tmp_path):
+    e = np.eye(4, dtype=np.float32)
+    # a and b share a caption; c's image is closest to a's caption; d has only text
+    samples = [("a", "two dogs", {"text": e[0], "image": e[1]}),
+               ("b", "two dogs", {"text": e[1], "image": e[0]}),
+               ("c", "a red car", {"text": e[2], "image": e[0] + 0.9 * e[2]}),
+               ("d", "a tree", {"text": e[3]})]
+    store = synthetic_dataset(tmp_path / "ds", [samples])
+    rows = {(r["query"], r["target"]): r for r in evaluate(store, with_index=False)}
+    assert set(rows) == {("caption", "image"), ("image", "caption")}
+    to_image = rows["caption", "image"]["exact"]
+    # a's caption: images b (rank 1, correct: same caption); b's caption: a (rank 1); c's caption: c (rank 1)
+    assert to_image == {"recall@1": 1.0, "recall@5": 1.0, "recall@10": 1.0, "median_rank": 1.0, "queries": 3}
+    to_caption = rows["image", "caption"]["exact"]
+    # image a -> text b (correct); image b -> text a (correct); image c -> text a first (wrong), text c second
+    assert to_caption["recall@1"] == pytest.approx(2 / 3, abs=1e-4) and to_caption["median_rank"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def indexed(offline_embedded, tmp_path_factory) -> Path:
+    dataset = copy_dataset(offline_embedded, tmp_path_factory.mktemp("indexed"))
+    result = runner.invoke(app, ["index", str(dataset)])
+    assert result.exit_code == 0, result.output
+    return dataset
+
+
+def search(dataset: Path, *args: str):
+    return runner.invoke(app, ["search", *args, "--dataset", str(dataset)])
+
+
+def test_search_finds_the_cat_photo_first_and_speaks_json(indexed):
+    result = search(indexed, "a photo of a cat", "--json", "-k", "3")
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)
+    assert hits[0]["modality"] == "image" and hits[0]["source"].endswith("chelsea_cat.jpg")
+    assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    table = search(indexed, "a photo of a cat", "--modality", "audio", "-k", "2")
+    assert table.exit_code == 0 and "rank" in table.output
+    assert all(" audio " in line for line in table.output.splitlines()[1:])
+
+
+def test_query_parts_fuse_and_a_batch_writes_jsonl(indexed, tmp_path):
+    from mmindex.demo import CORPUS
+
+    cat = str(CORPUS / "photos" / "chelsea_cat.jpg")
+    fused = search(indexed, "the conference is locked", "--image", cat, "--weight", "image=0.05", "--json")
+    assert fused.exit_code == 0, fused.output
+    assert "conference" in json.loads(fused.output)[0]["caption"].lower()  # the text part dominates
+    queries = tmp_path / "queries.txt"
+    queries.write_text("a photo of a cat\n\n" + json.dumps({"image": cat}) + "\n")
+    batch = search(indexed, "--queries", str(queries), "-k", "1")
+    assert batch.exit_code == 0, batch.output
+    lines = [json.loads(line) for line in batch.output.splitlines()]
+    assert len(lines) == 2 and all(line["results"][0]["source"].endswith("chelsea_cat.jpg") for line in lines)
+
+
+def test_search_errors_are_clear(indexed, offline_embedded, tmp_path):
+    assert search(indexed, "  ").exit_code == 2
+    assert "empty query" in search(indexed).output
+    missing = search(indexed, "--image", str(tmp_path / "nope.jpg"))
+    assert missing.exit_code == 2 and "no such file" in missing.output
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image")
+    assert "unreadable image" in search(indexed, "--image", str(junk)).output
+    not_built = search(offline_embedded, "a cat")
+    assert not_built.exit_code == 2 and "mmindex index" in not_built.output
+    assert "--modality" in search(indexed, "cat", "--modality", "video").output
+
+
+def test_eval_reports_exact_and_index_figures(indexed):
+    result = runner.invoke(app, ["eval", str(indexed), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {(r["query"], r["target"]): r for r in json.loads(result.output)}
+    assert rows["caption", "audio"]["exact"]["recall@1"] == 1.0  # every clip nearest its own transcript
+    assert rows["caption", "image"]["index"] == rows["caption", "image"]["exact"]  # exact index at this size
+
+
+def test_an_index_built_before_new_shards_were_embedded_is_caught_by_search(indexed, tmp_path):
+    dataset = copy_dataset(indexed, tmp_path)
+    shutil.rmtree(dataset / "indexes" / "offline" / "text")
+    (dataset / "embeddings" / "offline" / "000005.parquet").unlink()
+    result = search(dataset, "a cat", "--modality", "image")
+    assert result.exit_code == 2 and "does not match the embeddings" in result.output
