@@ -20,6 +20,7 @@ from mmindex.index.vectors import ShardVectors, modality_shards, sample_rows
 log = logging.getLogger("mmindex")
 HELD_OUT = 1_000
 ADD_BATCH = 65_536
+EXACT_BLOCK = 8_192   # vectors scored per step of the exact search (bounds its memory: queries x block)
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ def exact_neighbours(shards: list[ShardVectors], queries: np.ndarray, k: int = 1
     best_ids = np.full((len(queries), k), -1, np.int64)
     offset = 0
     for shard in shards:
-        for start in range(0, len(shard.keys), ADD_BATCH):
-            block = np.asarray(shard.vectors[start:start + ADD_BATCH], np.float32)
+        for start in range(0, len(shard.keys), EXACT_BLOCK):
+            block = np.asarray(shard.vectors[start:start + EXACT_BLOCK], np.float32)
             scores = queries @ block.T
             ids = np.broadcast_to(np.arange(offset + start, offset + start + len(block)), scores.shape)
             both_scores = np.concatenate([best_scores, scores], axis=1)

