@@ -64,11 +64,11 @@ class Searcher:
 
     def encoder(self, modality: str) -> Encoder:
         if modality not in self._encoders:
-            loaded = self.store.space.load(self.device, only={modality})
-            if modality not in loaded:
-                raise BadQuery(f"space {self.store.space.name!r} cannot embed {modality} queries "
-                               f"(it embeds {', '.join(sorted(loaded))})")
-            self._encoders.update(loaded)
+            space = self.store.space
+            if modality not in space.modalities():
+                raise BadQuery(f"space {space.name!r} cannot embed {modality} queries "
+                               f"(it embeds {', '.join(space.modalities())})")
+            self._encoders[modality] = space.query_encoder(modality, self.device)
         return self._encoders[modality]
 
     def embed(self, query: Query) -> np.ndarray:

@@ -11,12 +11,14 @@ import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
-from mmindex.encoders.base import Encoder
+if TYPE_CHECKING:
+    import torch
+
+    from mmindex.encoders.base import Encoder
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "spaces"
 DEFAULT_SPACE = "offline"
@@ -43,8 +45,19 @@ class Space:
             return sorted(huggingface.MODALITIES[huggingface.load_config(self.settings["model"]).model_type])
         return sorted(m for m in ("image", "audio", "text") if self.settings.get(m))
 
+    def query_encoder(self, modality: str, device: str = "cpu") -> Encoder | None:
+        """The encoder for one-off queries of ``modality`` (None if the space has none). The offline space's
+        text runs in NumPy: a search for a sentence needs neither torch nor transformers, and starts fast."""
+        if self.settings["kind"] == "offline" and modality == "text":
+            from mmindex.encoders.bert_numpy import NumpySentenceEncoder
+
+            return NumpySentenceEncoder(_package_model(self.settings["text"]["package"]))  # type: ignore[return-value]
+        return self.load(device, only={modality}).get(modality)
+
     def load(self, device: torch.device | str = "cpu", only: set[str] | None = None) -> dict[str, Encoder]:
         """The space's encoders by modality, on ``device`` (``only`` some, where that saves loading models)."""
+        import torch
+
         device = torch.device(device)
         if self.settings["kind"] == "huggingface":
             from mmindex.encoders import huggingface
@@ -96,6 +109,8 @@ def _package_model(package: str) -> Path:
 
 
 def _offline_encoders(settings: dict[str, Any], device: torch.device, only: set[str] | None) -> dict[str, Encoder]:
+    import torch
+
     from mmindex.encoders.conse import ConseImageEncoder
     from mmindex.encoders.sentence import SentenceEncoder
     from mmindex.encoders.speech import SpeechEncoder

@@ -1,4 +1,5 @@
-"""File access through Beam's FileSystems, so every stage works on local disks and object stores alike.
+"""File access through Beam's FileSystems, so every stage works on local disks and object stores alike
+(local paths take plain os calls: faster, and no Beam import for local work).
 
 Writes are atomic: bytes go to a hidden temporary name beside the target and are renamed into place
 only once complete, so a reader never sees a half-written file.
@@ -7,20 +8,29 @@ only once complete, so a reader never sees a half-written file.
 from __future__ import annotations
 
 import contextlib
+import functools
+import glob as pyglob
 import hashlib
 import logging
 import os
 import uuid
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-_root_level = logging.getLogger().level
-logging.getLogger().setLevel(max(_root_level, logging.ERROR))
-try:  # Beam warns at import about optional cloud clients it lacks; that is noise in every worker process
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-finally:
-    logging.getLogger().setLevel(_root_level)
+
+@functools.cache
+def _beam() -> tuple[Any, Any]:
+    """Beam's FileSystems and CompressionTypes, imported on first use: local work (such as a search) does not
+    pay for importing Beam. Beam warns at import about optional cloud clients it lacks; that is noise."""
+    root_level = logging.getLogger().level
+    logging.getLogger().setLevel(max(root_level, logging.ERROR))
+    try:
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
+    finally:
+        logging.getLogger().setLevel(root_level)
+    return FileSystems, CompressionTypes
+
 
 TEMP_MARK = ".tmp-"
 
@@ -36,7 +46,9 @@ def readable(text: str) -> str:
 
 
 def join(base: str, *parts: str) -> str:
-    return FileSystems.join(base, *parts)
+    if is_local(base):
+        return os.path.join(base, *parts)
+    return _beam()[0].join(base, *parts)
 
 
 def is_local(path: str) -> bool:
@@ -44,14 +56,14 @@ def is_local(path: str) -> bool:
 
 
 def exists(path: str) -> bool:
-    return FileSystems.exists(path)
+    return os.path.exists(path) if is_local(path) else _beam()[0].exists(path)
 
 
 def size(path: str) -> int:
     """Size in bytes; FileNotFoundError when nothing is there."""
     if is_local(path):
         return os.stat(path).st_size
-    found = FileSystems.match([path])[0].metadata_list
+    found = _beam()[0].match([path])[0].metadata_list
     if not found:
         raise FileNotFoundError(2, "No such file", path)
     return found[0].size_in_bytes
@@ -59,22 +71,26 @@ def size(path: str) -> int:
 
 def list_files(pattern: str) -> list[tuple[str, int]]:
     """(path, size) of every file matching ``pattern``, sorted by path; empty when nothing matches."""
-    return sorted((m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list)
+    return sorted((m.path, m.size_in_bytes) for m in _beam()[0].match([pattern])[0].metadata_list)
 
 
 def glob(pattern: str) -> list[str]:
-    """Paths matching ``pattern``, sorted; an empty list when nothing matches."""
+    """Paths of the files matching ``pattern``, sorted; an empty list when nothing matches."""
+    if is_local(pattern) and "**" not in pattern:  # the common case, without importing Beam
+        return sorted(p for p in pyglob.glob(pattern) if os.path.isfile(p))
     return [path for path, _ in list_files(pattern)]
 
 
 def open_read(path: str) -> BinaryIO:
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    if is_local(path):
+        return open(path, "rb")
+    filesystems, compression = _beam()
+    return filesystems.open(path, compression_type=compression.UNCOMPRESSED)
 
 
 def read_bytes(path: str, offset: int = 0, length: int | None = None) -> bytes:
     """The whole file, or ``length`` bytes from ``offset`` (a member inside an uncompressed tar)."""
-    # Local files skip FileSystems' dispatch, which costs more than reading a small file.
-    with (open(path, "rb") if is_local(path) else open_read(path)) as f:
+    with open_read(path) as f:
         if offset:
             f.seek(offset)
         return f.read() if length is None else f.read(length)
@@ -82,12 +98,12 @@ def read_bytes(path: str, offset: int = 0, length: int | None = None) -> bytes:
 
 def delete(paths: list[str]) -> None:
     if paths:
-        FileSystems.delete(paths)
+        _beam()[0].delete(paths)
 
 
 def temp_name(path: str) -> str:
     """A hidden name beside ``path`` that no reader's glob (``*.tar``, ``*.parquet``) matches."""
-    directory, name = FileSystems.split(path)
+    directory, name = os.path.split(path) if is_local(path) else _beam()[0].split(path)
     return join(directory, f"{TEMP_MARK}{name}-{uuid.uuid4().hex}")
 
 
@@ -114,7 +130,11 @@ def atomic_writer(path: str) -> Iterator[HashingWriter]:
     temp = temp_name(path)
     if is_local(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    raw = FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED)
+    if is_local(path):
+        raw = open(temp, "wb")  # noqa: SIM115 (closed below, on success and on failure)
+    else:
+        filesystems, compression = _beam()
+        raw = filesystems.create(temp, compression_type=compression.UNCOMPRESSED)
     try:
         writer = HashingWriter(raw)
         yield writer
@@ -128,7 +148,7 @@ def atomic_writer(path: str) -> Iterator[HashingWriter]:
     else:
         if exists(path):
             delete([path])
-        FileSystems.rename([temp], [path])
+        _beam()[0].rename([temp], [path])
 
 
 def write_atomic(path: str, data: bytes) -> None:

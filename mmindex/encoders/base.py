@@ -6,14 +6,12 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import transformers
 
-transformers.utils.logging.set_verbosity_error()  # no download chatter or progress bars from model loading
-transformers.utils.logging.disable_progress_bar()
+if TYPE_CHECKING:  # torch is imported where a model runs, so that a search that needs none starts fast
+    import torch
 
 # A preparer turns one item's raw bytes into model input on the CPU; it raises media.Rejected for bad media.
 Preparer = Callable[[bytes], Any]
@@ -51,9 +49,19 @@ class Encoder(ABC):
         """Model inputs (from this encoder's preparer) -> vectors, in order."""
 
 
+def quiet_transformers() -> None:
+    """No download chatter or progress bars from loading models with transformers."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 @contextlib.contextmanager
 def inference(device: torch.device) -> Iterator[None]:
     """No autograd; mixed precision (fp16 autocast) on CUDA, full precision on CPU."""
+    import torch
+
     with torch.inference_mode():
         if device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
@@ -64,6 +72,8 @@ def inference(device: torch.device) -> Iterator[None]:
 
 def normalised(features: Any) -> np.ndarray:
     """float32 unit vectors from a features tensor (or a transformers output holding them)."""
+    import torch
+
     if not isinstance(features, torch.Tensor):
         features = features.pooler_output  # transformers 5 wraps projected features in a model output
     features = torch.nn.functional.normalize(features.float(), dim=-1)

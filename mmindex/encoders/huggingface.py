@@ -14,11 +14,13 @@ import numpy as np
 import torch
 import transformers
 
-from mmindex.encoders.base import Encoded, Encoder, inference, normalised
+from mmindex.encoders.base import Encoded, Encoder, inference, normalised, quiet_transformers
 from mmindex.encoders.inputs import decode_utf8, load_mono, load_rgb
 
 # Which modalities each supported architecture embeds besides text.
 MODALITIES = {"clip": ("image", "text"), "siglip": ("image", "text"), "clap": ("audio", "text")}
+
+quiet_transformers()
 
 
 class ModelUnavailable(RuntimeError):

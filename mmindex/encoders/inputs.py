@@ -7,7 +7,6 @@ from math import gcd
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from scipy.signal import resample_poly
 
 from mmindex.media import Limits, Rejected, audio_errors, check_clip, open_audio
 
@@ -48,6 +47,8 @@ def load_mono(data: bytes, rate: int, limits: Limits = DEFAULT_LIMITS) -> np.nda
     if not len(samples):
         raise Rejected("empty audio", "the clip has no samples")
     if source_rate != rate:
+        from scipy.signal import resample_poly  # imported here: it takes seconds, and queries rarely need it
+
         common = gcd(rate, source_rate)
         samples = resample_poly(samples, rate // common, source_rate // common)
     return samples.astype(np.float32, copy=False)

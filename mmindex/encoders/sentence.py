@@ -10,8 +10,10 @@ import numpy as np
 import torch
 import transformers
 
-from mmindex.encoders.base import Encoded, Encoder, inference, normalised
+from mmindex.encoders.base import Encoded, Encoder, inference, normalised, quiet_transformers
 from mmindex.encoders.inputs import decode_utf8
+
+quiet_transformers()
 
 
 class SentenceEncoder(Encoder):
