@@ -324,6 +324,20 @@ def _usage_errors() -> tuple[type[Exception], ...]:
             ModuleNotFoundError, IndexStale)
 
 
+def check_indexes(dataset: str, model: str) -> None:
+    from mmindex.embed.store import EmbeddingStore
+    from mmindex.index.store import IndexFiles
+    from mmindex.spaces import resolve_space
+
+    store = EmbeddingStore.of(dataset, resolve_space(model))
+    built = [files for files in (IndexFiles(store, m) for m in store.space.modalities()) if files.exists()]
+    if not built:
+        raise FileNotFoundError(f"no index built for space {store.space.name!r}: run `mmindex index {dataset}`")
+    for files in built:
+        files.check(keys=True)
+        typer.echo(f"{files.modality:<6} ok: {files.info()['vectors']:,} vectors agree with the embeddings")
+
+
 @app.command()
 def index(
     dataset: Annotated[str, typer.Argument(help="A dataset with embeddings (`mmindex embed`).", show_default=False)],
@@ -335,6 +349,8 @@ def index(
         help="A FAISS factory string (e.g. 'IVF4096,PQ32', 'HNSW32,Flat') instead of the automatic choice.")]
     = None,
     update: Annotated[bool, typer.Option(help="Add newly embedded shards without retraining.")] = False,
+    check: Annotated[bool, typer.Option(
+        help="Build nothing: check that every index agrees with the embeddings, id by id.")] = False,
 ) -> None:
     """Build one FAISS index per modality of a space, under DATASET/indexes/<space>/<modality>/.
 
@@ -343,7 +359,10 @@ def index(
     and the measured recall is recorded with the index.
     """
     try:
-        run_index(dataset, model, max_memory, target_recall, index_type, update)
+        if check:
+            check_indexes(dataset, model)
+        else:
+            run_index(dataset, model, max_memory, target_recall, index_type, update)
     except _usage_errors() as err:
         raise _fail(err) from None
 

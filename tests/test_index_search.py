@@ -85,6 +85,20 @@ def test_an_index_that_disagrees_with_the_embeddings_is_refused_with_the_fix(tmp
         IndexFiles(store, "image").check()
 
 
+def test_the_full_check_catches_ids_that_map_to_other_samples(tmp_path):
+    vectors = clustered(2_000, 16, 10, seed=3)
+    store = synthetic_dataset(tmp_path / "ds", image_shards(vectors, 1_000))
+    build_index(IndexFiles(store, "image"), IndexSettings())
+    assert runner.invoke(app, ["index", str(tmp_path / "ds"), "--model", "offline", "--check"]).exit_code == 2
+    IndexFiles(store, "image").check(keys=True)
+    swapped = image_shards(vectors, 1_000)[1]
+    swapped[0], swapped[1] = swapped[1], swapped[0]  # same counts, two samples' vectors trade places
+    add_shard(store, 1, swapped)
+    IndexFiles(store, "image").check()  # counts agree...
+    with pytest.raises(IndexStale, match="map to other samples"):
+        IndexFiles(store, "image").check(keys=True)  # ...ids do not
+
+
 def test_eval_on_a_hand_made_case_with_known_answers(tmp_path):
     e = np.eye(4, dtype=np.float32)
     # a and b share a caption; c's image is closest to a's caption; d has only text
@@ -160,6 +174,8 @@ def test_eval_reports_exact_and_index_figures(indexed):
     rows = {(r["query"], r["target"]): r for r in json.loads(result.output)}
     assert rows["caption", "audio"]["exact"]["recall@1"] == 1.0  # every clip nearest its own transcript
     assert rows["caption", "image"]["index"] == rows["caption", "image"]["exact"]  # exact index at this size
+    check = runner.invoke(app, ["index", str(indexed), "--check"])
+    assert check.exit_code == 0 and check.output.count(" ok: ") == 3
 
 
 def test_an_index_built_before_new_shards_were_embedded_is_caught_by_search(indexed, tmp_path):

@@ -20,7 +20,7 @@ import pyarrow as pa
 from mmindex import storage
 from mmindex.dataset import read_parquet
 from mmindex.embed.store import EmbeddingStore
-from mmindex.index.vectors import counts
+from mmindex.index.vectors import counts, shard_vectors
 
 KEYS_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("shard", pa.string(), nullable=False)])
 
@@ -70,10 +70,13 @@ class IndexFiles:
                              f"{len(keys):,}; rebuild it with `mmindex index {self.embeddings.dataset.root}`")
         return index, keys
 
-    def check(self) -> None:
-        """Raises IndexStale, saying how to fix it, when the index and the committed embeddings disagree."""
+    def check(self, keys: bool = False) -> None:
+        """Raises IndexStale, saying how to fix it, when the index and the committed embeddings disagree:
+        vectors per shard always; with ``keys``, also every id's key against the embeddings' (slower)."""
         indexed, embedded = self.info()["shards"], counts(self.embeddings, self.modality)
         if indexed == embedded:
+            if keys:
+                self._check_keys()
             return
         new = sorted(set(embedded) - set(indexed))
         gone = sorted(set(indexed) - set(embedded))
@@ -88,6 +91,18 @@ class IndexFiles:
                else f"mmindex index {root} --model {space}")
         raise IndexStale(f"the {self.modality} index of space {space!r} does not match the embeddings: "
                          f"{'; '.join(problems)}. Run `{fix}`.")
+
+
+    def _check_keys(self) -> None:
+        table = read_parquet(self.path("keys.parquet"))
+        by_shard: dict[str, list[str]] = {}
+        for key, shard in zip(table.column("key").to_pylist(), table.column("shard").to_pylist(), strict=True):
+            by_shard.setdefault(shard, []).append(key)
+        for shard, keys in by_shard.items():
+            if keys != shard_vectors(self.embeddings, int(shard), self.modality).keys:
+                raise IndexStale(f"ids of shard {shard} in the {self.modality} index map to other samples than its "
+                                 f"embeddings; rebuild: `mmindex index {self.embeddings.dataset.root} --model "
+                                 f"{self.embeddings.space.name}`")
 
 
 def apply_parameters(index: faiss.Index, parameters: dict[str, Any]) -> None:
