@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -140,9 +141,15 @@ def _is_ivf(index: faiss.Index) -> bool:
 
 
 def _save(files: IndexFiles, index: faiss.Index, shards: list[ShardVectors], info: dict) -> None:
-    data = faiss.serialize_index(index)
-    info["bytes"] = int(data.nbytes)
-    storage.write_atomic(files.path("index.faiss"), data.tobytes())
+    path = files.path("index.faiss")
+    if storage.is_local(path):  # straight to disk: a serialized copy would double the memory of a large index
+        temp = storage.temp_name(path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        faiss.write_index(index, temp)
+        os.replace(temp, path)
+    else:
+        storage.write_atomic(path, faiss.serialize_index(index).tobytes())
+    info["bytes"] = storage.size(path)
     rows = [{"key": key, "shard": shard_name(s.number)} for s in shards for key in s.keys]
     storage.write_atomic(files.path("keys.parquet"), parquet_bytes(rows, KEYS_SCHEMA))
     storage.write_atomic(files.path("info.json"), json.dumps(info, indent=2).encode())

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 EXACT_BELOW = 20_000
-TRAIN_PER_LIST = 50       # training vectors per IVF list (FAISS warns below 39)
+TRAIN_PER_LIST = 40       # training vectors per IVF list (FAISS warns below 39)
 OVERHEAD = 1.2            # ids, list structures, lookup tables
 
 
