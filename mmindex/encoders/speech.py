@@ -1,9 +1,10 @@
 """Speech into a text space: offline speech recognition (whisper via faster-whisper), then the text encoder.
 
 Audio with no speech in it (music, animal sounds, silence) has nothing this path can embed: it is skipped
-with the reason "no speech detected" rather than given the vector of whatever whisper hallucinates. A voice
-activity detector (shipped with faster-whisper) decides; long clips are transcribed window by window, as
-whisper does.
+with the reason "no speech detected" rather than given the vector of whatever whisper hallucinates. Two
+judges must agree that a stretch is speech: a voice activity detector (shipped with faster-whisper), then
+whisper itself (its no-speech probability at most whisper's default threshold; the VAD alone let a horse's
+whinny through as "Oh"). Long clips are transcribed window by window, as whisper does.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from mmindex.encoders.sentence import SentenceEncoder
 
 WHISPER_RATE = 16_000
 NO_SPEECH = "no speech detected"
+NO_SPEECH_PROB = 0.6   # whisper's own default: above it, whisper judges a window not to be speech
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ class SpeechEncoder(Encoder):
     def transcribe(self, samples: np.ndarray) -> str:
         segments, _ = self.whisper.transcribe(samples, language=self.language, beam_size=self.beam_size,
                                               vad_filter=True, condition_on_previous_text=False)
-        return " ".join(segment.text.strip() for segment in segments).strip()
+        return " ".join(segment.text.strip() for segment in segments
+                        if segment.no_speech_prob <= NO_SPEECH_PROB).strip()
 
     def encode(self, prepared: list[np.ndarray]) -> Encoded:
         transcripts = [self.transcribe(samples) for samples in prepared]
