@@ -94,7 +94,7 @@ def run_one(contender: str, root: Path, max_memory: str) -> dict:
 
         files = IndexFiles(EmbeddingStore(Dataset(str(root)), SPACE), "image")
         built = build_index(files, IndexSettings(max_memory=parse_bytes(max_memory)))
-        index, _ = files.load()
+        index, _, _ = files.load()
         info = {"type": built["type"], "parameters": built["parameters"], "own_recall": built["recall_at_10"]}
     else:
         from autofaiss import build_index as autofaiss_build

@@ -276,6 +276,14 @@ def parse_bytes(text: str) -> int:
     return int(float(digits) * units[unit])
 
 
+def search_settings(info: dict[str, Any]) -> str:
+    """How an index is searched, as `mmindex index` prints it: 'exact', 'nprobe=8, re-rank 4x' ..."""
+    parts = [f"{k}={v}" for k, v in info["parameters"].items()]
+    if info.get("rerank"):
+        parts.append(f"re-rank {info['rerank']}x")
+    return ", ".join(parts) or "exact"
+
+
 def run_index(dataset: str, model: str, max_memory: str = "4GB", target_recall: float = 0.95,
               index_type: str | None = None, update: bool = False) -> list[dict[str, Any]]:
     from mmindex.embed.store import EmbeddingStore
@@ -294,10 +302,13 @@ def run_index(dataset: str, model: str, max_memory: str = "4GB", target_recall: 
                 continue
             info = build_index(files, settings, update=update)
             infos.append(info)
-            parameters = ", ".join(f"{k}={v}" for k, v in info["parameters"].items()) or "exact"
-            typer.echo(f"{modality:<6} {info['vectors']:>10,} vectors  {info['type']:<18} {parameters:<12} "
+            typer.echo(f"{modality:<6} {info['vectors']:>10,} vectors  {info['type']:<18} {search_settings(info):<22} "
                        f"recall@10 {info['recall_at_10']:.3f}  {human_bytes(info['bytes'])}  "
                        f"{info['build_seconds']:.1f} s  -> {files.root}")
+            if not info["target_met"]:
+                typer.echo(f"Warning: the {modality} index reaches recall@10 {info['recall_at_10']:.3f}, below the "
+                           f"target {target_recall}, even searched as deep as it goes: raise --max-memory (larger "
+                           f"codes) or choose another --index-type", err=True)
     if not infos:
         raise FileNotFoundError(f"no vectors in space {store.space.name!r}: run `mmindex embed {dataset} "
                                 f"--model {model}` first")

@@ -86,7 +86,7 @@ def evaluate(store: EmbeddingStore, with_index: bool = True) -> list[dict[str, A
         files = IndexFiles(store, target)
         if with_index and files.exists():
             files.check()
-            index, _ = files.load()
+            index, _, _ = files.load()
             _, found = index.search(query_vectors, min(INDEX_DEPTH, index.ntotal))
             row["index"] = summarise([first_correct(r, c) for r, (_, c) in zip(found, asked, strict=True)])
             row["index_type"] = files.info()["type"]

@@ -17,6 +17,7 @@ from mmindex import storage
 from mmindex.dataset import read_parquet
 from mmindex.embed.store import EmbeddingStore
 from mmindex.encoders.base import Encoder
+from mmindex.index.searchable import SearchableIndex
 from mmindex.index.store import IndexFiles
 from mmindex.media import MODALITIES, Rejected
 from mmindex.spaces import Space
@@ -51,16 +52,14 @@ class Searcher:
         self.store = EmbeddingStore.of(root, space)
         self.device = device
         self._encoders: dict[str, Encoder] = {}
-        self._indexes: dict[str, tuple[Any, list[str], list[str]]] = {}
+        self._indexes: dict[str, tuple[SearchableIndex, list[str], list[str]]] = {}
         self.targets = targets or [m for m in MODALITIES if IndexFiles(self.store, m).exists()]
         if not self.targets:
             IndexFiles(self.store, "text").info()  # raises IndexMissing with the command to run
         for modality in self.targets:
             files = IndexFiles(self.store, modality)
             files.check()
-            index, keys = files.load()
-            shards = read_parquet(files.path("keys.parquet"), columns=["shard"]).column("shard").to_pylist()
-            self._indexes[modality] = (index, keys, shards)
+            self._indexes[modality] = files.load()
 
     def encoder(self, modality: str) -> Encoder:
         if modality not in self._encoders:

@@ -151,6 +151,15 @@ def synthetic_dataset(root: Path, shards: list[list[tuple[str, str | None, dict]
     return store
 
 
+def synthetic_space_file(folder: Path, name: str = "synthetic") -> str:
+    """A space YAML whose name is that of a synthetic dataset's space, for the CLI's --model."""
+    import yaml
+
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(SYNTHETIC))
+    return str(path)
+
+
 def add_shard(store, number: int, samples: list[tuple[str, str | None, dict]]) -> None:
     from mmindex import storage
     from mmindex.dataset import SAMPLES_SCHEMA, parquet_bytes, shard_name

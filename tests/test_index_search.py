@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import add_shard, copy_dataset, synthetic_dataset
+from conftest import add_shard, copy_dataset, synthetic_dataset, synthetic_space_file
 from mmindex.cli import app
 from mmindex.evaluate import evaluate
-from mmindex.index.build import IndexSettings, build_index, exact_neighbours, recall_at_10
+from mmindex.index.build import IndexSettings, build_index
 from mmindex.index.choose import choose
 from mmindex.index.store import IndexFiles, IndexStale
+from mmindex.index.tune import exact_neighbours, recall
 from mmindex.index.vectors import modality_shards
 
 runner = CliRunner()
@@ -52,12 +53,69 @@ def test_the_automatic_index_meets_its_target_recall_on_clustered_data(tmp_path)
     info = build_index(files, IndexSettings(target_recall=0.95))
     assert info["type"].startswith("IVF") and info["recall_at_10"] >= 0.95 and info["parameters"]["nprobe"] >= 1
     # measured again, independently, on fresh queries from the same distribution
-    index, keys = files.load()
+    index, keys, _ = files.load()
     queries = clustered(60_500, 64, 300, seed=0)[60_000:]  # same seed: same centres, 500 points not indexed
     truth = exact_neighbours(list(modality_shards(store, "image")), queries)
-    assert recall_at_10(index, queries, truth) >= 0.93
+    assert recall(index.search(queries, 10)[1], truth).mean() >= 0.93
     assert len(keys) == index.ntotal == 60_000 and info["shards"] == {"000000": 20_000, "000001": 20_000,
                                                                       "000002": 20_000}
+
+
+def fresh_recall(files: IndexFiles, queries: np.ndarray) -> float:
+    index, _, _ = files.load()
+    truth = exact_neighbours(list(modality_shards(files.embeddings, files.modality)), queries)
+    return float(recall(index.search(queries, 10)[1], truth).mean())
+
+
+def test_a_tight_memory_budget_still_meets_the_target_by_re_ranking_from_the_embeddings(tmp_path):
+    vectors = clustered(30_500, 64, 100, seed=4)
+    store = synthetic_dataset(tmp_path / "ds", image_shards(vectors[:30_000], 10_000))
+    files = IndexFiles(store, "image")
+    info = build_index(files, IndexSettings(max_memory=500_000))  # 16 bytes a vector: product quantization
+    assert info["type"].endswith(",PQ8") and info["rerank"] >= 1 and info["target_met"]
+    assert info["recall_at_10"] >= 0.95 and fresh_recall(files, vectors[30_000:]) >= 0.93
+    index, _, _ = files.load()
+    index.rerank = 0  # the codes alone rank far worse: re-ranking is what meets the target
+    truth = exact_neighbours(list(modality_shards(store, "image")), vectors[30_000:])
+    assert recall(index.search(vectors[30_000:], 10)[1], truth).mean() < 0.8
+
+
+def test_hnsw_is_tuned_by_ef_search_and_its_recorded_recall_is_what_fresh_queries_get(tmp_path):
+    vectors = clustered(20_500, 32, 50, seed=5)
+    store = synthetic_dataset(tmp_path / "ds", image_shards(vectors[:20_000], 10_000))
+    files = IndexFiles(store, "image")
+    info = build_index(files, IndexSettings(index_type="HNSW16,Flat"))
+    assert set(info["parameters"]) == {"efSearch"} and info["rerank"] == 0 and info["chosen_by"] == "--index-type"
+    assert info["recall_at_10"] >= 0.95
+    assert abs(fresh_recall(files, vectors[20_000:]) - info["recall_at_10"]) <= 0.03
+
+
+def test_recall_is_measured_per_query_modality_as_cross_modal_searches_run(tmp_path):
+    rng = np.random.default_rng(6)
+    centres = rng.standard_normal((200, 48))
+    topic = rng.integers(0, 200, 24_500)
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    images = unit(centres[topic] + 0.35 * rng.standard_normal((24_500, 48)))
+    captions = unit(centres[topic] + 0.9 * rng.standard_normal((24_500, 48)))  # further from any one image
+    samples = [(f"k{i:06d}", None, {"image": images[i], "text": captions[i]}) for i in range(24_000)]
+    store = synthetic_dataset(tmp_path / "ds", [samples[:12_000], samples[12_000:]])
+    files = IndexFiles(store, "image")
+    info = build_index(files, IndexSettings())
+    assert info["type"].startswith("IVF") and set(info["recall_at_10_by_query"]) == {"image", "text"}
+    assert min(info["recall_at_10_by_query"].values()) >= 0.9 and info["recall_at_10"] >= 0.95
+    for modality, fresh in (("image", images[24_000:]), ("text", captions[24_000:])):
+        assert abs(fresh_recall(files, fresh) - info["recall_at_10_by_query"][modality]) <= 0.03
+
+
+def test_an_index_that_cannot_meet_the_target_says_so(tmp_path):
+    store = synthetic_dataset(tmp_path / "ds", image_shards(clustered(25_000, 32, 10, seed=7), 25_000))
+    space = synthetic_space_file(tmp_path)
+    result = runner.invoke(app, ["index", str(tmp_path / "ds"), "--model", space, "--index-type", "IVF16,PQ1"])
+    assert result.exit_code == 0, result.output
+    info = IndexFiles(store, "image").info()
+    assert not info["target_met"] and info["recall_at_10"] < 0.95 and info["rerank"] >= 1
+    assert f"Warning: the image index reaches recall@10 {info['recall_at_10']:.3f}" in result.output
+    assert f"re-rank {info['rerank']}x" in result.output
 
 
 def test_update_adds_new_shards_and_the_check_says_when_to_run_it(tmp_path):
@@ -71,7 +129,7 @@ def test_update_adds_new_shards_and_the_check_says_when_to_run_it(tmp_path):
     updated = build_index(files, IndexSettings(), update=True)
     assert updated["type"] == first["type"] and updated["vectors"] == 30_000
     files.check()
-    index, keys = files.load()
+    index, keys, _ = files.load()
     _, found = index.search(vectors[24_000:24_010], 1)
     assert [keys[i] for i in found[:, 0]] == [f"new{i:07d}" for i in range(10)]
 

@@ -2,7 +2,8 @@
 
     index.faiss   the FAISS index; id i is row i of keys.parquet
     keys.parquet  id -> key, shard
-    info.json     type, parameters (nprobe), measured recall, build time, memory, vectors per shard
+    info.json     type, search parameters (nprobe or efSearch, re-rank depth), measured recall, build time,
+                  bytes, vectors per shard
 
 info.json is written last: an index exists once it does. Its per-shard counts are what the consistency
 check compares with the committed embeddings.
@@ -20,6 +21,7 @@ import pyarrow as pa
 from mmindex import storage
 from mmindex.dataset import read_parquet
 from mmindex.embed.store import EmbeddingStore
+from mmindex.index.searchable import ExactVectors, SearchableIndex
 from mmindex.index.vectors import counts, shard_vectors
 
 KEYS_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("shard", pa.string(), nullable=False)])
@@ -55,20 +57,28 @@ class IndexFiles:
                                f"run `mmindex index {root} --model {self.embeddings.space.name}`")
         return json.loads(storage.read_bytes(self.path("info.json")))
 
-    def load(self) -> tuple[faiss.Index, list[str]]:
-        """The index (memory-mapped where FAISS can) with its search parameters set, and its keys by id."""
+    def read_index(self, mmap: bool = False) -> faiss.Index:
+        """The FAISS index as saved; ``mmap`` maps a local file instead of reading it (read-only)."""
+        path = self.path("index.faiss")
+        if not storage.is_local(path):
+            return faiss.deserialize_index(storage.read_bytes(path))
+        return faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) if mmap else faiss.read_index(path)
+
+    def load(self) -> tuple[SearchableIndex, list[str], list[str]]:
+        """The index (memory-mapped where FAISS can) set up as it was tuned, and the key and shard of each id."""
         info = self.info()
-        local = storage.is_local(self.path("index.faiss"))
-        if local:
-            index = faiss.read_index(self.path("index.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-        else:
-            index = faiss.deserialize_index(storage.read_bytes(self.path("index.faiss")))
-        apply_parameters(index, info["parameters"])
-        keys = read_parquet(self.path("keys.parquet"), columns=["key"]).column("key").to_pylist()
-        if len(keys) != index.ntotal:
-            raise IndexStale(f"{self.root}: the index holds {index.ntotal:,} vectors but keys.parquet names "
+        table = read_parquet(self.path("keys.parquet"), columns=["key", "shard"])
+        keys, shards = table.column("key").to_pylist(), table.column("shard").to_pylist()
+        searchable = SearchableIndex(self.read_index(mmap=True))
+        if len(keys) != searchable.ntotal:
+            raise IndexStale(f"{self.root}: the index holds {searchable.ntotal:,} vectors but keys.parquet names "
                              f"{len(keys):,}; rebuild it with `mmindex index {self.embeddings.dataset.root}`")
-        return index, keys
+        rerank = info.get("rerank", 0)
+        if rerank:
+            searchable.exact = ExactVectors([shard_vectors(self.embeddings, int(name), self.modality).vectors
+                                             for name in dict.fromkeys(shards)])
+        searchable.set(info["parameters"], rerank)
+        return searchable, keys, shards
 
     def check(self, keys: bool = False) -> None:
         """Raises IndexStale, saying how to fix it, when the index and the committed embeddings disagree:
@@ -103,8 +113,3 @@ class IndexFiles:
                 raise IndexStale(f"ids of shard {shard} in the {self.modality} index map to other samples than its "
                                  f"embeddings; rebuild: `mmindex index {self.embeddings.dataset.root} --model "
                                  f"{self.embeddings.space.name}`")
-
-
-def apply_parameters(index: faiss.Index, parameters: dict[str, Any]) -> None:
-    if parameters:
-        faiss.ParameterSpace().set_index_parameters(index, ",".join(f"{k}={v}" for k, v in parameters.items()))

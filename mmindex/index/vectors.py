@@ -58,3 +58,16 @@ def sample_rows(shards: list[ShardVectors], size: int, seed: int = 0) -> np.ndar
             out.append(np.asarray(shard.vectors[local], dtype=np.float32))
         start = end
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def split_tail(shards: list[ShardVectors], count: int) -> tuple[list[ShardVectors], list[ShardVectors]]:
+    """``shards`` without their last ``count`` vectors, and those vectors: both as shard pieces, in order."""
+    head, tail = list(shards), []
+    while count > 0 and head:
+        last = head.pop()
+        cut = max(0, len(last.keys) - count)
+        if cut:
+            head.append(ShardVectors(last.number, last.keys[:cut], last.vectors[:cut]))
+        tail.insert(0, ShardVectors(last.number, last.keys[cut:], last.vectors[cut:]))
+        count -= len(last.keys) - cut
+    return head, tail
