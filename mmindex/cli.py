@@ -294,11 +294,17 @@ def run_index(dataset: str, model: str, max_memory: str = "4GB", target_recall: 
 
     store = EmbeddingStore.of(dataset, resolve_space(model))
     settings = IndexSettings(parse_bytes(max_memory), target_recall, index_type)
+    _warn_not_embedded(store)
     infos = []
     with store.dataset.exclusive("index"):
         for modality in store.space.modalities():
             files = IndexFiles(store, modality)
-            if not counts(store, modality):
+            embedded = counts(store, modality)
+            if not embedded:
+                continue
+            if update and files.exists() and files.info()["shards"] == embedded:
+                infos.append(files.info())
+                typer.echo(f"{modality:<6} {infos[-1]['vectors']:>10,} vectors  up to date  -> {files.root}")
                 continue
             info = build_index(files, settings, update=update)
             infos.append(info)
@@ -337,7 +343,7 @@ def _usage_errors() -> tuple[type[Exception], ...]:
 
 def check_indexes(dataset: str, model: str) -> None:
     from mmindex.embed.store import EmbeddingStore
-    from mmindex.index.store import IndexFiles
+    from mmindex.index.store import IndexFiles, IndexStale, not_embedded
     from mmindex.spaces import resolve_space
 
     store = EmbeddingStore.of(dataset, resolve_space(model))
@@ -346,7 +352,18 @@ def check_indexes(dataset: str, model: str) -> None:
         raise FileNotFoundError(f"no index built for space {store.space.name!r}: run `mmindex index {dataset}`")
     for files in built:
         files.check(keys=True)
-        typer.echo(f"{files.modality:<6} ok: {files.info()['vectors']:,} vectors agree with the embeddings")
+        typer.echo(f"{files.modality:<6} ok: {files.info()['vectors']:,} vectors agree with the embeddings and samples")
+    problem = not_embedded(store)
+    if problem:
+        raise IndexStale(problem)
+
+
+def _warn_not_embedded(store: Any) -> None:
+    from mmindex.index.store import not_embedded
+
+    problem = not_embedded(store)
+    if problem:
+        typer.echo(f"Warning: {problem}", err=True)
 
 
 @app.command()
@@ -379,27 +396,30 @@ def index(
 
 
 def _read_queries(path: Path, weights: dict[str, float]) -> list[Any]:
+    """The queries of a --queries file; a malformed line refuses the file, naming the line."""
     import json
 
-    from mmindex.search import Query
+    from mmindex.search import BadQuery, Query
 
     queries = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        if line.lstrip().startswith("{"):
-            try:
-                fields = json.loads(line)
-            except ValueError as err:
-                raise ValueError(f"{path}:{number}: not a JSON object ({err})") from None
+        try:
+            if not line.lstrip().startswith("{"):
+                queries.append(Query(text=line.strip(), weights=weights))
+                continue
+            fields = json.loads(line)
             unknown = set(fields) - {"text", "image", "audio", "weights"}
             if unknown:
-                raise ValueError(f"{path}:{number}: unknown field(s) {sorted(unknown)}; "
-                                 f"use text, image, audio, weights")
+                raise BadQuery(f"unknown field(s) {sorted(unknown)}; use text, image, audio, weights")
+            own_weights = fields.get("weights", {})
+            if not isinstance(own_weights, dict):
+                raise BadQuery(f"weights must map modalities to numbers, not {own_weights!r}")
             queries.append(Query(fields.get("text"), fields.get("image"), fields.get("audio"),
-                                 {**weights, **fields.get("weights", {})}))
-        else:
-            queries.append(Query(text=line.strip(), weights=weights))
+                                 {**weights, **own_weights}))
+        except ValueError as err:  # BadQuery, or JSON that does not parse
+            raise BadQuery(f"{path}:{number}: {err}") from None
     return queries
 
 
@@ -428,7 +448,9 @@ def search(
         help="Weight of a query part when several are fused, e.g. --weight image=0.3 (default 1 each).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     queries: Annotated[Path | None, typer.Option(
-        help="A file of queries, one per line: plain text, or JSON {text, image, audio, weights}. Writes JSONL.")]
+        exists=True, dir_okay=False,
+        help="A file of queries, one per line: plain text, or JSON {text, image, audio, weights}. Writes JSONL: "
+             "each line the query and its results, or the error that stopped it (exit status 1 if any).")]
     = None,
 ) -> None:
     """Find the images, sounds and texts nearest to a text, an image or a clip (or several, fused)."""
@@ -448,22 +470,43 @@ def search(
             weights[name] = float(value)
         except ValueError:
             raise typer.BadParameter(f"{item!r}: give MODALITY=NUMBER, e.g. image=0.5", param_hint="--weight") from None
+        if name not in ("text", "image", "audio"):
+            raise typer.BadParameter(f"{item!r}: the modality is text, image or audio", param_hint="--weight")
+    failed = 0
     try:
         batch = _read_queries(queries, weights) if queries else [Query(query, image, audio, weights)]
         if not queries:
             batch[0].parts()  # an empty query is refused before anything loads
         searcher = Searcher(dataset, resolve_space(model), None if modality == "all" else [modality])
-        for one in batch:
-            results = searcher.search(one, k)
-            if queries:
-                typer.echo(json.dumps({"query": {"text": one.text, "image": one.image, "audio": one.audio},
-                                       "results": results}, ensure_ascii=False))
-            elif as_json:
-                typer.echo(json.dumps(results, indent=2, ensure_ascii=False))
-            else:
-                _print_results(results)
+        _warn_not_embedded(searcher.store)
+        if queries:
+            failed = _search_batch(searcher, batch, k)
+        elif as_json:
+            typer.echo(json.dumps(searcher.search(batch[0], k), indent=2, ensure_ascii=False))
+        else:
+            _print_results(searcher.search(batch[0], k))
     except (BadQuery, *_usage_errors()) as err:
         raise _fail(err) from None
+    if failed:
+        typer.echo(f"{failed} of {len(batch)} queries failed (their lines say why)", err=True)
+        raise typer.Exit(1)
+
+
+def _search_batch(searcher: Any, batch: list[Any], k: int) -> int:
+    """One JSON line per query, in order: its results, or the error that stopped it. Returns the errors."""
+    import json
+
+    from mmindex.search import BadQuery
+
+    failed = 0
+    for one in batch:
+        line: dict[str, Any] = {"query": {"text": one.text, "image": one.image, "audio": one.audio}}
+        try:
+            line["results"] = searcher.search(one, k)
+        except BadQuery as err:
+            line["error"], failed = str(err), failed + 1
+        typer.echo(json.dumps(line, ensure_ascii=False))
+    return failed
 
 
 @app.command(name="eval")

@@ -38,6 +38,18 @@ class Query:
     audio: str | None = None
     weights: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for name in ("text", "image", "audio"):
+            if not isinstance(getattr(self, name), str | None):
+                raise BadQuery(f"{name} must be a string, not {getattr(self, name)!r}")
+        if not isinstance(self.weights, dict):
+            raise BadQuery(f"weights must map modalities to numbers, not {self.weights!r}")
+        for name, weight in self.weights.items():
+            if name not in MODALITIES:
+                raise BadQuery(f"weight for {name!r}: a query part is text, image or audio")
+            if isinstance(weight, bool) or not isinstance(weight, int | float):
+                raise BadQuery(f"weight for {name!r} must be a number, not {weight!r}")
+
     def parts(self) -> dict[str, str]:
         parts = {m: v for m, v in (("text", self.text), ("image", self.image), ("audio", self.audio)) if v}
         if "text" in parts and not parts["text"].strip():

@@ -157,6 +157,48 @@ def test_the_full_check_catches_ids_that_map_to_other_samples(tmp_path):
         IndexFiles(store, "image").check(keys=True)  # ...ids do not
 
 
+def test_the_full_check_catches_ids_without_a_sample_and_samples_without_an_item(tmp_path):
+    from mmindex import storage
+    from mmindex.dataset import SAMPLES_SCHEMA, parquet_bytes, read_parquet
+
+    store = synthetic_dataset(tmp_path / "ds", image_shards(clustered(2_000, 16, 10, seed=8), 1_000))
+    space = synthetic_space_file(tmp_path)
+    assert runner.invoke(app, ["index", str(tmp_path / "ds"), "--model", space]).exit_code == 0
+    samples_path = store.dataset.samples_path(1)
+    original = read_parquet(samples_path).to_pylist()
+
+    def check_with_samples(rows):
+        storage.write_atomic(samples_path, parquet_bytes(rows, SAMPLES_SCHEMA))
+        return runner.invoke(app, ["index", str(tmp_path / "ds"), "--model", space, "--check"])
+
+    assert check_with_samples(original).exit_code == 0
+    lost = check_with_samples(original[1:])  # a sample the index still finds is gone from the dataset
+    assert lost.exit_code == 2 and "1 id(s) of shard 000001 in the image index map to no sample" in lost.output
+    extra = {**original[0], "key": "never-embedded", "sha256": "never-embedded"}
+    unembedded = check_with_samples([*original, extra])  # a sample with an image that was never embedded
+    assert unembedded.exit_code == 2 and "1 sample(s) of shard 000001 with image are missing" in unembedded.output
+
+
+def test_samples_of_shards_not_embedded_yet_are_reported_by_check_index_and_search(indexed, tmp_path):
+    dataset = copy_dataset(indexed, tmp_path)
+    (dataset / "embeddings" / "offline" / "000005.parquet").unlink()
+    (dataset / "embeddings" / "offline" / "text" / "000005.npy").unlink()
+    rebuilt = runner.invoke(app, ["index", str(dataset)])
+    assert rebuilt.exit_code == 0 and "not embedded in space 'offline' yet (000005)" in rebuilt.output
+    check = runner.invoke(app, ["index", str(dataset), "--check"])
+    assert check.exit_code == 2 and f"mmindex embed {dataset} --model offline" in check.output
+    found = search(dataset, "a photo of a cat", "-k", "1")
+    assert found.exit_code == 0 and "chelsea_cat.jpg" in found.output and "no index can find" in found.output
+
+
+def test_update_with_nothing_new_leaves_the_index_alone(indexed, tmp_path):
+    dataset = copy_dataset(indexed, tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in (dataset / "indexes").rglob("*") if p.is_file()}
+    result = runner.invoke(app, ["index", str(dataset), "--update"])
+    assert result.exit_code == 0 and result.output.count("up to date") == 3
+    assert {p: p.stat().st_mtime_ns for p in (dataset / "indexes").rglob("*") if p.is_file()} == before
+
+
 def test_eval_on_a_hand_made_case_with_known_answers(tmp_path):
     e = np.eye(4, dtype=np.float32)
     # a and b share a caption; c's image is closest to a's caption; d has only text
@@ -213,6 +255,34 @@ def test_query_parts_fuse_and_a_batch_writes_jsonl(indexed, tmp_path):
     assert len(lines) == 2 and all(line["results"][0]["source"].endswith("chelsea_cat.jpg") for line in lines)
 
 
+def test_a_batch_goes_on_past_a_query_that_fails_and_says_which(indexed, tmp_path):
+    from mmindex.demo import CORPUS
+
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("\n".join([json.dumps({"image": str(tmp_path / "gone.jpg")}),
+                                  json.dumps({"image": str(CORPUS / "photos" / "chelsea_cat.jpg")})]))
+    batch = search(indexed, "--queries", str(queries), "-k", "1")
+    assert batch.exit_code == 1
+    first, second = (json.loads(line) for line in batch.stdout.splitlines())
+    assert "no such file" in first["error"] and "results" not in first
+    assert second["results"][0]["source"].endswith("chelsea_cat.jpg")
+    assert "1 of 2 queries failed" in batch.stderr
+
+
+@pytest.mark.parametrize(("line", "says"), [
+    ('{"text": 5}', "queries.jsonl:2: text must be a string"),
+    ('{"text": "a cat", "weights": {"imgae": 0.5}}', "queries.jsonl:2: weight for 'imgae'"),
+    ('{"text": "a cat", "weights": [0.5]}', "queries.jsonl:2: weights must map"),
+    ('{"text": "a cat", "mode": 1}', "queries.jsonl:2: unknown field(s) ['mode']"),
+    ('{"text": "a cat"', "queries.jsonl:2: Expecting"),
+])
+def test_a_malformed_query_file_is_refused_naming_the_line(indexed, tmp_path, line, says):
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(f"a photo of a cat\n{line}\n")
+    result = search(indexed, "--queries", str(queries))
+    assert result.exit_code == 2 and says in result.output and "results" not in result.output
+
+
 def test_search_errors_are_clear(indexed, offline_embedded, tmp_path):
     assert search(indexed, "  ").exit_code == 2
     assert "empty query" in search(indexed).output
@@ -224,6 +294,9 @@ def test_search_errors_are_clear(indexed, offline_embedded, tmp_path):
     not_built = search(offline_embedded, "a cat")
     assert not_built.exit_code == 2 and "mmindex index" in not_built.output
     assert "--modality" in search(indexed, "cat", "--modality", "video").output
+    misspelt = search(indexed, "cat", "--image", str(junk), "--weight", "imgae=0.5")
+    assert misspelt.exit_code == 2 and "the modality is text, image or" in misspelt.output
+    assert "Invalid value for '--queries'" in search(indexed, "--queries", str(tmp_path / "none.txt")).output
 
 
 def test_eval_reports_exact_and_index_figures(indexed):

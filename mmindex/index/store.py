@@ -19,10 +19,10 @@ import faiss
 import pyarrow as pa
 
 from mmindex import storage
-from mmindex.dataset import read_parquet
+from mmindex.dataset import read_parquet, shard_name
 from mmindex.embed.store import EmbeddingStore
 from mmindex.index.searchable import ExactVectors, SearchableIndex
-from mmindex.index.vectors import counts, shard_vectors
+from mmindex.index.vectors import counts, embedded_keys, shard_vectors
 
 KEYS_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("shard", pa.string(), nullable=False)])
 
@@ -81,12 +81,13 @@ class IndexFiles:
         return searchable, keys, shards
 
     def check(self, keys: bool = False) -> None:
-        """Raises IndexStale, saying how to fix it, when the index and the committed embeddings disagree:
-        vectors per shard always; with ``keys``, also every id's key against the embeddings' (slower)."""
+        """Raises IndexStale, saying how to fix it, when the index and the dataset disagree: vectors per shard
+        against the committed embeddings always; with ``keys``, also every id against the embeddings and the
+        samples parquet (slower)."""
         indexed, embedded = self.info()["shards"], counts(self.embeddings, self.modality)
         if indexed == embedded:
             if keys:
-                self._check_keys()
+                self._check_ids()
             return
         new = sorted(set(embedded) - set(indexed))
         gone = sorted(set(indexed) - set(embedded))
@@ -94,7 +95,8 @@ class IndexFiles:
         root, space = self.embeddings.dataset.root, self.embeddings.space.name
         problems = []
         if new:
-            problems.append(f"{len(new)} embedded shard(s) not in the index ({', '.join(new[:5])}...)")
+            problems.append(f"{len(new)} embedded shard(s) not in the index ({', '.join(new[:5])}"
+                            f"{'...' if len(new) > 5 else ''})")
         if gone or changed:
             problems.append(f"{len(gone) + len(changed)} indexed shard(s) whose vectors are gone or changed")
         fix = (f"mmindex index {root} --model {space} --update" if new and not (gone or changed)
@@ -102,14 +104,41 @@ class IndexFiles:
         raise IndexStale(f"the {self.modality} index of space {space!r} does not match the embeddings: "
                          f"{'; '.join(problems)}. Run `{fix}`.")
 
-
-    def _check_keys(self) -> None:
+    def _check_ids(self) -> None:
+        """Every id maps to its shard's embedded item and to a sample of that shard, and every sample of the
+        modality in an indexed shard has an item (embedded, or skipped with a reason)."""
         table = read_parquet(self.path("keys.parquet"))
         by_shard: dict[str, list[str]] = {}
         for key, shard in zip(table.column("key").to_pylist(), table.column("shard").to_pylist(), strict=True):
             by_shard.setdefault(shard, []).append(key)
+        dataset = self.embeddings.dataset
+        rebuild = f"mmindex index {dataset.root} --model {self.embeddings.space.name}"
         for shard, keys in by_shard.items():
-            if keys != shard_vectors(self.embeddings, int(shard), self.modality).keys:
+            items = self.embeddings.read(int(shard))[0]
+            if keys != embedded_keys(items, self.modality):
                 raise IndexStale(f"ids of shard {shard} in the {self.modality} index map to other samples than its "
-                                 f"embeddings; rebuild: `mmindex index {self.embeddings.dataset.root} --model "
-                                 f"{self.embeddings.space.name}`")
+                                 f"embeddings; rebuild: `{rebuild}`")
+            samples = read_parquet(dataset.samples_path(int(shard)), columns=["key", "modalities"]).to_pylist()
+            unknown = set(keys) - {row["key"] for row in samples}
+            if unknown:
+                raise IndexStale(f"{len(unknown)} id(s) of shard {shard} in the {self.modality} index map to no "
+                                 f"sample of {dataset.samples_path(int(shard))} (e.g. {min(unknown)}): re-embed "
+                                 f"that shard (delete its embeddings) and rebuild: `{rebuild}`")
+            listed = {r["key"] for r in items.to_pylist() if r["modality"] == self.modality}
+            missing = {r["key"] for r in samples if self.modality in r["modalities"]} - listed
+            if missing:
+                raise IndexStale(f"{len(missing)} sample(s) of shard {shard} with {self.modality} are missing from "
+                                 f"its embeddings and so from the index (e.g. {min(missing)}): re-embed that shard "
+                                 f"(delete its embeddings) and rebuild: `{rebuild}`")
+
+
+def not_embedded(store: EmbeddingStore) -> str | None:
+    """What to say when ingested shards have no embeddings in the space yet: no index can find their samples."""
+    pending = store.pending()
+    if not pending:
+        return None
+    root, space = store.dataset.root, store.space.name
+    return (f"{len(pending)} ingested shard(s) of {root} are not embedded in space {space!r} yet "
+            f"({', '.join(shard_name(n) for n in pending[:5])}{'...' if len(pending) > 5 else ''}): no index can "
+            f"find their samples. Run `mmindex embed {root} --model {space}`, then `mmindex index {root} --model "
+            f"{space} --update`.")

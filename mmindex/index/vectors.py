@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from mmindex.dataset import shard_name
 from mmindex.embed.store import EmbeddingStore
@@ -18,10 +19,15 @@ class ShardVectors:
     vectors: np.ndarray      # float16, memory-mapped where the file is local
 
 
+def embedded_keys(table: pa.Table, modality: str) -> list[str]:
+    """Keys of a shard's embedded items of ``modality`` (skipped ones have no row), in vector order."""
+    rows = [(r["row"], r["key"]) for r in table.to_pylist() if r["modality"] == modality and r["row"] is not None]
+    return [key for _, key in sorted(rows)]
+
+
 def shard_vectors(store: EmbeddingStore, number: int, modality: str) -> ShardVectors:
     table, arrays = store.read(number)
-    rows = [(r["row"], r["key"]) for r in table.to_pylist() if r["modality"] == modality and r["row"] is not None]
-    keys = [key for _, key in sorted(rows)]
+    keys = embedded_keys(table, modality)
     vectors = arrays.get(modality, np.zeros((0, 0), np.float16))
     if len(keys) != len(vectors):
         raise ValueError(f"{store.vectors_path(number, modality)} has {len(vectors)} vectors for {len(keys)} "
