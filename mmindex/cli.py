@@ -266,14 +266,14 @@ def embed(
 
 def parse_bytes(text: str) -> int:
     """'4GB', '512MB', '1.5GiB' or a number of bytes."""
+    import re
+
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
              "GIB": 2**30, "TIB": 2**40}
-    number = text.strip().upper()
-    digits = number.rstrip("KMGTIB")
-    unit = number[len(digits):]
-    if unit not in units or not digits:
+    match = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([KMGT]?I?B?)", text.strip().upper())
+    if not match or match[2] not in units or float(match[1]) <= 0:
         raise typer.BadParameter(f"{text!r}: give bytes such as 4GB, 512MB or 2GiB")
-    return int(float(digits) * units[unit])
+    return int(float(match[1]) * units[match[2]])
 
 
 def search_settings(info: dict[str, Any]) -> str:
@@ -372,19 +372,22 @@ def index(
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "offline",
     max_memory: Annotated[str, typer.Option(help="Memory the index may use (per modality): 4GB, 512MB ...")]
     = "4GB",
-    target_recall: Annotated[float, typer.Option(help="recall@10 against exact search to tune for.")] = 0.95,
+    target_recall: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="recall@10 against exact search to tune for (1: exact search).")] = 0.95,
     index_type: Annotated[str | None, typer.Option(
         help="A FAISS factory string (e.g. 'IVF4096,PQ32', 'HNSW32,Flat') instead of the automatic choice.")]
     = None,
-    update: Annotated[bool, typer.Option(help="Add newly embedded shards without retraining.")] = False,
+    update: Annotated[bool, typer.Option(help="Add newly embedded shards without retraining (then tune again).")]
+    = False,
     check: Annotated[bool, typer.Option(
-        help="Build nothing: check that every index agrees with the embeddings, id by id.")] = False,
+        help="Build nothing: check every index, id by id, against the embeddings and the samples.")] = False,
 ) -> None:
     """Build one FAISS index per modality of a space, under DATASET/indexes/<space>/<modality>/.
 
     Exact search while the dataset is small, then IVF (Flat, SQ8 or PQ) as it grows and the memory budget
-    requires; nprobe is tuned on held-out vectors until recall@10 against exact search meets the target,
-    and the measured recall is recorded with the index.
+    requires. Compressed codes are re-ranked with the exact vectors of the embeddings (on disk). nprobe (or
+    efSearch) and the re-rank depth are tuned on held-out queries of every modality until recall@10 against
+    exact search meets the target; the measured recall is recorded with the index.
     """
     try:
         if check:

@@ -118,6 +118,17 @@ def test_an_index_that_cannot_meet_the_target_says_so(tmp_path):
     assert f"re-rank {info['rerank']}x" in result.output
 
 
+def test_index_options_that_cannot_work_are_refused_before_anything_is_written(tmp_path):
+    synthetic_dataset(tmp_path / "ds", image_shards(clustered(500, 16, 5, seed=9), 500))
+    space = synthetic_space_file(tmp_path)
+    for options, says in ((["--index-type", "IVF64,PQ7"], "FAISS cannot build it for 16-d vectors"),
+                          (["--target-recall", "95"], "--target-recall"),
+                          (["--max-memory", "lots"], "give bytes such as 4GB")):
+        result = runner.invoke(app, ["index", str(tmp_path / "ds"), "--model", space, *options])
+        assert result.exit_code == 2 and says in result.output, result.output
+    assert not (tmp_path / "ds" / "indexes").exists()
+
+
 def test_update_adds_new_shards_and_the_check_says_when_to_run_it(tmp_path):
     vectors = clustered(30_000, 32, 100, seed=1)
     store = synthetic_dataset(tmp_path / "ds", image_shards(vectors[:24_000], 8_000))

@@ -72,7 +72,11 @@ def _trained(shards: list[ShardVectors], n: int, dim: int, settings: IndexSettin
     """A new, empty index of the chosen (or given) type, trained on a sample of all the vectors."""
     choice = choose(n, dim, settings.max_memory, settings.target_recall)
     factory = settings.index_type or choice.factory
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        reason = str(err).rsplit(": ", 1)[-1]
+        raise ValueError(f"--index-type {factory!r}: FAISS cannot build it for {dim}-d vectors ({reason})") from None
     lists = faiss.extract_index_ivf(index).nlist if _is_ivf(index) else 0
     if not index.is_trained:
         sample = sample_rows(shards, max(lists * TRAIN_PER_LIST, 10_000), seed=0)

@@ -5,8 +5,9 @@
     IVF, SQ8         when only 8 bits per component fit (recall near IVF-Flat's at a quarter of the memory)
     IVF, PQm         when even that does not fit: m bytes per vector, the largest m that fits
 
-The number of IVF lists grows with sqrt(n); how many are probed (nprobe) is tuned after building, on held-out
-queries, to the smallest value that meets the recall target.
+The number of IVF lists grows with sqrt(n); how many are probed (nprobe), and for SQ8 and PQ how deep their
+candidates are re-ranked from the embeddings on disk (not part of the budget), is tuned after building on
+held-out queries (tune.py) to the smallest setting that meets the recall target.
 """
 
 from __future__ import annotations
