@@ -5,9 +5,12 @@
 
 Writes --vectors clustered unit vectors (1,000 centres, float16, 100,000 per shard) as a dataset's
 embeddings, and 1,000 fresh queries from the same centres. Each contender then runs in its own process (so
-its peak memory is its own): exact search (FAISS Flat), `mmindex index` (automatic choice, recall target
-0.95), and autofaiss (`build_index`, same memory budget, k=10). For each: build time, peak RSS, recall@10
-on the fresh queries against exact search, and queries/s for the 1,000 queries in one batch. Then, on the
+its peak memory is its own): exact search (FAISS Flat); `mmindex index` (automatic choice, recall target
+0.95) and autofaiss (`build_index`, k=10) under --max-memory and again under --tight-memory (where both
+must compress the vectors); and `mmindex index --index-type HNSW32,Flat` (efSearch tuned). For each: build
+time, peak RSS (it counts the pages of the memory-mapped embeddings a process touched, read to tune and to
+re-rank), recall@10 on the fresh queries against exact search, and queries/s for the 1,000 queries in one
+batch. Then, on the
 demo dataset (built with `mmindex demo` unless --demo names one): the cold-start time of one `mmindex
 search` and the per-query time of a 100-query batch.
 
@@ -77,7 +80,7 @@ def measure(index, queries: np.ndarray, truth: np.ndarray) -> dict:
     return {"recall_at_10": round(recall, 4), "queries_per_s": round(len(queries) / seconds, 1)}
 
 
-def run_one(contender: str, root: Path, max_memory: str) -> dict:
+def run_one(contender: str, root: Path, max_memory: str, index_type: str | None = None) -> dict:
     import faiss
 
     queries = np.load(root / "queries.npy")
@@ -88,19 +91,19 @@ def run_one(contender: str, root: Path, max_memory: str) -> dict:
         index.add(all_vectors(root))
         info = {"type": "Flat"}
     elif contender == "mmindex":
-        from mmindex.cli import parse_bytes
+        from mmindex.cli import parse_bytes, search_settings
         from mmindex.index.build import IndexSettings, build_index
         from mmindex.index.store import IndexFiles
 
         files = IndexFiles(EmbeddingStore(Dataset(str(root)), SPACE), "image")
-        built = build_index(files, IndexSettings(max_memory=parse_bytes(max_memory)))
+        built = build_index(files, IndexSettings(max_memory=parse_bytes(max_memory), index_type=index_type))
         index, _, _ = files.load()
-        info = {"type": built["type"], "parameters": built["parameters"], "own_recall": built["recall_at_10"]}
+        info = {"type": built["type"], "parameters": search_settings(built), "own_recall": built["recall_at_10"]}
     else:
         from autofaiss import build_index as autofaiss_build
 
         index, auto_info = autofaiss_build(str(root / "embeddings" / SPACE.name / "image"), save_on_disk=False,
-                                           max_index_memory_usage=max_memory.replace("GB", "G"),
+                                           max_index_memory_usage=max_memory.replace("GB", "G").replace("MB", "M"),
                                            current_memory_available="16G", metric_type="ip",
                                            min_nearest_neighbors_to_retrieve=10, verbose=40)
         info = {"type": auto_info.get("index_key"), "parameters": auto_info.get("index_param")}
@@ -124,35 +127,42 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--max-memory", default="4GB")
+    parser.add_argument("--tight-memory", default="100MB", help="a second budget, where codes must be compressed")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--demo", type=Path, help="a demo dataset already embedded (default: build one)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--index-type", help=argparse.SUPPRESS)
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mmindex-index-bench-"))
     root = workdir / f"vectors-{args.vectors}x{args.dim}"
     if args.one:
-        print(json.dumps(run_one(args.one, root, args.max_memory)))
+        print(json.dumps(run_one(args.one, root, args.max_memory, args.index_type)))
         return
     if not (root / "queries.npy").exists():
         write_dataset(root, args.vectors, args.dim)
     (root / "truth.npy").unlink(missing_ok=True)
-    print(f"{args.vectors:,} clustered vectors of dimension {args.dim}, budget {args.max_memory}\n")
-    print("| contender | index | build s | peak RSS MB | recall@10 | queries/s | vs exact q/s |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    has_autofaiss = not subprocess.run([sys.executable, "-c", "import autofaiss"], capture_output=True).returncode
+    print(f"{args.vectors:,} clustered vectors of dimension {args.dim}\n")
+    print("| contender | budget | index | build s | peak RSS MB | recall@10 | queries/s | vs exact q/s |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     exact_qps = None
-    for contender in ("exact", "mmindex", "autofaiss"):
-        if contender == "autofaiss" and subprocess.run([sys.executable, "-c", "import autofaiss"],
-                                                       capture_output=True).returncode:
-            print("| autofaiss | (not installed) | | | | | |")
+    for contender, budget, index_type in (("exact", "", None), ("mmindex", args.max_memory, None),
+                                          ("autofaiss", args.max_memory, None), ("mmindex", args.tight_memory, None),
+                                          ("autofaiss", args.tight_memory, None),
+                                          ("mmindex", args.max_memory, "HNSW32,Flat")):
+        if contender == "autofaiss" and not has_autofaiss:
+            print(f"| autofaiss | {budget} | (not installed) | | | | | |")
             continue
-        done = subprocess.run([sys.executable, __file__, "--one", contender, f"--workdir={workdir}",
-                               f"--vectors={args.vectors}", f"--dim={args.dim}", f"--max-memory={args.max_memory}"],
+        command = [sys.executable, __file__, "--one", contender, f"--workdir={workdir}", f"--vectors={args.vectors}",
+                   f"--dim={args.dim}", f"--max-memory={budget or args.max_memory}"]
+        done = subprocess.run(command + ([f"--index-type={index_type}"] if index_type else []),
                               capture_output=True, text=True, check=True)
         r = json.loads(done.stdout.strip().splitlines()[-1])
         exact_qps = exact_qps or r["queries_per_s"]
-        label = r["type"] + (f" {r['parameters']}" if r.get("parameters") else "")
-        print(f"| {contender} | {label} | {r['build_s']} | {r['peak_rss_mb']:,} | {r['recall_at_10']:.3f} | "
-              f"{r['queries_per_s']:,.0f} | {r['queries_per_s'] / exact_qps:.1f}x |")
+        label = r["type"] + (f" ({r['parameters']})" if r.get("parameters") else "")
+        name = contender + (" --index-type" if index_type else "")
+        print(f"| {name} | {budget} | {label} | {r['build_s']} | {r['peak_rss_mb']:,} | {r['recall_at_10']:.3f} | "
+              f"{r['queries_per_s']:,.0f} | {r['queries_per_s'] / exact_qps:.1f}x |", flush=True)
 
     demo = args.demo or workdir / "demo" / "dataset"
     if not demo.exists():

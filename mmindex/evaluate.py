@@ -15,6 +15,7 @@ import numpy as np
 
 from mmindex.dataset import read_parquet
 from mmindex.embed.store import EmbeddingStore
+from mmindex.index.searchable import SearchableIndex
 from mmindex.index.store import IndexFiles
 from mmindex.index.vectors import modality_shards
 
@@ -68,7 +69,8 @@ def evaluate(store: EmbeddingStore, with_index: bool = True) -> list[dict[str, A
     """One row per (query modality, target modality) pair the data has, exact and (if built) indexed."""
     text_of = captions(store)
     items = {m: load_items(store, m) for m in ("image", "audio", "text")}
-    rows = []
+    rows: list[dict[str, Any]] = []
+    built: dict[str, SearchableIndex | None] = {}
     for source, target in permutations(items, 2):
         queries, targets = items[source], items[target]
         by_caption: dict[str, set[int]] = {}
@@ -83,12 +85,21 @@ def evaluate(store: EmbeddingStore, with_index: bool = True) -> list[dict[str, A
         exact = np.argsort(-(query_vectors @ targets.vectors.T), axis=1, kind="stable")
         row = {"query": "caption" if source == "text" else source, "target": "caption" if target == "text" else target,
                "exact": summarise([first_correct(r, c) for r, (_, c) in zip(exact, asked, strict=True)])}
-        files = IndexFiles(store, target)
-        if with_index and files.exists():
-            files.check()
-            index, _, _ = files.load()
+        if target not in built:
+            built[target] = _checked_index(store, target) if with_index else None
+        index = built[target]
+        if index is not None:
             _, found = index.search(query_vectors, min(INDEX_DEPTH, index.ntotal))
             row["index"] = summarise([first_correct(r, c) for r, (_, c) in zip(found, asked, strict=True)])
-            row["index_type"] = files.info()["type"]
+            row["index_type"] = IndexFiles(store, target).info()["type"]
         rows.append(row)
     return rows
+
+
+def _checked_index(store: EmbeddingStore, modality: str) -> SearchableIndex | None:
+    """The modality's built index, refused if stale; None if none is built."""
+    files = IndexFiles(store, modality)
+    if not files.exists():
+        return None
+    files.check()
+    return files.load()[0]
