@@ -129,6 +129,15 @@ def test_index_options_that_cannot_work_are_refused_before_anything_is_written(t
     assert not (tmp_path / "ds" / "indexes").exists()
 
 
+def test_a_single_vector_is_indexed_and_found(tmp_path):
+    vector = np.ones(8, np.float32)
+    store = synthetic_dataset(tmp_path / "ds", [[("only", None, {"image": vector})]])
+    files = IndexFiles(store, "image")
+    assert build_index(files, IndexSettings())["recall_at_10"] == 1.0
+    index, keys, _ = files.load()
+    assert keys[index.search(-vector[None, :], 1)[1][0, 0]] == "only"
+
+
 def test_update_adds_new_shards_and_the_check_says_when_to_run_it(tmp_path):
     vectors = clustered(30_000, 32, 100, seed=1)
     store = synthetic_dataset(tmp_path / "ds", image_shards(vectors[:24_000], 8_000))

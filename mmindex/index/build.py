@@ -109,6 +109,8 @@ def _tuned(index: faiss.Index, indexed: list[ShardVectors], queries: dict[str, l
              ", ".join(f"{m} {min(share, sum(len(s.keys) for s in shards)):,}" for m, shards in queries.items()))
     exact = None if keeps_exact_vectors(index) else ExactVectors([s.vectors for s in indexed])
     sources = {m: sample_rows(shards, share, seed=1) for m, shards in queries.items() if shards}
+    if not sources:  # a single vector, nothing to hold out: every search finds it
+        return Tuned()
     return tune(SearchableIndex(index, exact), tuning_queries(indexed, sources), target)
 
 
