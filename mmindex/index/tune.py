@@ -5,7 +5,8 @@ finds itself, and in a graph index its linked neighbours, which flatters the fig
 index's own modality — its last vectors, added only after tuning (shards are in key order, a fair shuffle)
 — and from every other modality of the space, since a caption searching the image index is the usual
 cross-modal search. The search knob (nprobe, efSearch) is raised, and for lossy codes the re-rank depth
-with it, until recall over all queries meets the target; recall is recorded per query modality too.
+with it, until recall over all queries meets the target (or stops improving); recall is recorded per query
+modality too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from mmindex.index.vectors import ShardVectors, modality_shards
 K = 10
 QUERIES = 1_000          # in all, shared equally between the query modalities
 EXACT_BLOCK = 8_192      # vectors scored per step of the exact search (bounds its memory: queries x block)
-RERANK_FACTORS = (1, 2, 4, 8, 16, 32)
+RERANK_FACTORS = (1, 2, 4, 8, 16, 32, 64, 128)
+PLATEAU = 0.001          # a knob doubling that gains less recall than this ends the search for the target
 
 
 @dataclass(frozen=True)
@@ -87,33 +89,40 @@ def measure(searchable: SearchableIndex, queries: TuningQueries) -> Tuned:
 
 
 def tune(searchable: SearchableIndex, queries: TuningQueries, target: float) -> Tuned:
-    """The first setting, knob ascending then re-rank depth, whose recall meets ``target`` (else the best
-    one), applied to ``searchable``; its recall measured as searches will run."""
+    """The first setting, knob ascending then re-rank depth, whose recall meets ``target``, applied to
+    ``searchable``; else the best one, once raising the knob no longer gains recall. Its recall is then
+    measured as searches will run."""
     best: Tuned | None = None
-    for trial in _trials(searchable, queries):
-        if best is None or trial.recall > best.recall:
-            best = trial
-        if trial.recall >= target:
+    for trials in _trials(searchable, queries):
+        met = next((trial for trial in trials if trial.recall >= target), None)
+        if met is not None:
+            best = met
             break
+        top = max(trials, key=lambda trial: trial.recall)
+        if best is not None and top.recall < best.recall + PLATEAU:
+            break
+        best = top if best is None or top.recall > best.recall else best
     searchable.set(best.parameters, best.rerank)
     measured = measure(searchable, queries)
     best.recall, best.by_query = measured.recall, measured.by_query
     return best
 
 
-def _trials(searchable: SearchableIndex, queries: TuningQueries) -> Iterator[Tuned]:
-    """Each knob value (ascending), and for lossy codes each re-rank depth: one FAISS search per knob value
-    at the deepest re-rank, whose candidate lists' prefixes give the shallower ones."""
+def _trials(searchable: SearchableIndex, queries: TuningQueries) -> Iterator[list[Tuned]]:
+    """For each knob value (ascending), a trial per re-rank depth (one with no re-ranking for exact codes):
+    one FAISS search at the deepest depth, whose candidate lists' prefixes give the shallower ones."""
     knob = search_knob(searchable.index)
     factors = RERANK_FACTORS if searchable.exact is not None else (0,)
     depth = min(K * max(*factors, 1), searchable.ntotal)
     for parameters in [{knob[0]: value} for value in knob[1]] if knob else [{}]:
         searchable.set(parameters, 0)
         _, candidates = searchable.index.search(queries.vectors, depth)
-        scores = exact_scores(searchable.exact, queries.vectors, candidates) if factors[0] else None
-        for factor in factors:
-            found = candidates if not factor else top_k(scores[:, :K * factor], candidates[:, :K * factor], K)[1]
-            yield _summary(found[:, :K], queries, parameters, factor)
+        if not factors[0]:
+            yield [_summary(candidates[:, :K], queries, parameters)]
+            continue
+        scores = exact_scores(searchable.exact, queries.vectors, candidates)
+        yield [_summary(top_k(scores[:, :K * factor], candidates[:, :K * factor], K)[1], queries, parameters, factor)
+               for factor in factors]
 
 
 def _summary(found: np.ndarray, queries: TuningQueries, parameters: dict[str, Any] | None = None,

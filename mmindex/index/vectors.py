@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from mmindex.dataset import shard_name
+from mmindex.dataset import read_parquet, shard_name
 from mmindex.embed.store import EmbeddingStore
 
 
@@ -44,9 +45,8 @@ def counts(store: EmbeddingStore, modality: str) -> dict[str, int]:
     """Vectors per committed shard, by shard name (what an index of this modality must hold)."""
     out = {}
     for number in sorted(store.committed()):
-        table = store.read(number)[0]
-        n = sum(1 for m, r in zip(table.column("modality").to_pylist(), table.column("row").to_pylist(), strict=True)
-                if m == modality and r is not None)
+        table = read_parquet(store.parquet_path(number), columns=["modality", "row"])
+        n = pc.sum(pc.and_(pc.equal(table["modality"], modality), pc.is_valid(table["row"]))).as_py()
         if n:
             out[shard_name(number)] = n
     return out
