@@ -16,7 +16,7 @@ search` and the per-query time of a 100-query batch.
 
 autofaiss pins numpy<2, and its OPQ indexes fail with faiss >= 1.9 (`OPQMatrix` no longer takes keyword
 arguments): install it in a separate virtual environment (`pip install autofaiss faiss-cpu==1.8.0
-packaging`) and name its interpreter with --autofaiss-python. The script skips autofaiss when that
+'pyarrow<20' packaging`) and name its interpreter with --autofaiss-python. The script skips autofaiss when that
 interpreter cannot import it. Only numpy and faiss are needed there: mmindex is imported by the other
 contenders alone.
 """
