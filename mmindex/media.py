@@ -79,7 +79,7 @@ def inspect_image(data: bytes, limits: Limits) -> dict[str, Any]:
     # Pillow's own guard refuses twice our limit inside open(); our check below refuses the rest with a
     # clearer reason, so its warning is silenced (in the module: catch_warnings is not thread-safe).
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
-    try:
+    with image_errors():
         image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > limits.max_image_pixels:
@@ -89,15 +89,6 @@ def inspect_image(data: bytes, limits: Limits) -> dict[str, Any]:
         # checked (truncation and corruption are caught) for a fraction of the work.
         image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
         image.load()
-    except Rejected:
-        raise
-    except UnidentifiedImageError:
-        raise Rejected("unreadable image", "not an image in any format Pillow reads") from None
-    except Image.DecompressionBombError as err:
-        raise Rejected("image too large", str(err)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        reason = "truncated image" if "truncated" in str(err).lower() else "corrupt image"
-        raise Rejected(reason, str(err) or type(err).__name__) from None
     return {"image_format": (image.format or "").lower(), "width": width, "height": height}
 
 
@@ -118,6 +109,22 @@ def open_audio(data: bytes) -> soundfile.SoundFile:
         if sync is None:
             raise
         return soundfile.SoundFile(io.BytesIO(data[sync.start():]))
+
+
+@contextlib.contextmanager
+def image_errors() -> Iterator[None]:
+    """Turns Pillow's many ways of failing into Rejected with a reason a person reads."""
+    try:
+        yield
+    except Rejected:
+        raise
+    except UnidentifiedImageError:
+        raise Rejected("unreadable image", "not an image in any format Pillow reads") from None
+    except Image.DecompressionBombError as err:
+        raise Rejected("image too large", str(err)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        reason = "truncated image" if "truncated" in str(err).lower() else "corrupt image"
+        raise Rejected(reason, str(err) or type(err).__name__) from None
 
 
 @contextlib.contextmanager

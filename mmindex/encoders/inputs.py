@@ -6,9 +6,9 @@ import io
 from math import gcd
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from mmindex.media import Limits, Rejected, audio_errors, check_clip, open_audio
+from mmindex.media import Limits, Rejected, audio_errors, check_clip, image_errors, open_audio
 
 WHITE = (255, 255, 255, 255)
 DEFAULT_LIMITS = Limits()
@@ -17,7 +17,7 @@ DEFAULT_LIMITS = Limits()
 def load_rgb(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
     """An RGB image as displayed: EXIF orientation applied, transparency composited onto white."""
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
-    try:
+    with image_errors():
         image = Image.open(io.BytesIO(data))
         if image.width * image.height > limits.max_image_pixels:
             raise Rejected("image too large", f"{image.width}x{image.height} pixels is over the limit of "
@@ -28,14 +28,6 @@ def load_rgb(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
             background = Image.new("RGBA", image.size, WHITE)
             return Image.alpha_composite(background, image).convert("RGB")
         return image.convert("RGB")
-    except Rejected:
-        raise
-    except UnidentifiedImageError:
-        raise Rejected("unreadable image", "not an image in any format Pillow reads") from None
-    except Image.DecompressionBombError as err:
-        raise Rejected("image too large", str(err)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise Rejected("corrupt image", str(err) or type(err).__name__) from None
 
 
 def load_mono(data: bytes, rate: int, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
