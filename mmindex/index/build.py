@@ -55,7 +55,8 @@ def build_index(files: IndexFiles, settings: IndexSettings, update: bool = False
     others = cross_modal_sources(store, modality, dim)
     share = QUERIES // (1 + len(others))
     pending, held_out = split_tail(pending, min(share, sum(len(s.keys) for s in pending) // 2))
-    log.info("index: adding %s vectors of dimension %d", f"{sum(len(s.keys) for s in pending):,}", dim)
+    log.info("index: adding %s vectors of dimension %d (%s more after tuning, held out as its queries)",
+             f"{sum(len(s.keys) for s in pending):,}", dim, f"{sum(len(s.keys) for s in held_out):,}")
     add_shards(index, pending)
     tuned = _tuned(index, indexed + pending, {modality: held_out, **others}, share, settings.target_recall)
     add_shards(index, held_out)
