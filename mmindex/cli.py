@@ -302,9 +302,10 @@ def run_index(dataset: str, model: str, max_memory: str = "4GB", target_recall: 
             embedded = counts(store, modality)
             if not embedded:
                 continue
-            if update and files.exists() and files.info()["shards"] == embedded:
-                infos.append(files.info())
-                typer.echo(f"{modality:<6} {infos[-1]['vectors']:>10,} vectors  up to date  -> {files.root}")
+            built = files.info() if update and files.exists() else None
+            if built is not None and built["shards"] == embedded:
+                infos.append(built)
+                typer.echo(f"{modality:<6} {built['vectors']:>10,} vectors  up to date  -> {files.root}")
                 continue
             info = build_index(files, settings, update=update)
             infos.append(info)

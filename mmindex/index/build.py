@@ -18,10 +18,11 @@ from mmindex.index.choose import TRAIN_PER_LIST, choose
 from mmindex.index.searchable import ExactVectors, SearchableIndex, keeps_exact_vectors
 from mmindex.index.store import KEYS_SCHEMA, IndexFiles
 from mmindex.index.tune import QUERIES, Tuned, cross_modal_sources, tune, tuning_queries
-from mmindex.index.vectors import ShardVectors, modality_shards, sample_rows, split_tail
+from mmindex.index.vectors import ShardVectors, modality_shards, sample_rows, split_tail, total
 
 log = logging.getLogger("mmindex")
 ADD_BATCH = 65_536
+Shards = list[ShardVectors]   # in id order
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class IndexSettings:
     index_type: str | None = None   # a FAISS factory string, overriding the choice
 
 
-def add_shards(index: faiss.Index, shards: list[ShardVectors]) -> None:
+def add_shards(index: faiss.Index, shards: Shards) -> None:
     for shard in shards:
         for start in range(0, len(shard.keys), ADD_BATCH):
             index.add(np.ascontiguousarray(shard.vectors[start:start + ADD_BATCH], dtype=np.float32))
@@ -45,7 +46,7 @@ def build_index(files: IndexFiles, settings: IndexSettings, update: bool = False
     if not shards:
         raise FileNotFoundError(f"no {modality} vectors in space {store.space.name!r}: run `mmindex embed "
                                 f"{store.dataset.root} --model {store.space.name}` first")
-    n, dim = sum(len(s.keys) for s in shards), shards[0].vectors.shape[1]
+    n, dim = total(shards), shards[0].vectors.shape[1]
     previous = files.info() if update and files.exists() else None
     if previous is not None:
         index, info, indexed, pending = _reopen(files, previous, shards)
@@ -54,9 +55,9 @@ def build_index(files: IndexFiles, settings: IndexSettings, update: bool = False
     ordered = indexed + pending  # every shard of the index, in id order
     others = cross_modal_sources(store, modality, dim)
     share = QUERIES // (1 + len(others))
-    pending, held_out = split_tail(pending, min(share, sum(len(s.keys) for s in pending) // 2))
+    pending, held_out = split_tail(pending, min(share, total(pending) // 2))
     log.info("index: adding %s vectors of dimension %d (%s more after tuning, held out as its queries)",
-             f"{sum(len(s.keys) for s in pending):,}", dim, f"{sum(len(s.keys) for s in held_out):,}")
+             f"{total(pending):,}", dim, f"{total(held_out):,}")
     add_shards(index, pending)
     tuned = _tuned(index, indexed + pending, {modality: held_out, **others}, share, settings.target_recall)
     add_shards(index, held_out)
@@ -69,7 +70,7 @@ def build_index(files: IndexFiles, settings: IndexSettings, update: bool = False
     return info
 
 
-def _trained(shards: list[ShardVectors], n: int, dim: int, settings: IndexSettings) -> tuple[faiss.Index, dict]:
+def _trained(shards: Shards, n: int, dim: int, settings: IndexSettings) -> tuple[faiss.Index, dict]:
     """A new, empty index of the chosen (or given) type, trained on a sample of all the vectors."""
     choice = choose(n, dim, settings.max_memory, settings.target_recall)
     factory = settings.index_type or choice.factory
@@ -87,9 +88,7 @@ def _trained(shards: list[ShardVectors], n: int, dim: int, settings: IndexSettin
                    "bytes_per_vector": None if settings.index_type else choice.bytes_per_vector}
 
 
-def _reopen(files: IndexFiles, previous: dict, shards: list[ShardVectors]) -> tuple[faiss.Index, dict,
-                                                                                    list[ShardVectors],
-                                                                                    list[ShardVectors]]:
+def _reopen(files: IndexFiles, previous: dict, shards: Shards) -> tuple[faiss.Index, dict, Shards, Shards]:
     """The saved index, to be extended without retraining, with the shards it holds (in id order) and the new
     ones; the indexed shards must be unchanged."""
     by_name = {shard_name(s.number): s for s in shards}
@@ -103,11 +102,11 @@ def _reopen(files: IndexFiles, previous: dict, shards: list[ShardVectors]) -> tu
     return files.read_index(), info, [by_name[name] for name in indexed], new
 
 
-def _tuned(index: faiss.Index, indexed: list[ShardVectors], queries: dict[str, list[ShardVectors]], share: int,
+def _tuned(index: faiss.Index, indexed: Shards, queries: dict[str, Shards], share: int,
            target: float) -> Tuned:
     """Tunes ``index``, which holds ``indexed``, on up to ``share`` query vectors of each modality."""
     log.info("index: tuning for recall@10 >= %s on held-out queries (%s)", target,
-             ", ".join(f"{m} {min(share, sum(len(s.keys) for s in shards)):,}" for m, shards in queries.items()))
+             ", ".join(f"{m} {min(share, total(shards)):,}" for m, shards in queries.items()))
     exact = None if keeps_exact_vectors(index) else ExactVectors([s.vectors for s in indexed])
     sources = {m: sample_rows(shards, share, seed=1) for m, shards in queries.items() if shards}
     if not sources:  # a single vector, nothing to hold out: every search finds it
@@ -123,7 +122,7 @@ def _is_ivf(index: faiss.Index) -> bool:
         return False
 
 
-def _save(files: IndexFiles, index: faiss.Index, shards: list[ShardVectors], info: dict) -> None:
+def _save(files: IndexFiles, index: faiss.Index, shards: Shards, info: dict) -> None:
     path = files.path("index.faiss")
     if storage.is_local(path):  # straight to disk: a serialized copy would double the memory of a large index
         temp = storage.temp_name(path)

@@ -52,10 +52,14 @@ def counts(store: EmbeddingStore, modality: str) -> dict[str, int]:
     return out
 
 
+def total(shards: list[ShardVectors]) -> int:
+    return sum(len(s.keys) for s in shards)
+
+
 def sample_rows(shards: list[ShardVectors], size: int, seed: int = 0) -> np.ndarray:
     """``size`` vectors drawn uniformly without replacement across shards, as float32."""
-    total = sum(len(s.keys) for s in shards)
-    picks = np.sort(np.random.default_rng(seed).choice(total, size=min(size, total), replace=False))
+    n = total(shards)
+    picks = np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
     out, start = [], 0
     for shard in shards:
         end = start + len(shard.keys)
