@@ -10,8 +10,9 @@ as FLAC), CC0 animal sounds, and WordNet glosses as text samples. Then, on a war
               (no validation: a near floor for the I/O and tar work)
     checks    mmindex's validation alone in one process (decode every image and clip, hash, parse text),
               without Beam and without writing: the share of the time that checking costs
-    mmindex   the ingest pipeline (full decode of every image and clip, dedup, parquet, atomic commits)
-              with 1 and 2 worker processes
+    mmindex   `mmindex ingest` (the local executor: full decode of every image and clip, dedup, parquet,
+              atomic commits) with 1 and 2 worker processes
+    beam      the same job on the Beam executor, Beam's in-process runner
 
 and prints samples/s, MB/s and each run's ratio to the baseline's throughput.
 """
@@ -37,10 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import real_data
+from mmindex.ingest.discover import ManifestColumns, discover
+from mmindex.ingest.run import IngestSettings, ingest
+from mmindex.ingest.validate import inspect_candidate
 from mmindex.media import Limits, Rejected
-from pipelines.ingest.inspect import inspect_candidate
-from pipelines.ingest.pipeline import run
-from pipelines.ingest.sources import ManifestColumns, discover
+from pipelines.ingest.pipeline import BeamExecutor
 
 
 def build_corpus(root: Path, samples: int, workdir: Path) -> None:
@@ -126,6 +128,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20_000)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mmindex-bench")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--beam-workers", type=int, nargs="*", default=[1],
+                        help="also time the Beam executor on Beam's in-process runner")
     args = parser.parse_args()
 
     root = args.workdir / f"corpus-{args.samples}"
@@ -140,7 +144,8 @@ def main() -> None:
     results: list[tuple[str, int, float]] = []
     scratch = Path(tempfile.mkdtemp(prefix="mmindex-bench-"))
     try:
-        runs = ["baseline", "checks only", *(f"mmindex --workers {w}" for w in args.workers), "baseline (again)"]
+        runs = ["baseline", "checks only", *(f"mmindex --workers {w}" for w in args.workers),
+                *(f"beam --workers {w}" for w in args.beam_workers), "baseline (again)"]
         for name in runs:
             out = scratch / name.replace(" ", "_")
             started = time.perf_counter()
@@ -150,8 +155,8 @@ def main() -> None:
                 count = checks_only(root)
                 out.mkdir()
             else:
-                report = run([f"--source={root}", f"--dataset={out}", f"--workers={name.split()[-1]}"])
-                count = report["counts"]["ingested"]
+                settings = IngestSettings((str(root),), str(out), workers=int(name.split()[-1]))
+                count = ingest(settings, BeamExecutor([]) if name.startswith("beam") else None).counts.ingested
             results.append((name, count, time.perf_counter() - started))
             shutil.rmtree(out)
     finally:

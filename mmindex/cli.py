@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from mmindex.ingest.plan import DEFAULT_SHARD_SIZE
 from mmindex.media import Limits
-from pipelines.ingest.plan import DEFAULT_SHARD_SIZE
 
 app = typer.Typer(
     help="Make a multimodal corpus (images, audio, text) searchable across modalities.",
@@ -81,35 +81,36 @@ def human_bytes(n: float) -> str:
     return f"{n:,.1f} TB"
 
 
-def print_ingest_summary(report: dict[str, Any], dataset: str, seconds: float) -> None:
-    c = report["counts"]
-    if c["found"] == 0:
+def print_ingest_summary(report: Any, dataset: str) -> None:
+    c, seconds = report.counts, report.seconds
+    if c.found == 0:
         typer.echo("No inputs found: nothing to ingest.")
         return
-    rate = c["ingested"] / seconds if seconds else 0.0
-    if not report["changed"]:
-        typer.echo(f"Nothing to do: all {c['found']:,} inputs were already ingested or rejected "
-                   f"({c['already_present']:,} of them match samples already in {dataset}).")
+    rate = c.ingested / seconds if seconds else 0.0
+    if not report.changed:
+        typer.echo(f"Nothing to do: all {c.found:,} inputs were already ingested or rejected "
+                   f"({c.already_present:,} of them match samples already in {dataset}).")
         return
-    typer.echo(f"Ingested {c['ingested']:,} samples into {len(report['shards_added'])} new shard(s) "
-               f"({human_bytes(c['bytes_written'])}) in {seconds:.1f} s: {rate:,.1f} samples/s, "
-               f"{human_bytes(c['bytes_written'] / seconds if seconds else 0)}/s")
-    typer.echo(f"  found {c['found']:,} = ingested {c['ingested']:,} + rejected {c['rejected']:,} "
-               f"+ duplicates {c['duplicates']:,} ({c['duplicates_in_run']:,} within this run, "
-               f"{c['already_present']:,} already in the dataset)")
-    for reason, count in c["rejected_by_reason"].items():
+    typer.echo(f"Ingested {c.ingested:,} samples into {len(report.shards_added)} new shard(s) "
+               f"({human_bytes(c.bytes_written)}) in {seconds:.1f} s: {rate:,.1f} samples/s, "
+               f"{human_bytes(c.bytes_written / seconds if seconds else 0)}/s")
+    typer.echo(f"  found {c.found:,} = ingested {c.ingested:,} + rejected {c.rejected:,} "
+               f"+ duplicates {c.duplicates:,} ({c.duplicates_in_run:,} within this run, "
+               f"{c.already_present:,} already in the dataset)")
+    for reason, count in c.rejected_by_reason.items():
         typer.echo(f"  rejected {count:>7,}  {reason}")
-    if report.get("rejects_file"):
-        typer.echo(f"  reasons per input: {report['rejects_file']}")
+    if report.rejects_file:
+        typer.echo(f"  reasons per input: {report.rejects_file}")
 
 
-def run_ingest(sources: list[str], out: str, pipeline_args: list[str]) -> dict[str, Any]:
-    from pipelines.ingest.pipeline import run  # Beam is slow to import; --help stays fast
+def run_ingest(sources: list[str], out: str, pipeline_args: list[str]) -> Any:
+    from mmindex.ingest.run import ingest as run
+    from pipelines.ingest.pipeline import BeamExecutor, parse_args
 
     argv = [f"--source={s}" for s in sources] + [f"--dataset={out}", *pipeline_args]
-    started = time.monotonic()
-    report = run(argv)
-    print_ingest_summary(report, out, time.monotonic() - started)
+    settings, beam_args = parse_args(argv)
+    report = run(settings, BeamExecutor(beam_args) if beam_args else None)
+    print_ingest_summary(report, out)
     return report
 
 

@@ -5,6 +5,10 @@
       shards/NNNNNN.tar       webdataset shards: KEY.jpg|png|..., KEY.wav|flac|..., KEY.txt, KEY.json
       samples/NNNNNN.parquet  one row per sample of the shard of the same number (see SAMPLES_SCHEMA)
       rejects/*.parquet       every input that was not ingested, with a reason (see REJECTS_SCHEMA)
+      embeddings/<space>/     vectors per shard and modality (mmindex.embed.store)
+      indexes/<space>/<modality>/  a FAISS index and its id -> key map (mmindex.index.store)
+
+Shard members are named by webdataset's rule (mmindex.webdataset): ``KEY.EXT``.
 
 A shard is committed when its samples parquet exists: the tar is renamed into place first, then the
 parquet, so a tar without a parquet is the leftover of an interrupted run and is removed by the next.
@@ -30,6 +34,7 @@ from mmindex import storage
 FORMAT = "mmindex-dataset"
 FORMAT_VERSION = 1
 SHARD_DIGITS = 6
+MODALITIES = ("image", "audio", "text")  # what a sample may hold and a space may embed, in this order
 
 SAMPLES_SCHEMA = pa.schema([
     pa.field("key", pa.string(), nullable=False),
@@ -95,6 +100,12 @@ class Dataset:
     def rejects_path(self, name: str) -> str:
         return storage.join(self.root, "rejects", f"{name}.parquet")
 
+    def embeddings_path(self, space: str) -> str:
+        return storage.join(self.root, "embeddings", space)
+
+    def index_path(self, space: str, modality: str) -> str:
+        return storage.join(self.root, "indexes", space, modality)
+
     def scratch_path(self, name: str) -> str:
         return storage.join(self.root, ".scratch", name)
 
@@ -157,6 +168,10 @@ class Dataset:
                              f"<= {FORMAT_VERSION}; upgrade mmindex to read it")
         return metadata
 
+    def new_metadata(self, created: float) -> dict[str, Any]:
+        """What mmindex.json holds before the first run is recorded."""
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "created": created, "runs": []}
+
     def write_metadata(self, metadata: dict[str, Any]) -> None:
         storage.write_atomic(self.metadata_path, json.dumps(metadata, indent=2, sort_keys=True).encode())
 
@@ -172,7 +187,7 @@ class Dataset:
     def totals(self) -> dict[str, Any]:
         """Counts over every committed shard, read from the samples parquet (not from a cache that can lag)."""
         shards, samples, nbytes = [], 0, 0
-        modalities = {"image": 0, "audio": 0, "text": 0}
+        modalities = dict.fromkeys(MODALITIES, 0)
         for number in self.committed_shards():
             table = read_parquet(self.samples_path(number), columns=["modalities"])
             for present in table.column("modalities").to_pylist():

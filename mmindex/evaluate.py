@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mmindex.dataset import read_parquet
+from mmindex.dataset import MODALITIES, read_parquet
 from mmindex.embed.store import EmbeddingStore
 from mmindex.index.searchable import SearchableIndex
 from mmindex.index.store import IndexFiles
@@ -68,7 +68,7 @@ def summarise(ranks: list[float]) -> dict[str, Any]:
 def evaluate(store: EmbeddingStore, with_index: bool = True) -> list[dict[str, Any]]:
     """One row per (query modality, target modality) pair the data has, exact and (if built) indexed."""
     text_of = captions(store)
-    items = {m: load_items(store, m) for m in ("image", "audio", "text")}
+    items = {m: load_items(store, m) for m in MODALITIES}
     rows: list[dict[str, Any]] = []
     built: dict[str, SearchableIndex | None] = {}
     for source, target in permutations(items, 2):

@@ -25,7 +25,6 @@ TEXT_EXTS = {"txt": "txt"}
 META_EXTS = {"json": "json"}
 PICKLE_EXTS = {"pkl", "pickle", "pyd", "pth", "pt", "ckpt", "joblib", "npy", "npz"}
 
-MODALITIES = ("image", "audio", "text")
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # see inspect_image
 _MPEG_FRAME_SYNC = re.compile(rb"\xff[\xe0-\xff]")
 _MODALITY_OF_EXT = {ext: modality for modality, table in (("image", IMAGE_EXTS), ("audio", AUDIO_EXTS),

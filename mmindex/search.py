@@ -13,13 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from mmindex import storage
-from mmindex.dataset import read_parquet
+from mmindex.dataset import MODALITIES, read_parquet
 from mmindex.embed.store import EmbeddingStore
 from mmindex.encoders.base import Encoder
 from mmindex.index.searchable import SearchableIndex
 from mmindex.index.store import IndexFiles
-from mmindex.media import MODALITIES, Rejected
+from mmindex.media import Rejected
 from mmindex.spaces import Space
 
 log = logging.getLogger("mmindex")
@@ -39,7 +38,7 @@ class Query:
     weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("text", "image", "audio"):
+        for name in MODALITIES:
             if not isinstance(getattr(self, name), str | None):
                 raise BadQuery(f"{name} must be a string, not {getattr(self, name)!r}")
         if not isinstance(self.weights, dict):
@@ -51,7 +50,7 @@ class Query:
                 raise BadQuery(f"weight for {name!r} must be a number, not {weight!r}")
 
     def parts(self) -> dict[str, str]:
-        parts = {m: v for m, v in (("text", self.text), ("image", self.image), ("audio", self.audio)) if v}
+        parts = {m: v for m in MODALITIES if (v := getattr(self, m))}
         if "text" in parts and not parts["text"].strip():
             del parts["text"]
         if not parts:
@@ -123,8 +122,7 @@ class Searcher:
         """Adds each hit's caption and source from the samples parquet of its shard."""
         dataset = self.store.dataset
         for shard in sorted({h["shard"] for h in hits}):
-            table = read_parquet(storage.join(dataset.root, "samples", f"{shard}.parquet"),
-                                 columns=["key", "caption", "source"])
+            table = read_parquet(dataset.samples_path(int(shard)), columns=["key", "caption", "source"])
             rows = {r["key"]: r for r in table.to_pylist()}
             for hit in hits:
                 if hit["shard"] == shard:

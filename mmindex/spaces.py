@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from mmindex.dataset import MODALITIES
+
 if TYPE_CHECKING:
     import torch
 
@@ -43,7 +45,7 @@ class Space:
             from mmindex.encoders import huggingface
 
             return sorted(huggingface.MODALITIES[huggingface.load_config(self.settings["model"]).model_type])
-        return sorted(m for m in ("image", "audio", "text") if self.settings.get(m))
+        return sorted(m for m in MODALITIES if self.settings.get(m))
 
     def query_encoder(self, modality: str, device: str = "cpu") -> Encoder | None:
         """The encoder for one-off queries of ``modality`` (None if the space has none). The offline space's

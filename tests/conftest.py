@@ -15,7 +15,9 @@ import pytest
 import webdataset as wds
 
 from mmindex.demo import CORPUS
-from pipelines.ingest.pipeline import run
+from mmindex.ingest.run import IngestReport
+from mmindex.ingest.run import ingest as run_ingest
+from pipelines.ingest.pipeline import BeamExecutor, parse_args
 
 
 @pytest.fixture
@@ -26,9 +28,10 @@ def corpus(tmp_path: Path) -> Path:
     return target
 
 
-def ingest(*sources: Path | str, dataset: Path, extra: tuple[str, ...] = ()) -> dict:
-    argv = [f"--source={s}" for s in sources] + [f"--dataset={dataset}", *extra]
-    return run(argv)
+def ingest(*sources: Path | str, dataset: Path | str, extra: tuple[str, ...] = (), beam: bool = False) -> IngestReport:
+    """Ingests as `mmindex ingest` does: the local executor, or Beam when ``beam`` or a Beam option is given."""
+    settings, beam_args = parse_args([f"--source={s}" for s in sources] + [f"--dataset={dataset}", *extra])
+    return run_ingest(settings, BeamExecutor(beam_args) if beam or beam_args else None)
 
 
 def read_shards(dataset: Path) -> dict[str, dict[str, bytes]]:

@@ -43,7 +43,7 @@ def test_manifest_rows_become_samples(corpus: Path, tmp_path: Path, suffix: str)
     write_manifest(rows, manifest)
     dataset = tmp_path / "ds"
     report = ingest(manifest, dataset=dataset)
-    assert report["counts"]["found"] == report["counts"]["ingested"] == len(rows)
+    assert report.counts.found == report.counts.ingested == len(rows)
 
     samples = read_shards(dataset)
     by_caption = {s["txt"].decode(): s for s in samples.values()}
@@ -83,7 +83,7 @@ def test_tars_reshard_and_merge_without_changing_a_byte(corpus: Path, tmp_path: 
     report = ingest(str(first / "shards" / "*.tar"), gz, dataset=merged, extra=("--shard-size=1000",))
     expected = read_shards(first) | read_shards(second)
     assert read_shards(merged) == expected
-    assert report["counts"]["ingested"] == len(expected)
+    assert report.counts.ingested == len(expected)
     assert len(list((merged / "shards").glob("*.tar"))) == 1
     assert not list((merged / ".scratch").glob("*")), "the decompressed copy of the .tar.gz is removed"
 
@@ -94,4 +94,4 @@ def test_files_named_by_a_glob_are_grouped_like_a_folder(corpus: Path, tmp_path:
     assert read_shards(tmp_path / "glob") == read_shards(tmp_path / "folder")
     one = next(iter(sorted((corpus / "sounds").glob("*.mp3"))))
     report = ingest(one, dataset=tmp_path / "one")
-    assert report["counts"]["ingested"] == 1
+    assert report.counts.ingested == 1

@@ -114,10 +114,10 @@ def test_each_bad_input_is_rejected_with_its_reason(hostile, tmp_path: Path):
     assert sources == ["good_photo.jpg", "good_sound.mp3", "good_text.txt", "hostile.tar::t1.{jpg,txt}"]
     assert len(read_shards(dataset)) == 4
 
-    counts = report["counts"]
-    assert counts["found"] == counts["ingested"] + counts["rejected"] + counts["duplicates"]
-    assert counts["rejected"] == len(expected)
-    assert sum(counts["rejected_by_reason"].values()) == counts["rejected"]
+    counts = report.counts
+    assert counts.found == counts.ingested + counts.rejected + counts.duplicates
+    assert counts.rejected == len(expected)
+    assert sum(counts.rejected_by_reason.values()) == counts.rejected
 
 
 def test_nothing_outside_the_root_is_read_through_a_manifest(tmp_path: Path):
@@ -137,7 +137,7 @@ def test_nothing_outside_the_root_is_read_through_a_manifest(tmp_path: Path):
     reasons = {r["source"].rsplit("#", 1)[1]: r["reason"] for r in read_table(dataset / "rejects")}
     assert reasons == {"row=3": "path leaves the manifest's folder", "row=4": "path leaves the manifest's folder",
                        "row=5": "missing file", "row=6": "invalid manifest row"}
-    assert report["counts"]["ingested"] == 1
+    assert report.counts.ingested == 1
 
 
 def test_a_fifo_is_never_opened(tmp_path: Path):
@@ -162,7 +162,7 @@ def test_a_compressed_tar_bomb_is_refused_without_filling_memory_or_disk(tmp_pat
     report = ingest(bomb, dataset=dataset, extra=("--max-file-bytes=1000000",))
     (reject,) = read_table(dataset / "rejects")
     assert (reject["source"], reject["reason"]) == (str(bomb), "decompression bomb")
-    assert report["counts"]["found"] == report["counts"]["rejected"] == 1
+    assert report.counts.found == report.counts.rejected == 1
     assert not list((dataset / ".scratch").iterdir()), "nothing decompressed is left behind"
 
 
@@ -176,7 +176,7 @@ def test_file_names_that_are_not_utf8_are_ingested_and_shown_readably(tmp_path: 
     tar_path.write_bytes(tar_with([member(f"{odd}.mp3", SOUND.read_bytes())]))
     dataset = tmp_path / "ds"
     report = ingest(root, tar_path, dataset=dataset)
-    assert report["counts"]["ingested"] == 2
+    assert report.counts.ingested == 2
     assert sorted(r["source"] for r in read_table(dataset / "samples")) == [
         str(root / "caf\\xe9.jpg"), f"{tar_path}::caf\\xe9.mp3"]
 
@@ -192,7 +192,7 @@ def test_one_bad_manifest_row_does_not_cost_the_others(tmp_path: Path):
     report = ingest(root / "latin1.csv", root / "long.csv", dataset=dataset)
     reasons = {r["source"].rsplit("/", 1)[1]: r["reason"] for r in read_table(dataset / "rejects")}
     assert reasons == {"latin1.csv#row=2": "text not UTF-8", "long.csv#row=2": "text too long"}
-    assert report["counts"]["ingested"] == 2
+    assert report.counts.ingested == 2
 
 
 def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path):
@@ -205,4 +205,4 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path)
     report = ingest(root, dataset=dataset)
     (reject,) = read_table(dataset / "rejects")
     assert (Path(reject["source"]).name, reject["reason"]) == ("huge.wav", "file too large")
-    assert report["counts"]["ingested"] == 1
+    assert report.counts.ingested == 1

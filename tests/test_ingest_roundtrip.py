@@ -16,9 +16,9 @@ def test_every_member_reads_back_byte_identical(corpus: Path, tmp_path: Path):
 
     files = [p for p in corpus.rglob("*") if p.is_file()]
     stems = {p.with_suffix("") for p in files}
-    assert report["counts"]["found"] == len(stems)
+    assert report.counts.found == len(stems)
     assert set(samples) == set(rows)
-    assert len(samples) == report["counts"]["ingested"] > 0
+    assert len(samples) == report.counts.ingested > 0
     for key, members in samples.items():
         row = rows[key]
         stem = Path(row["source"]).with_suffix("")
@@ -55,7 +55,7 @@ def test_metadata_json_records_counts_and_run(corpus: Path, tmp_path: Path):
     report = ingest(corpus, dataset=dataset, extra=("--shard-size=25",))
     meta = json.loads((dataset / "mmindex.json").read_text())
     assert meta["format"] == "mmindex-dataset" and meta["format_version"] == 1
-    assert meta["counts"]["samples"] == report["counts"]["ingested"]
+    assert meta["counts"]["samples"] == report.counts.ingested
     assert [s["name"] for s in meta["shards"]] == [p.stem for p in sorted((dataset / "shards").glob("*.tar"))]
     assert all(s["samples"] <= 25 for s in meta["shards"])
     assert meta["runs"][-1]["stage"] == "ingest"

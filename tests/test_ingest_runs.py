@@ -15,7 +15,7 @@ import pytest
 
 from conftest import file_digests, ingest, read_shards, read_table
 from mmindex.dataset import Dataset, DatasetBusy
-from pipelines.ingest import write
+from mmindex.ingest import write
 
 SHARDS = ("--shard-size=10",)
 
@@ -38,9 +38,9 @@ def test_repeat_is_a_no_op_and_says_so(corpus: Path, tmp_path: Path):
     first = ingest(corpus, dataset=dataset, extra=SHARDS)
     before = {p: p.stat().st_mtime_ns for p in dataset.rglob("*") if p.is_file()}
     again = ingest(corpus, dataset=dataset, extra=SHARDS)
-    assert again["changed"] is False
-    assert again["counts"]["ingested"] == 0
-    assert again["counts"]["already_present"] == first["counts"]["ingested"] + first["counts"]["duplicates_in_run"]
+    assert again.changed is False
+    assert again.counts.ingested == 0
+    assert again.counts.already_present == first.counts.ingested + first.counts.duplicates_in_run
     assert {p: p.stat().st_mtime_ns for p in dataset.rglob("*") if p.is_file()} == before
 
 
@@ -57,11 +57,11 @@ def test_new_inputs_go_into_new_shards_only(corpus: Path, tmp_path: Path):
     after = committed_files(dataset)
     assert {k: v for k, v in after.items() if k in before} == before, "finished shards are never touched"
     new_shards = sorted(k for k in set(after) - set(before) if k.startswith("shards/"))
-    assert new_shards == [f"shards/{s['name']}.tar" for s in second["shards_added"]]
-    assert second["counts"]["ingested"] == 3  # six files: three clips with their transcripts
-    assert second["counts"]["already_present"] == first["counts"]["ingested"] + first["counts"]["duplicates_in_run"]
+    assert new_shards == [f"shards/{s.name}.tar" for s in second.shards_added]
+    assert second.counts.ingested == 3  # six files: three clips with their transcripts
+    assert second.counts.already_present == first.counts.ingested + first.counts.duplicates_in_run
     meta = json.loads((dataset / "mmindex.json").read_text())
-    assert meta["counts"]["samples"] == first["counts"]["ingested"] + 3
+    assert meta["counts"]["samples"] == first.counts.ingested + 3
     assert len(meta["runs"]) == 2
 
 
@@ -76,7 +76,7 @@ def test_an_interrupted_run_is_completed_by_the_next(corpus: Path, tmp_path: Pat
             raise RuntimeError("killed")
         return real_write_shard(number, records, *args)
 
-    monkeypatch.setattr("pipelines.ingest.pipeline.write_shard", dies_on_third_shard)
+    monkeypatch.setattr("mmindex.ingest.local.write_shard", dies_on_third_shard)
     with pytest.raises(Exception, match="killed"):
         ingest(corpus, dataset=dataset, extra=("--shard-size=10",))
     (dataset / "shards" / "000099.tar").write_bytes(b"leftover of a killed writer")
@@ -91,7 +91,7 @@ def test_an_interrupted_run_is_completed_by_the_next(corpus: Path, tmp_path: Pat
     reference = tmp_path / "clean"
     ingest(corpus, dataset=reference, extra=("--shard-size=10",))
     assert set(read_shards(dataset)) == set(read_shards(reference))
-    assert report["counts"]["already_present"] == committed_before
+    assert report.counts.already_present == committed_before
     assert Dataset(str(dataset)).totals()["samples"] == len(read_table(reference / "samples"))
     assert not [p for p in dataset.rglob(".tmp-*")], "no temporary file is left behind"
 
@@ -106,7 +106,7 @@ def test_portable_job_api_gives_the_same_shards(corpus: Path, tmp_path: Path, jo
     ingest(corpus, dataset=tmp_path / "local", extra=SHARDS)
     report = ingest(corpus, dataset=tmp_path / "portable", extra=(
         *SHARDS, "--runner=PortableRunner", f"--job_endpoint={job_service}", "--environment_type=LOOPBACK"))
-    assert report["counts"]["ingested"] > 0
+    assert report.counts.ingested > 0
     assert committed_files(tmp_path / "local") == committed_files(tmp_path / "portable")
 
 
@@ -121,7 +121,7 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(corpus: Path
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock.write_text(json.dumps({"stage": "ingest", "pid": int(dead.stdout), "host": socket.gethostname()}))
-    assert ingest(corpus / "texts", dataset=dataset)["counts"]["ingested"] > 0
+    assert ingest(corpus / "texts", dataset=dataset).counts.ingested > 0
     assert not lock.exists()
 
 
@@ -129,12 +129,12 @@ def test_a_source_given_twice_is_ingested_once(corpus: Path, tmp_path: Path):
     dataset = tmp_path / "ds"
     report = ingest(corpus / "texts", corpus / "texts", dataset=dataset)
     texts = len(list((corpus / "texts").glob("*.txt")))
-    assert len(read_shards(dataset)) == report["counts"]["ingested"] == texts  # read_shards refuses repeated keys
-    assert report["counts"]["duplicates_in_run"] == texts
+    assert len(read_shards(dataset)) == report.counts.ingested == texts  # read_shards refuses repeated keys
+    assert report.counts.duplicates_in_run == texts
 
 
 def test_a_dataset_inside_the_corpus_is_not_read_back_as_input(corpus: Path):
     dataset = corpus / "ds"
     first = ingest(corpus, dataset=dataset)
     again = ingest(corpus, dataset=dataset)
-    assert again["changed"] is False and again["counts"]["found"] == first["counts"]["found"]
+    assert again.changed is False and again.counts.found == first.counts.found

@@ -97,8 +97,8 @@ def _rejected(check, data: bytes) -> Rejected:
 
 def test_damaged_real_media_is_rejected_with_a_reason_never_an_error():
     """Real files with bytes flipped, cut, zeroed or inserted: each passes or gets a specific reason."""
-    from pipelines.ingest.inspect import inspect_candidate
-    from pipelines.ingest.records import Candidate, Member
+    from mmindex.ingest.records import Candidate, Member
+    from mmindex.ingest.validate import inspect_candidate
 
     rng = random.Random(0)
     files = [p for p in sorted(CORPUS.rglob("*")) if p.suffix in (".jpg", ".png", ".wav", ".flac", ".mp3")]

@@ -34,16 +34,16 @@ def test_object_store_dataset_matches_local(corpus: Path, tmp_path: Path, store:
     for name in shards:
         assert store[f"mem://bucket/ds/shards/{name}"] == (local / "shards" / name).read_bytes()
     local_samples = {r["key"]: r for r in read_table(local / "samples")}
-    assert report["counts"]["ingested"] == len(local_samples)
+    assert report.counts.ingested == len(local_samples)
     assert {r["reason"] for r in read_table(local / "rejects")} == {
         "unreadable image", "path leaves the manifest's folder", "unsupported file type"}
-    assert sum(report["counts"]["rejected_by_reason"].values()) == len(read_table(local / "rejects"))
+    assert sum(report.counts.rejected_by_reason.values()) == len(read_table(local / "rejects"))
     assert not [p for p in store if "/.tmp-" in p], "temporary objects are renamed or removed"
     meta = json.loads(store["mem://bucket/ds/mmindex.json"])
     assert meta["counts"]["samples"] == len(local_samples)
 
     again = ingest("mem://bucket/raw", "mem://bucket/raw/list.csv", dataset="mem://bucket/ds")
-    assert again["changed"] is False
+    assert again.changed is False
 
 
 def test_object_store_tars_are_read_by_byte_range(corpus: Path, tmp_path: Path, store: dict[str, bytes]):
@@ -51,5 +51,5 @@ def test_object_store_tars_are_read_by_byte_range(corpus: Path, tmp_path: Path, 
     ingest(corpus / "speech", dataset=local)
     upload(local / "shards", "mem://bucket/old")
     report = ingest("mem://bucket/old/*.tar", dataset="mem://bucket/new")
-    assert report["counts"]["ingested"] == len(read_table(local / "samples"))
+    assert report.counts.ingested == len(read_table(local / "samples"))
     assert store["mem://bucket/new/shards/000000.tar"] == (local / "shards" / "000000.tar").read_bytes()

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.ingest.plan import ShardSize, plan_shards
+from mmindex.ingest.plan import ShardSize, plan_shards
 
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("1000", ShardSize(1000, None)),
-    ("512MB", ShardSize(None, 512 * 2**20)),
-    ("10000, 1GB", ShardSize(10000, 2**30)),
-    ("1.5kb", ShardSize(None, 1536)),
+    ("512MB", ShardSize(None, 512 * 10**6)),
+    ("512MiB", ShardSize(None, 512 * 2**20)),
+    ("10000, 1GB", ShardSize(10000, 10**9)),
+    ("1.5kib", ShardSize(None, 1536)),
 ])
 def test_shard_size_parses_counts_and_sizes(text, expected):
     assert ShardSize.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "0", "-5", "ten", "5XB"])
+@pytest.mark.parametrize("text", ["", "0", "-5", "ten", "5XB", "0MB", "1.5"])
 def test_shard_size_refuses_nonsense(text):
     with pytest.raises(ValueError, match="--shard-size"):
         ShardSize.parse(text)

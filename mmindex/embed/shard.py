@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import logging
-import posixpath
 import tarfile
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
 from mmindex import storage
+from mmindex.dataset import MODALITIES
 from mmindex.embed.store import ShardEmbeddings
 from mmindex.encoders.base import Encoded, Encoder, Preparer
 from mmindex.media import Rejected, modality_of
+from mmindex.parallel import ordered_map
+from mmindex.webdataset import split_key
 
 log = logging.getLogger("mmindex")
 
@@ -35,11 +36,10 @@ def shard_items(path: str) -> list[Item]:
     items = []
     with storage.open_read(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
         for member in tar:
-            folder, name = posixpath.split(member.name)
-            stem, _, ext = name.partition(".")
+            key, ext = split_key(member.name)
             modality = modality_of(ext)
-            if member.isfile() and modality in ("image", "audio", "text"):
-                items.append(Item(posixpath.join(folder, stem), modality, member.offset_data, member.size))
+            if member.isfile() and modality in MODALITIES:
+                items.append(Item(key, modality, member.offset_data, member.size))
     return items
 
 
@@ -71,20 +71,6 @@ def chunks(path: str, items: list[Item], modalities: Iterable[str], batch_size: 
         group = [item for item in items if item.modality == modality]
         out += [Chunk(path, modality, group[i:i + batch_size]) for i in range(0, len(group), batch_size)]
     return out
-
-
-def ordered_map(executor: Executor | None, fn: Callable, jobs: list, ahead: int) -> Iterator:
-    """fn over jobs in order; with an executor, up to ``ahead`` jobs run ahead of the consumer."""
-    if executor is None:
-        yield from map(fn, jobs)
-        return
-    pending: deque = deque()
-    for job in jobs:
-        pending.append(executor.submit(fn, job))
-        if len(pending) > ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 def encode_robustly(encoder: Encoder, inputs: list[Any]) -> Encoded:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from mmindex import storage
-from mmindex.dataset import Dataset, parquet_bytes, read_parquet, shard_name
+from mmindex.dataset import MODALITIES, Dataset, parquet_bytes, read_parquet, shard_name
 from mmindex.spaces import Space
 
 EMBEDDINGS_SCHEMA = pa.schema([
@@ -70,7 +70,7 @@ class EmbeddingStore:
 
     @property
     def root(self) -> str:
-        return storage.join(self.dataset.root, "embeddings", self.space.name)
+        return self.dataset.embeddings_path(self.space.name)
 
     def parquet_path(self, number: int) -> str:
         return storage.join(self.root, f"{shard_name(number)}.parquet")
@@ -81,7 +81,7 @@ class EmbeddingStore:
     def claim(self) -> None:
         """Records the space's settings, or refuses if the folder holds vectors made with other settings;
         removes the temporary files an interrupted run left."""
-        leftovers = [p for folder in ("", "image", "audio", "text")
+        leftovers = [p for folder in ("", *MODALITIES)
                      for p in storage.glob(storage.join(self.root, folder, f"{storage.TEMP_MARK}*"))]
         storage.delete(leftovers)
         path = storage.join(self.root, "space.json")

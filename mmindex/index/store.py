@@ -44,7 +44,7 @@ class IndexFiles:
 
     @property
     def root(self) -> str:
-        return storage.join(self.embeddings.dataset.root, "indexes", self.embeddings.space.name, self.modality)
+        return self.embeddings.dataset.index_path(self.embeddings.space.name, self.modality)
 
     def path(self, name: str) -> str:
         return storage.join(self.root, name)

@@ -1,7 +1,8 @@
 import json
 import logging
+from dataclasses import asdict
 
 from pipelines.ingest.pipeline import run
 
 logging.basicConfig(level=logging.INFO)
-print(json.dumps(run(), indent=2))
+print(json.dumps(asdict(run()), indent=2))

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 
 from mmindex import storage
+from mmindex.ingest.records import Candidate, Member
 from mmindex.media import Limits, modality_of, unsupported_reason
-from pipelines.ingest.records import Candidate, Member
+from mmindex.progress import Progress
+from mmindex.webdataset import split_key
 
 log = logging.getLogger("mmindex")
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
@@ -42,6 +44,13 @@ class ManifestColumns:
     image: tuple[str, ...] = ("image", "image_path", "img", "img_path", "filepath", "file_path")
     audio: tuple[str, ...] = ("audio", "audio_path", "sound", "wav")
     caption: tuple[str, ...] = ("caption", "text", "title", "description", "prompt")
+
+    @classmethod
+    def choose(cls, image: str | None = None, audio: str | None = None, caption: str | None = None) -> ManifestColumns:
+        """The defaults, with each column a user named taking the place of its list."""
+        default = cls()
+        return cls(*((name.lower(),) if name else getattr(default, field)
+                     for field, name in (("image", image), ("audio", audio), ("caption", caption))))
 
 
 def source_kind(path: str) -> str:
@@ -88,6 +97,22 @@ def discover(src: str, columns: ManifestColumns, limits: Limits, scratch: str) -
         else:
             yield from group_by_stem(storage.list_files(storage.join(path, "**")) or storage.list_files(path))
     yield from group_by_stem(loose)
+
+
+def discover_batches(src: str, columns: ManifestColumns, limits: Limits, scratch: str,
+                     size: int = 64) -> Iterator[list[Candidate]]:
+    """Candidates in small batches: a batch is the unit that executors spread over threads and workers."""
+    batch: list[Candidate] = []
+    progress = Progress(f"ingest: found in {src}", unit="candidates")
+    for candidate in discover(src, columns, limits, scratch):
+        batch.append(candidate)
+        progress.add()
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+    log.info("ingest: found %s candidate samples in %s", f"{progress.count:,}", src)
 
 
 # --- folder trees -------------------------------------------------------------------------------------
@@ -299,7 +324,7 @@ def read_tar(path: str, limits: Limits, scratch: str) -> Iterator[Candidate]:
                 if info.isdir():
                     continue
                 problem = _tar_member_problem(info, limits)
-                key, ext = _split_tar_name(info.name)
+                key, ext = split_key(info.name)
                 if problem is None and modality_of(ext) is None:
                     problem = unsupported_reason(ext)
                 if problem:
@@ -332,13 +357,6 @@ def decompress_tar(path: str, scratch: str, limits: Limits) -> str:
 def _tar_candidate(path: str, key: str | None, members: list[Member]) -> Candidate:
     ordered = tuple(sorted(members, key=lambda m: m.ext))
     return Candidate(source=describe(f"{path}::{key}", ordered), members=ordered)
-
-
-def _split_tar_name(name: str) -> tuple[str, str]:
-    """webdataset's rule: the key is everything before the first dot of the file name."""
-    folder, base = posixpath.split(name)
-    stem, _, ext = base.partition(".")
-    return posixpath.join(folder, stem), ext
 
 
 def _tar_member_problem(info: tarfile.TarInfo, limits: Limits) -> tuple[str, str] | None:

@@ -61,3 +61,23 @@ class SampleRecord:
     digests: dict[str, str]
     sizes: list[int]
     row: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShardWritten:
+    """A committed shard: its name, samples, tar bytes and the tar's sha256."""
+
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    """What an executor hands back to the driver: the shards it committed and every input it did not take."""
+
+    shards: list[ShardWritten]
+    rejects: list[Reject]       # bad inputs and duplicates within the run, each with a reason
+    found: int                  # candidate samples discovered
+    already_present: int        # candidates whose content the dataset already held

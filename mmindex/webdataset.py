@@ -1,13 +1,25 @@
-"""Writing webdataset shards byte-for-byte reproducibly: fixed member order, times, owners and modes."""
+"""The webdataset side of the format: how a member's name gives its sample key, and writing shard tars.
+
+Tars are written byte-for-byte reproducibly (fixed member order, times, owners and modes), so the same
+samples always give the same shard.
+"""
 
 from __future__ import annotations
 
 import io
+import posixpath
 import tarfile
 from collections.abc import Iterable
 from typing import BinaryIO
 
 BLOCK = 512
+
+
+def split_key(name: str) -> tuple[str, str]:
+    """webdataset's rule: ``dir/key.ext`` -> (``dir/key``, ``ext``), the key ending at the file name's first dot."""
+    folder, base = posixpath.split(name)
+    stem, _, ext = base.partition(".")
+    return posixpath.join(folder, stem), ext
 
 
 def tar_member_bytes(size: int) -> int:

@@ -8,9 +8,12 @@ Metadata (.json) does not enter the key: the same content from two places is sti
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import defaultdict
 
 from mmindex import storage
+from mmindex.dataset import MODALITIES
+from mmindex.ingest.records import Candidate, Member, Reject, SampleRecord
 from mmindex.media import (
     Limits,
     Rejected,
@@ -21,10 +24,10 @@ from mmindex.media import (
     modality_of,
     parse_metadata,
 )
-from pipelines.ingest.records import Candidate, Member, SampleRecord
 
+log = logging.getLogger("mmindex")
 KEY_HEX_DIGITS = 20  # 80 bits: a collision among a billion samples has odds below one in a million
-PRIMARY_ORDER = ("image", "audio", "text", "meta")
+PRIMARY_ORDER = (*MODALITIES, "meta")
 INLINE_BYTES = 4096
 
 
@@ -44,6 +47,17 @@ def load_member(member: Member, limits: Limits) -> bytes:
         raise Rejected("unreadable file", f"{member.path}: {err.strerror or err}") from None
 
 
+def check(candidate: Candidate, limits: Limits) -> SampleRecord | Reject:
+    """The validated sample, or a Reject with its reason: bad input never stops a run."""
+    try:
+        return inspect_candidate(candidate, limits)
+    except Rejected as err:
+        return Reject(candidate.source, err.reason, err.detail)
+    except Exception as err:  # a decoder's unforeseen failure on hostile bytes must not stop the run
+        log.warning("unexpected error on %s", candidate.source, exc_info=True)
+        return Reject(candidate.source, "unreadable input", f"{type(err).__name__}: {err}")
+
+
 def inspect_candidate(candidate: Candidate, limits: Limits) -> SampleRecord:
     """A validated SampleRecord, or Rejected saying why the candidate cannot be ingested."""
     if candidate.problem:
@@ -55,7 +69,7 @@ def inspect_candidate(candidate: Candidate, limits: Limits) -> SampleRecord:
         if len(members) > 1:
             raise Rejected("ambiguous sample", f"{len(members)} {modality} files share one name: "
                            + ", ".join(m.ext for m in members))
-    if not {"image", "audio", "text"} & by_modality.keys():
+    if not set(MODALITIES) & by_modality.keys():
         raise Rejected("metadata without content", "a .json file with no image, audio or text beside it")
 
     row: dict = {"caption": None}

@@ -1,0 +1,87 @@
+"""The local executor: an ingest job on this machine, without a pipeline runner's per-element costs.
+
+Candidates are checked in batches while they are discovered; with one worker the batches run on a few
+threads of this process (Pillow's decoders, libsndfile, hashlib and file reads release the GIL), with more
+on that many processes. Then each key's winner is chosen, shards are planned, and shards are written in
+parallel the same way. The steps are the ones the Beam pipeline runs, so both give the same dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections import defaultdict
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from functools import partial
+
+from mmindex.dataset import Dataset, read_parquet
+from mmindex.ingest.discover import discover_batches
+from mmindex.ingest.plan import choose_winner, plan_winners
+from mmindex.ingest.records import Candidate, IngestOutcome, Reject, SampleRecord, ShardWritten
+from mmindex.ingest.run import IngestJob
+from mmindex.ingest.validate import check
+from mmindex.ingest.write import write_shard
+from mmindex.media import Limits
+from mmindex.parallel import ordered_map
+from mmindex.progress import Progress
+
+log = logging.getLogger("mmindex")
+
+
+def check_batch(batch: list[Candidate], limits: Limits) -> list[SampleRecord | Reject]:
+    return [check(candidate, limits) for candidate in batch]
+
+
+def _write(shard: tuple[int, list[SampleRecord]], dataset: Dataset, limits: Limits) -> ShardWritten:
+    return write_shard(shard[0], shard[1], dataset, limits)
+
+
+class LocalExecutor:
+    """Runs a job with ``workers`` processes (1: this process, on ``threads`` threads)."""
+
+    def __init__(self, workers: int = 1, threads: int | None = None):
+        self.workers = workers
+        self.threads = threads or min(4, os.cpu_count() or 1)
+
+    def _pool(self) -> Executor:
+        if self.workers == 1:
+            return ThreadPoolExecutor(self.threads)
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def __call__(self, job: IngestJob) -> IngestOutcome:
+        limits = job.settings.limits
+        with self._pool() as pool:
+            records, rejects, found = self._check(job, pool)
+            present = {key for path in job.existing for key in read_parquet(path, ["key"]).column("key").to_pylist()}
+            winners, already_present = [], 0
+            for key, group in records.items():
+                winner, duplicates, held = choose_winner(key, [(r.source, r.sizes) for r in group], key in present)
+                rejects += duplicates
+                already_present += held
+                if winner:
+                    winners.append(winner)
+            plan = plan_winners(winners, job.first_shard, job.shard_size)
+            shards: dict[int, list[SampleRecord]] = defaultdict(list)
+            for key, (number, source) in plan.items():
+                shards[number] += [r for r in records[key] if r.source == source]
+            written = list(pool.map(partial(_write, dataset=job.dataset, limits=limits), sorted(shards.items())))
+        return IngestOutcome(written, rejects, found, already_present)
+
+    def _check(self, job: IngestJob, pool: Executor) -> tuple[dict[str, list[SampleRecord]], list[Reject], int]:
+        """Every candidate checked: records by key, rejects, and how many candidates were found."""
+        settings = job.settings
+        batches = (batch for src in settings.sources
+                   for batch in discover_batches(src, settings.columns, settings.limits, job.scratch))
+        records: dict[str, list[SampleRecord]] = defaultdict(list)
+        rejects: list[Reject] = []
+        progress = Progress("ingest: checked")
+        ahead = 4 * (self.threads if self.workers == 1 else self.workers)
+        for outcomes in ordered_map(pool, partial(check_batch, limits=settings.limits), batches, ahead):
+            for outcome in outcomes:
+                if isinstance(outcome, Reject):
+                    rejects.append(outcome)
+                else:
+                    records[outcome.key].append(outcome)
+            progress.add(len(outcomes))
+        return records, rejects, progress.count

@@ -1,0 +1,154 @@
+"""One ``mmindex ingest`` run: the driver that every executor serves.
+
+The driver checks the sources, locks the dataset, clears what an interrupted run left, hands an IngestJob to
+an executor (the local one in mmindex.ingest.local, or Beam's in pipelines.ingest), then writes the rejects,
+records the run in mmindex.json and returns a typed report. Executors only discover, validate, deduplicate,
+plan and write shards, so any runner gives the same dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from mmindex import storage
+from mmindex.dataset import Dataset
+from mmindex.ingest.discover import ManifestColumns, check_source
+from mmindex.ingest.plan import DEFAULT_SHARD_SIZE, ShardSize
+from mmindex.ingest.records import DUPLICATE, IngestOutcome, ShardWritten
+from mmindex.ingest.write import write_rejects
+from mmindex.media import Limits
+
+log = logging.getLogger("mmindex")
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    sources: tuple[str, ...]
+    dataset: str
+    shard_size: str = DEFAULT_SHARD_SIZE   # kept as written: it is recorded with the run
+    workers: int = 1                       # processes on this machine (local executor, or Beam's local runner)
+    limits: Limits = field(default_factory=Limits)
+    columns: ManifestColumns = field(default_factory=ManifestColumns)
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("give at least one folder, manifest or tar to ingest")
+        if self.workers < 1:
+            raise ValueError("--workers must be at least 1")
+        ShardSize.parse(self.shard_size)  # refuses a bad size before anything runs
+
+
+@dataclass(frozen=True)
+class IngestJob:
+    """What an executor needs: the settings, where new shards start, and the dataset's existing samples."""
+
+    settings: IngestSettings
+    dataset: Dataset
+    first_shard: int
+    existing: list[str]   # samples parquet of every committed shard (their keys are already present)
+    scratch: str          # a prefix in the dataset's scratch area, for decompressed tars
+
+    @property
+    def shard_size(self) -> ShardSize:
+        return ShardSize.parse(self.settings.shard_size)
+
+
+class IngestExecutor(Protocol):
+    def __call__(self, job: IngestJob) -> IngestOutcome: ...
+
+
+@dataclass(frozen=True)
+class IngestCounts:
+    found: int
+    ingested: int
+    rejected: int
+    duplicates: int           # within this run plus already in the dataset
+    duplicates_in_run: int
+    already_present: int
+    bytes_written: int
+    rejected_by_reason: dict[str, int]
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    run_id: str
+    started: float
+    finished: float
+    sources: list[str]
+    settings: dict[str, Any]
+    counts: IngestCounts
+    shards_added: list[ShardWritten]
+    rejects_file: str | None
+    stage: str = "ingest"
+    changed: bool = field(default=False)   # whether the run added shards or rejects
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
+
+
+def ingest(settings: IngestSettings, executor: IngestExecutor | None = None) -> IngestReport:
+    """Ingests the sources into the dataset with ``executor`` (default: the local one); returns the run's report."""
+    for src in settings.sources:
+        check_source(src)
+    root = settings.dataset
+    if storage.is_local(root) and os.path.exists(root) and not os.path.isdir(root):
+        raise ValueError(f"the dataset {root!r} is a file; give a folder")
+    dataset = Dataset(root)
+    dataset.read_metadata()  # refuses a folder of another format before anything is written
+    if executor is None:
+        from mmindex.ingest.local import LocalExecutor
+
+        executor = LocalExecutor(settings.workers)
+    with dataset.exclusive("ingest"):
+        removed = dataset.remove_incomplete()
+        if removed:
+            log.info("removed %d leftovers of an interrupted run", len(removed))
+        committed = dataset.committed_shards()
+        run_id = uuid.uuid4().hex[:12]
+        started = time.time()
+        job = IngestJob(settings, dataset, committed[-1] + 1 if committed else 0,
+                        [dataset.samples_path(n) for n in committed], dataset.scratch_path(run_id))
+        recorded = dataset.recorded_rejects()
+        outcome = executor(job)
+        storage.delete(storage.glob(f"{job.scratch}-*"))  # decompressed tars: every shard that read them is written
+        return _record(job, outcome, run_id, started, recorded)
+
+
+def _record(job: IngestJob, outcome: IngestOutcome, run_id: str, started: float,
+            recorded: set[tuple[str, str, str]]) -> IngestReport:
+    """Writes the rejects not listed before and, when the run changed anything, records it in mmindex.json."""
+    dataset, settings = job.dataset, job.settings
+    fresh = [r for r in outcome.rejects if (r.source, r.reason, r.detail) not in recorded]
+    duplicates = sum(r.reason == DUPLICATE for r in outcome.rejects)
+    by_reason = Counter(r.reason for r in outcome.rejects if r.reason != DUPLICATE)
+    shards = sorted(outcome.shards, key=lambda s: s.name)
+    counts = IngestCounts(
+        found=outcome.found,
+        ingested=sum(s.samples for s in shards),
+        rejected=sum(by_reason.values()),
+        duplicates=duplicates + outcome.already_present,
+        duplicates_in_run=duplicates,
+        already_present=outcome.already_present,
+        bytes_written=sum(s.bytes for s in shards),
+        rejected_by_reason=dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))),
+    )
+    report = IngestReport(
+        run_id=run_id, started=started, finished=time.time(), sources=list(settings.sources),
+        settings={"shard_size": settings.shard_size, "limits": asdict(settings.limits),
+                  "manifest_columns": asdict(settings.columns)},
+        counts=counts, shards_added=shards, rejects_file=write_rejects(fresh, dataset), changed=bool(shards or fresh))
+    if report.changed:
+        metadata = dataset.read_metadata() or dataset.new_metadata(started)
+        totals = dataset.totals()
+        metadata.update(counts={k: totals[k] for k in ("samples", "bytes", "modalities")}, shards=totals["shards"])
+        metadata["sources"] = sorted(set(metadata.get("sources", [])) | set(report.sources))
+        metadata["runs"].append({k: v for k, v in asdict(report).items() if k != "changed"})
+        dataset.write_metadata(metadata)
+    return report

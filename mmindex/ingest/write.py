@@ -1,0 +1,56 @@
+"""Committing results: shard tars and their samples parquet, and the rejects parquet."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from mmindex import storage
+from mmindex.dataset import REJECTS_SCHEMA, SAMPLES_SCHEMA, Dataset, parquet_bytes, shard_name
+from mmindex.ingest.records import Reject, SampleRecord, ShardWritten
+from mmindex.ingest.validate import load_member
+from mmindex.media import Limits
+from mmindex.sizes import format_size
+from mmindex.webdataset import write_tar
+
+log = logging.getLogger("mmindex")
+
+
+class SourceChanged(RuntimeError):
+    """A file changed between validation and writing; its shard is not committed."""
+
+
+def _member_bytes(record: SampleRecord, limits: Limits) -> dict[str, bytes]:
+    members = {}
+    for ext, member in record.members.items():
+        data = load_member(member, limits)
+        if hashlib.sha256(data).hexdigest() != record.digests[ext]:
+            raise SourceChanged(f"{record.source} changed while it was being ingested; run the ingest again")
+        members[ext] = data
+    return members
+
+
+def write_shard(number: int, records: list[SampleRecord], dataset: Dataset, limits: Limits) -> ShardWritten:
+    """Writes one shard and then its samples parquet (the commit); returns the shard's summary."""
+    records = list({r.key: r for r in sorted(records, key=lambda r: r.key)}.values())  # a SRC given twice
+    name = shard_name(number)
+    with storage.atomic_writer(dataset.shard_path(number)) as out:
+        write_tar(out, ((r.key, _member_bytes(r, limits)) for r in records))
+    rows = [{**r.row, "key": r.key, "shard": name} for r in records]
+    storage.write_atomic(dataset.samples_path(number), parquet_bytes(rows, SAMPLES_SCHEMA))
+    log.info("ingest: wrote shard %s (%s samples, %s)", name, f"{len(records):,}", format_size(out.size))
+    return ShardWritten(name, len(records), out.size, out.sha256.hexdigest())
+
+
+def write_rejects(rejects: list[Reject], dataset: Dataset) -> str | None:
+    """Writes the rejects not listed before, under a name derived from their content (so a repeat is a no-op)."""
+    if not rejects:
+        return None
+    rows = sorted({(r.source, r.reason, r.detail) for r in rejects})
+    data = parquet_bytes([dict(zip(("source", "reason", "detail"), row, strict=True)) for row in rows],
+                         REJECTS_SCHEMA)
+    name = hashlib.sha256(data).hexdigest()[:16]
+    path = dataset.rejects_path(name)
+    if not storage.exists(path):
+        storage.write_atomic(path, data)
+    return path
