@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 
@@ -20,7 +22,7 @@ from mmindex.ingest.discover import discover_batches
 from mmindex.ingest.plan import choose_winner, plan_winners
 from mmindex.ingest.records import Candidate, IngestOutcome, Reject, SampleRecord, ShardWritten
 from mmindex.ingest.run import IngestJob
-from mmindex.ingest.validate import check
+from mmindex.ingest.validate import check, small_files_only
 from mmindex.ingest.write import write_shard
 from mmindex.media import Limits
 from mmindex.parallel import ordered_map
@@ -29,8 +31,29 @@ from mmindex.progress import Progress
 log = logging.getLogger("mmindex")
 
 
-def check_batch(batch: list[Candidate], limits: Limits) -> list[SampleRecord | Reject]:
-    return [check(candidate, limits) for candidate in batch]
+KEPT_BYTES = 2**30  # checked bytes one worker keeps in memory for writing, instead of reading them again
+
+
+class KeepWhileRoom:
+    """Says yes to keeping a checked file's bytes until the budget is spent (shared by one worker's threads)."""
+
+    def __init__(self, budget: int = KEPT_BYTES):
+        self.left = budget
+        self.lock = threading.Lock()
+
+    def __call__(self, size: int) -> bool:
+        if small_files_only(size):
+            return True
+        with self.lock:
+            if size > self.left:
+                return False
+            self.left -= size
+            return True
+
+
+def check_batch(batch: list[Candidate], limits: Limits, keep: Callable[[int], bool] = small_files_only
+                ) -> list[SampleRecord | Reject]:
+    return [check(candidate, limits, keep) for candidate in batch]
 
 
 def _write(shard: tuple[int, list[SampleRecord]], dataset: Dataset, limits: Limits) -> ShardWritten:
@@ -77,7 +100,10 @@ class LocalExecutor:
         rejects: list[Reject] = []
         progress = Progress("ingest: checked")
         ahead = 4 * (self.threads if self.workers == 1 else self.workers)
-        for outcomes in ordered_map(pool, partial(check_batch, limits=settings.limits), batches, ahead):
+        # Threads of this process share what they keep; worker processes hand records back pickled, so there
+        # only small files travel inline, and the rest is read again (and its digest verified) when written.
+        keep = KeepWhileRoom() if self.workers == 1 else small_files_only
+        for outcomes in ordered_map(pool, partial(check_batch, limits=settings.limits, keep=keep), batches, ahead):
             for outcome in outcomes:
                 if isinstance(outcome, Reject):
                     rejects.append(outcome)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 
 from mmindex import storage
 from mmindex.dataset import MODALITIES
@@ -28,7 +29,11 @@ from mmindex.media import (
 log = logging.getLogger("mmindex")
 KEY_HEX_DIGITS = 20  # 80 bits: a collision among a billion samples has odds below one in a million
 PRIMARY_ORDER = (*MODALITIES, "meta")
-INLINE_BYTES = 4096
+INLINE_BYTES = 4096  # files up to this size always travel inline: cheaper than opening them again
+
+
+def small_files_only(size: int) -> bool:
+    return size <= INLINE_BYTES
 
 
 def load_member(member: Member, limits: Limits) -> bytes:
@@ -47,10 +52,11 @@ def load_member(member: Member, limits: Limits) -> bytes:
         raise Rejected("unreadable file", f"{member.path}: {err.strerror or err}") from None
 
 
-def check(candidate: Candidate, limits: Limits) -> SampleRecord | Reject:
+def check(candidate: Candidate, limits: Limits, keep: Callable[[int], bool] = small_files_only
+          ) -> SampleRecord | Reject:
     """The validated sample, or a Reject with its reason: bad input never stops a run."""
     try:
-        return inspect_candidate(candidate, limits)
+        return inspect_candidate(candidate, limits, keep)
     except Rejected as err:
         return Reject(candidate.source, err.reason, err.detail)
     except Exception as err:  # a decoder's unforeseen failure on hostile bytes must not stop the run
@@ -58,8 +64,13 @@ def check(candidate: Candidate, limits: Limits) -> SampleRecord | Reject:
         return Reject(candidate.source, "unreadable input", f"{type(err).__name__}: {err}")
 
 
-def inspect_candidate(candidate: Candidate, limits: Limits) -> SampleRecord:
-    """A validated SampleRecord, or Rejected saying why the candidate cannot be ingested."""
+def inspect_candidate(candidate: Candidate, limits: Limits, keep: Callable[[int], bool] = small_files_only
+                      ) -> SampleRecord:
+    """A validated SampleRecord, or Rejected saying why the candidate cannot be ingested.
+
+    ``keep(size)`` says whether a checked file's bytes travel inline in the record, to be written as they were
+    checked; other files are read again when their shard is written, and their digests verified then.
+    """
     if candidate.problem:
         raise Rejected(*candidate.problem)
     by_modality: dict[str, list[Member]] = defaultdict(list)
@@ -99,8 +110,7 @@ def inspect_candidate(candidate: Candidate, limits: Limits) -> SampleRecord:
             modalities.append(modality)
         ext = canonical_ext(member.ext)
         digests[ext] = hashlib.sha256(data).hexdigest()
-        # Small files travel inline: cheaper than opening them again when the shard is written.
-        members[ext] = Member(ext=member.ext, data=data) if len(data) <= INLINE_BYTES else member
+        members[ext] = Member(ext=member.ext, data=data) if keep(len(data)) else member
         sizes.append(len(data))
 
     content = "\n".join(f"{modality_of(ext)}:{digests[ext]}" for ext in sorted(digests)

@@ -21,8 +21,12 @@ class SourceChanged(RuntimeError):
 
 
 def _member_bytes(record: SampleRecord, limits: Limits) -> dict[str, bytes]:
+    """The bytes that were checked: carried inline, or read again here (a source can change in between)."""
     members = {}
     for ext, member in record.members.items():
+        if member.data is not None:
+            members[ext] = member.data
+            continue
         data = load_member(member, limits)
         if hashlib.sha256(data).hexdigest() != record.digests[ext]:
             raise SourceChanged(f"{record.source} changed while it was being ingested; run the ingest again")
