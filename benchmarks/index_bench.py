@@ -103,14 +103,15 @@ def run_one(contender: str, root: Path, max_memory: str, index_type: str | None 
         index.add(all_vectors(root))
         info = {"type": "Flat"}
     elif contender == "mmindex":
-        from mmindex.cli import parse_bytes, search_settings
-        from mmindex.index.build import IndexSettings, build_index
+        from mmindex.index.build import BuildSettings, build_index
+        from mmindex.index.searchable import describe_search
         from mmindex.index.store import IndexFiles
+        from mmindex.sizes import parse_size
 
         files = IndexFiles(bench_store(root), "image")
-        built = build_index(files, IndexSettings(max_memory=parse_bytes(max_memory), index_type=index_type))
+        built = build_index(files, BuildSettings(max_memory=parse_size(max_memory), index_type=index_type))
         index, _, _ = files.load()
-        info = {"type": built["type"], "parameters": search_settings(built), "own_recall": built["recall_at_10"]}
+        info = {"type": built["type"], "parameters": describe_search(built), "own_recall": built["recall_at_10"]}
     else:
         from autofaiss import build_index as autofaiss_build
 

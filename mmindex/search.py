@@ -6,7 +6,9 @@ similarities in the space's shared vector space, so results from several modalit
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from mmindex.dataset import MODALITIES, read_parquet
 from mmindex.embed.store import EmbeddingStore
 from mmindex.encoders.base import Encoder
 from mmindex.index.searchable import SearchableIndex
-from mmindex.index.store import IndexFiles
+from mmindex.index.store import IndexFiles, not_embedded
 from mmindex.media import Rejected
 from mmindex.spaces import Space
 
@@ -71,6 +73,10 @@ class Searcher:
             files = IndexFiles(self.store, modality)
             files.check()
             self._indexes[modality] = files.load()
+
+    def not_embedded(self) -> str | None:
+        """What to run when ingested shards have no embeddings yet (no index can find their samples)."""
+        return not_embedded(self.store)
 
     def encoder(self, modality: str) -> Encoder:
         if modality not in self._encoders:
@@ -128,3 +134,52 @@ class Searcher:
                 if hit["shard"] == shard:
                     row = rows.get(hit["key"], {})
                     hit["caption"], hit["source"] = row.get("caption"), row.get("source")
+
+
+def parse_weights(items: list[str]) -> dict[str, float]:
+    """``--weight image=0.3`` options as a weight per query part."""
+    weights = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise BadQuery(f"--weight {item!r}: give MODALITY=NUMBER, e.g. image=0.5") from None
+        if name not in MODALITIES:
+            raise BadQuery(f"--weight {item!r}: the modality is text, image or audio")
+    return weights
+
+
+def read_queries(path: Path, weights: dict[str, float]) -> list[Query]:
+    """The queries of a --queries file; a malformed line refuses the file, naming the line."""
+    queries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            if not line.lstrip().startswith("{"):
+                queries.append(Query(text=line.strip(), weights=weights))
+                continue
+            fields = json.loads(line)
+            unknown = set(fields) - {*MODALITIES, "weights"}
+            if unknown:
+                raise BadQuery(f"unknown field(s) {sorted(unknown)}; use text, image, audio, weights")
+            own_weights = fields.get("weights", {})
+            if not isinstance(own_weights, dict):
+                raise BadQuery(f"weights must map modalities to numbers, not {own_weights!r}")
+            queries.append(Query(fields.get("text"), fields.get("image"), fields.get("audio"),
+                                 {**weights, **own_weights}))
+        except ValueError as err:  # BadQuery, or JSON that does not parse
+            raise BadQuery(f"{path}:{number}: {err}") from None
+    return queries
+
+
+def search_batch(searcher: Searcher, batch: list[Query], k: int) -> Iterator[dict[str, Any]]:
+    """One line per query, in order: its results, or the error that stopped it (the batch goes on)."""
+    for one in batch:
+        line: dict[str, Any] = {"query": {"text": one.text, "image": one.image, "audio": one.audio}}
+        try:
+            line["results"] = searcher.search(one, k)
+        except BadQuery as err:
+            line["error"] = str(err)
+        yield line

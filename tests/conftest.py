@@ -113,11 +113,15 @@ def tiny_clap(tmp_path_factory) -> Path:
     return save_tiny_clap(tmp_path_factory.mktemp("models") / "tiny-clap")
 
 
-def embed(dataset: Path, model: str = "offline", **settings) -> dict:
-    """Runs ``mmindex embed`` in this process, as the CLI does."""
-    from mmindex.cli import run_embed
+def embed(dataset: Path, model: str = "offline", **settings):
+    """Runs ``mmindex embed`` in this process, as the CLI does (the local worker pool), and prints its summary."""
+    from mmindex.console import print_embed
+    from mmindex.embed.run import EmbedSettings
+    from mmindex.embed.run import embed as run
 
-    return run_embed(str(dataset), model, **settings)
+    report = run(EmbedSettings(str(dataset), model, **settings))
+    print_embed(report)
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from pipelines.embed.pipeline import run as run_beam_embed
 def test_a_repeat_does_nothing_and_touches_nothing(offline_embedded, capsys):
     before = file_digests(offline_embedded)
     result = embed(offline_embedded)
-    assert result["pending"] == 0 and "Nothing to do" in capsys.readouterr().out
+    assert result.pending == 0 and "Nothing to do" in capsys.readouterr().out
     assert file_digests(offline_embedded) == before
 
 
@@ -66,7 +66,7 @@ def test_a_run_whose_worker_is_killed_resumes_with_only_the_unfinished_shards(of
     assert 0 < len(committed) < 6, output
 
     result = embed(dataset, threads=1)
-    assert result["pending"] == 6 - len(committed)
+    assert result.pending == 6 - len(committed)
     assert {name: (out / name).stat().st_mtime_ns for name in committed} == committed  # not recomputed
     assert embeddings(dataset, "offline") == embeddings(offline_embedded, "offline")
     assert not [p for p in out.rglob("*") if p.name.startswith(".tmp-")]  # what the killed run left is gone
@@ -95,7 +95,7 @@ def test_corrupt_media_in_a_shard_is_skipped_with_a_reason_and_the_run_goes_on(d
     assert image_rows[broken]["skipped"].startswith("unreadable image") and image_rows[broken]["row"] is None
     assert sum(r["row"] is not None for r in image_rows.values()) == 34
     assert any(r["key"] == broken and r["modality"] == "text" and r["row"] is not None for r in rows)
-    assert result["report"].skipped["image", "unreadable image"] == 1
+    assert result.skipped["image", "unreadable image"] == 1
     assert "1 skipped: unreadable image" in capsys.readouterr().out
 
 
@@ -110,7 +110,7 @@ def test_a_damaged_shard_file_fails_alone_and_is_retried_by_the_next_run(demo_da
     out = dataset / "embeddings" / "tiny-clip"
     assert sorted(p.stem for p in out.glob("*.parquet")) == ["000000", "000001", "000003", "000004", "000005"]
     tar.write_bytes(intact)
-    assert embed(dataset, str(tiny_clip))["pending"] == 1
+    assert embed(dataset, str(tiny_clip)).pending == 1
 
 
 def test_the_beam_pipeline_gives_the_worker_pools_vectors(demo_dataset, tiny_clip, tmp_path):
@@ -118,7 +118,7 @@ def test_the_beam_pipeline_gives_the_worker_pools_vectors(demo_dataset, tiny_cli
     embed(pool, str(tiny_clip))
     beam = copy_dataset(demo_dataset, tmp_path / "beam")
     result = run_beam_embed([f"--dataset={beam}", f"--model={tiny_clip}", "--batch-size=8"])
-    assert result["pending"] == 6
+    assert result.pending == 6
     ours, theirs = embeddings(beam, "tiny-clip"), embeddings(pool, "tiny-clip")
     assert sorted(ours) == sorted(theirs)
     for name in ours:
@@ -128,14 +128,14 @@ def test_the_beam_pipeline_gives_the_worker_pools_vectors(demo_dataset, tiny_cli
             a = np.load(beam / "embeddings" / "tiny-clip" / name).astype(np.float32)
             b = np.load(pool / "embeddings" / "tiny-clip" / name).astype(np.float32)
             np.testing.assert_allclose(a, b, atol=2e-3)
-    assert run_beam_embed([f"--dataset={beam}", f"--model={tiny_clip}"])["pending"] == 0
+    assert run_beam_embed([f"--dataset={beam}", f"--model={tiny_clip}"]).pending == 0
 
 
 def test_audio_and_text_spaces_embed_every_clip(demo_dataset, tiny_clap, tmp_path):
     dataset = copy_dataset(demo_dataset, tmp_path)
     result = embed(dataset, str(tiny_clap), batch_size=7, decode_workers=0)
-    assert dict(result["report"].embedded) == {"audio": 40, "text": 113}
-    assert not result["report"].skipped
+    assert dict(result.embedded) == {"audio": 40, "text": 113}
+    assert not result.skipped
 
 
 def test_gpus_without_cuda_is_a_clear_error(demo_dataset):

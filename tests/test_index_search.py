@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from conftest import add_shard, copy_dataset, synthetic_dataset, synthetic_space_file
 from mmindex.cli import app
 from mmindex.evaluate import evaluate
-from mmindex.index.build import IndexSettings, build_index
+from mmindex.index.build import BuildSettings, build_index
 from mmindex.index.choose import choose
 from mmindex.index.store import IndexFiles, IndexStale
 from mmindex.index.tune import exact_neighbours, recall
@@ -50,7 +50,7 @@ def test_the_choice_follows_size_and_memory():
 def test_the_automatic_index_meets_its_target_recall_on_clustered_data(tmp_path):
     store = synthetic_dataset(tmp_path / "ds", image_shards(clustered(60_000, 64, 300, seed=0), 20_000))
     files = IndexFiles(store, "image")
-    info = build_index(files, IndexSettings(target_recall=0.95))
+    info = build_index(files, BuildSettings(target_recall=0.95))
     assert info["type"].startswith("IVF") and info["recall_at_10"] >= 0.95 and info["parameters"]["nprobe"] >= 1
     # measured again, independently, on fresh queries from the same distribution
     index, keys, _ = files.load()
@@ -71,7 +71,7 @@ def test_a_tight_memory_budget_still_meets_the_target_by_re_ranking_from_the_emb
     vectors = clustered(30_500, 64, 100, seed=4)
     store = synthetic_dataset(tmp_path / "ds", image_shards(vectors[:30_000], 10_000))
     files = IndexFiles(store, "image")
-    info = build_index(files, IndexSettings(max_memory=500_000))  # 16 bytes a vector: product quantization
+    info = build_index(files, BuildSettings(max_memory=500_000))  # 16 bytes a vector: product quantization
     assert info["type"].endswith(",PQ8") and info["rerank"] >= 1 and info["target_met"]
     assert info["recall_at_10"] >= 0.95 and fresh_recall(files, vectors[30_000:]) >= 0.93
     index, _, _ = files.load()
@@ -84,7 +84,7 @@ def test_hnsw_is_tuned_by_ef_search_and_its_recorded_recall_is_what_fresh_querie
     vectors = clustered(20_500, 32, 50, seed=5)
     store = synthetic_dataset(tmp_path / "ds", image_shards(vectors[:20_000], 10_000))
     files = IndexFiles(store, "image")
-    info = build_index(files, IndexSettings(index_type="HNSW16,Flat"))
+    info = build_index(files, BuildSettings(index_type="HNSW16,Flat"))
     assert set(info["parameters"]) == {"efSearch"} and info["rerank"] == 0 and info["chosen_by"] == "--index-type"
     assert info["recall_at_10"] >= 0.95
     assert abs(fresh_recall(files, vectors[20_000:]) - info["recall_at_10"]) <= 0.03
@@ -100,7 +100,7 @@ def test_recall_is_measured_per_query_modality_as_cross_modal_searches_run(tmp_p
     samples = [(f"k{i:06d}", None, {"image": images[i], "text": captions[i]}) for i in range(24_000)]
     store = synthetic_dataset(tmp_path / "ds", [samples[:12_000], samples[12_000:]])
     files = IndexFiles(store, "image")
-    info = build_index(files, IndexSettings())
+    info = build_index(files, BuildSettings())
     assert info["type"].startswith("IVF") and set(info["recall_at_10_by_query"]) == {"image", "text"}
     assert min(info["recall_at_10_by_query"].values()) >= 0.9 and info["recall_at_10"] >= 0.95
     for modality, fresh in (("image", images[24_000:]), ("text", captions[24_000:])):
@@ -133,7 +133,7 @@ def test_a_single_vector_is_indexed_and_found(tmp_path):
     vector = np.ones(8, np.float32)
     store = synthetic_dataset(tmp_path / "ds", [[("only", None, {"image": vector})]])
     files = IndexFiles(store, "image")
-    assert build_index(files, IndexSettings())["recall_at_10"] == 1.0
+    assert build_index(files, BuildSettings())["recall_at_10"] == 1.0
     index, keys, _ = files.load()
     assert keys[index.search(-vector[None, :], 1)[1][0, 0]] == "only"
 
@@ -142,11 +142,11 @@ def test_update_adds_new_shards_and_the_check_says_when_to_run_it(tmp_path):
     vectors = clustered(30_000, 32, 100, seed=1)
     store = synthetic_dataset(tmp_path / "ds", image_shards(vectors[:24_000], 8_000))
     files = IndexFiles(store, "image")
-    first = build_index(files, IndexSettings())
+    first = build_index(files, BuildSettings())
     add_shard(store, 3, image_shards(vectors[24_000:], 6_000, prefix="new")[0])
     with pytest.raises(IndexStale, match="--update"):
         files.check()
-    updated = build_index(files, IndexSettings(), update=True)
+    updated = build_index(files, BuildSettings(), update=True)
     assert updated["type"] == first["type"] and updated["vectors"] == 30_000
     files.check()
     index, keys, _ = files.load()
@@ -156,7 +156,7 @@ def test_update_adds_new_shards_and_the_check_says_when_to_run_it(tmp_path):
 
 def test_an_index_that_disagrees_with_the_embeddings_is_refused_with_the_fix(tmp_path):
     store = synthetic_dataset(tmp_path / "ds", image_shards(clustered(3_000, 16, 10, seed=2), 1_000))
-    build_index(IndexFiles(store, "image"), IndexSettings())
+    build_index(IndexFiles(store, "image"), BuildSettings())
     (tmp_path / "ds" / "embeddings" / "synthetic" / "000001.parquet").unlink()
     (tmp_path / "ds" / "embeddings" / "synthetic" / "image" / "000001.npy").unlink()
     with pytest.raises(IndexStale, match=r"gone or changed.*mmindex index .* --model synthetic`"):
@@ -166,7 +166,7 @@ def test_an_index_that_disagrees_with_the_embeddings_is_refused_with_the_fix(tmp
 def test_re_ranking_refuses_vectors_that_are_not_the_ones_indexed(tmp_path):
     store = synthetic_dataset(tmp_path / "ds", image_shards(clustered(12_000, 16, 10, seed=10), 6_000))
     files = IndexFiles(store, "image")
-    assert build_index(files, IndexSettings(index_type="IVF16,PQ4"))["rerank"] >= 1
+    assert build_index(files, BuildSettings(index_type="IVF16,PQ4"))["rerank"] >= 1
     vectors_file = tmp_path / "ds" / "embeddings" / "synthetic" / "image" / "000001.npy"
     np.save(vectors_file, np.load(vectors_file)[:-1])  # the parquet still lists 6,000 vectors
     with pytest.raises(IndexStale, match="holds 5,999 vectors but the index has 6,000 of shard 000001"):
@@ -176,7 +176,7 @@ def test_re_ranking_refuses_vectors_that_are_not_the_ones_indexed(tmp_path):
 def test_the_full_check_catches_ids_that_map_to_other_samples(tmp_path):
     vectors = clustered(2_000, 16, 10, seed=3)
     store = synthetic_dataset(tmp_path / "ds", image_shards(vectors, 1_000))
-    build_index(IndexFiles(store, "image"), IndexSettings())
+    build_index(IndexFiles(store, "image"), BuildSettings())
     assert runner.invoke(app, ["index", str(tmp_path / "ds"), "--model", "offline", "--check"]).exit_code == 2
     IndexFiles(store, "image").check(keys=True)
     swapped = image_shards(vectors, 1_000)[1]

@@ -1,64 +1,137 @@
-"""One ``mmindex embed`` run: lock the dataset, find the shards still to embed, run them, record stats."""
+"""One ``mmindex embed`` run: the driver that both executors serve.
+
+The driver resolves the space, locks the dataset, claims the space's folder, lists the shards still to embed,
+hands them to an executor (the local worker pool in workers.py, or Beam RunInference in pipelines.embed),
+tallies what each committed shard holds, and records the run in stats.json. Executors only embed and commit
+shards, reporting each one as it is committed.
+"""
 
 from __future__ import annotations
 
 import datetime
 import logging
 import time
-from dataclasses import asdict
-from typing import Any
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from mmindex.dataset import shard_name
-from mmindex.embed.store import EmbeddingStore
-from mmindex.embed.workers import RunReport, WorkerSettings, run_workers
-from mmindex.spaces import Space
+from mmindex.embed.store import EmbeddingStore, ShardSummary
+from mmindex.spaces import DEFAULT_SPACE, resolve_space
 
 log = logging.getLogger("mmindex")
 
 
-def embed_dataset(root: str, space: Space, settings: WorkerSettings) -> dict[str, Any]:
-    """Embeds every committed shard of the dataset that has no committed embeddings in ``space`` yet."""
-    store = EmbeddingStore.of(root, space)
-    dataset = store.dataset
+@dataclass(frozen=True)
+class EmbedSettings:
+    dataset: str
+    model: str = DEFAULT_SPACE
+    gpus: int | None = None             # one worker per GPU (None: --device and --workers)
+    device: str = "cpu"
+    workers: int = 1
+    batch_size: int = 64
+    decode_workers: int | None = None   # per worker (None: 1 on CPU, a GPU's share of the cores less one)
+    threads: int | None = None          # torch threads per worker (None: CPU workers share the cores)
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "batch_size", "gpus", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.decode_workers is not None and self.decode_workers < 0:
+            raise ValueError("--decode-workers must be 0 or more")
+
+
+OnShard = Callable[[ShardSummary], None]
+
+
+class EmbedExecutor(Protocol):
+    def describe(self) -> dict[str, Any]:
+        """How it runs, as stats.json records it."""
+
+    def __call__(self, store: EmbeddingStore, pending: list[int], on_shard: OnShard) -> list[str]:
+        """Embeds and commits ``pending``, calling ``on_shard`` per shard; returns failures beyond shards."""
+
+
+@dataclass
+class EmbedReport:
+    space: str
+    root: str
+    shards: int                 # committed shards of the dataset
+    pending: int                # of them, without embeddings in the space when the run began
+    committed: int = 0          # shards this run committed
+    embedded: Counter = field(default_factory=Counter)   # modality -> items
+    skipped: Counter = field(default_factory=Counter)    # (modality, reason) -> items
+    seconds: Counter = field(default_factory=Counter)    # modality -> worker seconds (where measured)
+    failures: list[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    def add(self, shard: ShardSummary) -> None:
+        if shard.failed:
+            self.failures.append(shard.failed)
+            return
+        self.committed += 1
+        self.embedded.update(shard.embedded)
+        self.skipped.update(shard.skipped)
+        self.seconds.update(shard.seconds)
+
+    def rate(self, modality: str) -> float | None:
+        """Items per second of one worker's time, where the executor measured it."""
+        seconds = self.seconds[modality]
+        return self.embedded[modality] / seconds if seconds else None
+
+
+def embed(settings: EmbedSettings, executor: EmbedExecutor | None = None) -> EmbedReport:
+    """Embeds every committed shard of the dataset that has no committed embeddings in the space yet."""
+    space = resolve_space(settings.model)
+    store = EmbeddingStore.of(settings.dataset, space)
     space.modalities()  # fails early, before anything is written, if the model cannot be found
-    with dataset.exclusive("embed"):
+    if executor is None:
+        from mmindex.embed.workers import WorkerPool
+
+        executor = WorkerPool.for_settings(settings)
+    with store.dataset.exclusive("embed"):
         store.claim()
         pending = store.pending()
-        total = len(dataset.committed_shards())
+        report = EmbedReport(space.name, store.root, len(store.dataset.committed_shards()), len(pending))
         if not pending:
-            return {"space": space.name, "pending": 0, "shards": total, "root": store.root}
-        log.info("embed: %d of %d shard(s) to embed into space %r on %s", len(pending), total, space.name,
-                 ", ".join(sorted(set(settings.devices))) + (f" x{len(settings.devices)}"
-                                                             if len(settings.devices) > 1 else ""))
+            return report
+        log.info("embed: %d of %d shard(s) to embed into space %r (%s)", len(pending), report.shards, space.name,
+                 ", ".join(f"{k} {v}" for k, v in executor.describe().items()))
         started = time.monotonic()
-        report = run_workers(store, pending, settings, on_shard=_log_shard)
-        wall = time.monotonic() - started
-        stats = _stats(report, settings, wall)
-        store.record_run(stats)
-    return {"space": space.name, "pending": len(pending), "shards": total, "root": store.root, "report": report,
-            "stats": stats}
+
+        def committed(shard: ShardSummary) -> None:
+            report.add(shard)
+            _log_shard(shard)
+
+        report.failures += executor(store, pending, committed)
+        report.wall_seconds = time.monotonic() - started
+        store.record_run(_stats(report, executor))
+    return report
 
 
-def _log_shard(summary: dict[str, Any]) -> None:
-    if "failed" in summary:
-        log.warning("embed: %s", summary["failed"])
+def _log_shard(shard: ShardSummary) -> None:
+    if shard.failed:
+        log.warning("embed: %s", shard.failed)
         return
-    embedded = ", ".join(f"{n} {m}" for m, n in sorted(summary["embedded"].items()))
-    log.info("embed: shard %s committed on %s (%s)", shard_name(summary["number"]), summary["device"],
-             embedded or "nothing to embed")
+    embedded = ", ".join(f"{n} {m}" for m, n in sorted(shard.embedded.items()))
+    log.info("embed: shard %s committed%s (%s)", shard_name(shard.number),
+             f" on {shard.device}" if shard.device else "", embedded or "nothing to embed")
 
 
-def _stats(report: RunReport, settings: WorkerSettings, wall: float) -> dict[str, Any]:
+def _stats(report: EmbedReport, executor: EmbedExecutor) -> dict[str, Any]:
+    """One run's entry in stats.json."""
     per_modality = {}
     for modality, items in sorted(report.embedded.items()):
-        seconds = report.seconds[modality]
-        per_modality[modality] = {"embedded": items, "worker_seconds": round(seconds, 3),
-                                  "per_worker_items_per_s": round(items / seconds, 2) if seconds else None}
+        rate = report.rate(modality)
+        per_modality[modality] = {"embedded": items, "worker_seconds": round(report.seconds[modality], 3),
+                                  "per_worker_items_per_s": round(rate, 2) if rate else None}
     return {
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "settings": asdict(settings),
-        "shards": report.shards,
-        "wall_seconds": round(wall, 3),
+        "settings": executor.describe(),
+        "shards": report.committed,
+        "wall_seconds": round(report.wall_seconds, 3),
         "modalities": per_modality,
         "skipped": [{"modality": m, "reason": r, "items": n} for (m, r), n in sorted(report.skipped.items())],
         "failures": report.failures,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,25 @@ class ShardEmbeddings:
             row = len(self.vectors.setdefault(modality, []))
             self.vectors[modality].append(vector)
         self.rows.append({"key": key, "modality": modality, "row": row, "skipped": skipped, "note": note})
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    """What one shard's committed embeddings hold (or why the shard failed): what executors report."""
+
+    number: int
+    embedded: dict[str, int] = field(default_factory=dict)               # modality -> items
+    skipped: dict[tuple[str, str], int] = field(default_factory=dict)    # (modality, reason) -> items
+    seconds: dict[str, float] = field(default_factory=dict)              # modality -> seconds, where measured
+    device: str | None = None
+    failed: str | None = None
+
+    @classmethod
+    def of(cls, number: int, rows: list[dict[str, Any]], **measured: Any) -> ShardSummary:
+        """From a shard's embeddings rows (key, modality, row, skipped: see EMBEDDINGS_SCHEMA)."""
+        embedded = Counter(row["modality"] for row in rows if row["row"] is not None)
+        skipped = Counter((row["modality"], row["skipped"].split(":")[0]) for row in rows if row["skipped"])
+        return cls(number, dict(embedded), dict(skipped), **measured)
 
 
 @dataclass(frozen=True)
@@ -117,6 +137,10 @@ class EmbeddingStore:
         modalities = sorted(set(table.column("modality").to_pylist()))
         vectors = {m: self.vectors(number, m) for m in modalities if storage.exists(self.vectors_path(number, m))}
         return table, vectors
+
+    def summary(self, number: int) -> ShardSummary:
+        """What a committed shard's embeddings hold."""
+        return ShardSummary.of(number, read_parquet(self.parquet_path(number)).to_pylist())
 
     def vectors(self, number: int, modality: str) -> np.ndarray:
         """A committed shard's vectors of one modality, memory-mapped where the file is local."""

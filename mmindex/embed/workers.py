@@ -15,18 +15,20 @@ import queue
 import tarfile
 import threading
 import time
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mmindex.dataset import Dataset, shard_name
 from mmindex.embed.shard import Chunk, embed_shard, prepare_chunk
-from mmindex.embed.store import EmbeddingStore
+from mmindex.embed.store import EmbeddingStore, ShardSummary
 from mmindex.encoders.base import Preparer
 from mmindex.spaces import Space
+
+if TYPE_CHECKING:
+    from mmindex.embed.run import EmbedSettings, OnShard
 
 log = logging.getLogger("mmindex")
 _preparers: dict[str, Preparer] = {}
@@ -46,30 +48,6 @@ class WorkerSettings:
             return self.threads
         cores = os.cpu_count() or 1
         return max(1, cores // len(self.devices)) if self.devices[0] == "cpu" else 2
-
-
-@dataclass
-class RunReport:
-    shards: int = 0
-    embedded: Counter = field(default_factory=Counter)          # modality -> items
-    skipped: Counter = field(default_factory=Counter)           # (modality, reason) -> items
-    seconds: Counter = field(default_factory=Counter)           # modality -> worker seconds
-    failures: list[str] = field(default_factory=list)
-    failed_shards: int = 0
-
-    @property
-    def handled(self) -> int:
-        return self.shards + self.failed_shards
-
-    def add(self, shard: dict[str, Any]) -> None:
-        if "failed" in shard:
-            self.failed_shards += 1
-            self.failures.append(shard["failed"])
-            return
-        self.shards += 1
-        self.embedded.update(shard["embedded"])
-        self.skipped.update({(m, r): n for m, r, n in shard["skipped"]})
-        self.seconds.update(shard["seconds"])
 
 
 def _child_setup() -> None:
@@ -99,13 +77,6 @@ def _prepare(chunk: Chunk) -> list[Any]:
     return prepare_chunk(chunk, _preparers)
 
 
-def _shard_summary(result, seconds: dict[str, float], device: str) -> dict[str, Any]:
-    embedded = Counter(row["modality"] for row in result.rows if row["row"] is not None)
-    skipped = Counter((row["modality"], row["skipped"].split(":")[0]) for row in result.rows if row["skipped"])
-    return {"number": result.number, "device": device, "embedded": dict(embedded), "seconds": seconds,
-            "skipped": [(m, r, n) for (m, r), n in skipped.items()]}
-
-
 def work(root: str, space: Space, device: str, settings: WorkerSettings, todo, done) -> None:
     """One worker: shard numbers from ``todo`` until a None, a summary per committed shard onto ``done``."""
     _child_setup()
@@ -125,54 +96,68 @@ def work(root: str, space: Space, device: str, settings: WorkerSettings, todo, d
                 result, seconds = embed_shard(number, store.dataset.shard_path(number), encoders, _prepare,
                                               executor, settings.batch_size, ahead=2 * max(1, settings.decode_workers))
             except (tarfile.TarError, OSError) as err:  # a damaged shard file: the other shards go on
-                done.put({"number": number, "failed": f"shard {shard_name(number)} unreadable ({err})"})
+                done.put(ShardSummary(number, failed=f"shard {shard_name(number)} unreadable ({err})"))
                 continue
             store.commit(result)
-            done.put(_shard_summary(result, seconds, device))
+            done.put(ShardSummary.of(number, result.rows, seconds=seconds, device=device))
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
 
 
-def run_workers(store: EmbeddingStore, shards: list[int], settings: WorkerSettings,
-                on_shard=lambda summary: None) -> RunReport:
-    """Embeds ``shards`` on the pool; returns what was embedded and skipped. A worker that dies is reported,
-    the others finish their shards."""
-    report = RunReport()
-    def finished(summary: dict[str, Any]) -> None:
-        report.add(summary)
-        on_shard(summary)
+class WorkerPool:
+    """The local executor of an embed run: ``settings.devices`` worker processes (one: this process)."""
 
-    if len(settings.devices) == 1:  # the same loop, in this process
-        todo: Any = queue.Queue()
-        for number in [*shards, None]:
+    def __init__(self, settings: WorkerSettings):
+        self.settings = settings
+
+    @classmethod
+    def for_settings(cls, settings: EmbedSettings) -> WorkerPool:
+        chosen = devices(settings.gpus, settings.device, settings.workers)
+        decode_workers = settings.decode_workers
+        if decode_workers is None:  # on CPU the model needs the cores; a GPU worker gets its share of them
+            decode_workers = 1 if chosen[0] == "cpu" else max(1, min(8, (os.cpu_count() or 2) // len(chosen) - 1))
+        return cls(WorkerSettings(chosen, settings.batch_size, decode_workers, settings.threads))
+
+    def describe(self) -> dict[str, Any]:
+        return asdict(self.settings)
+
+    def __call__(self, store: EmbeddingStore, pending: list[int], on_shard: OnShard) -> list[str]:
+        """Embeds ``pending`` on the pool. A worker that dies is reported; the others finish their shards."""
+        settings = self.settings
+        if len(settings.devices) == 1:  # the same loop, in this process
+            todo: Any = queue.Queue()
+            for number in [*pending, None]:
+                todo.put(number)
+            work(store.dataset.root, store.space, settings.devices[0], settings, todo, _Callback(on_shard))
+            return []
+        context = multiprocessing.get_context("spawn")
+        todo, done = context.Queue(), context.Queue()
+        for number in [*pending, *[None] * len(settings.devices)]:
             todo.put(number)
-        work(store.dataset.root, store.space, settings.devices[0], settings, todo, _Callback(finished))
-        return report
-    context = multiprocessing.get_context("spawn")
-    todo, done = context.Queue(), context.Queue()
-    for number in [*shards, *[None] * len(settings.devices)]:
-        todo.put(number)
-    workers = [context.Process(target=work, args=(store.dataset.root, store.space, device, settings, todo, done),
-                               name=f"mmindex-embed-{device}-{i}")
-               for i, device in enumerate(settings.devices)]
-    for process in workers:
-        process.start()
-    while report.handled < len(shards):
-        try:
-            summary = done.get(timeout=1.0)
-        except queue.Empty:
-            dead = [p for p in workers if p.exitcode not in (None, 0)]
-            if dead or all(p.exitcode is not None for p in workers):
-                report.failures += [f"{p.name} exited with code {p.exitcode}" for p in dead]
-                break
-            continue
-        finished(summary)
-    for process in workers:
-        process.join(timeout=5 if report.failures else None)
-        if process.is_alive():
-            process.terminate()
-    return report
+        workers = [context.Process(target=work, args=(store.dataset.root, store.space, device, settings, todo, done),
+                                   name=f"mmindex-embed-{device}-{i}")
+                   for i, device in enumerate(settings.devices)]
+        for process in workers:
+            process.start()
+        failures: list[str] = []
+        handled = 0
+        while handled < len(pending):
+            try:
+                summary = done.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p for p in workers if p.exitcode not in (None, 0)]
+                if dead or all(p.exitcode is not None for p in workers):
+                    failures += [f"{p.name} exited with code {p.exitcode}" for p in dead]
+                    break
+                continue
+            handled += 1
+            on_shard(summary)
+        for process in workers:
+            process.join(timeout=5 if failures else None)
+            if process.is_alive():
+                process.terminate()
+        return failures
 
 
 class _Callback:

@@ -26,7 +26,7 @@ Shards = list[ShardVectors]   # in id order
 
 
 @dataclass(frozen=True)
-class IndexSettings:
+class BuildSettings:
     max_memory: int = 4 * 2**30
     target_recall: float = 0.95
     index_type: str | None = None   # a FAISS factory string, overriding the choice
@@ -38,7 +38,7 @@ def add_shards(index: faiss.Index, shards: Shards) -> None:
             index.add(np.ascontiguousarray(shard.vectors[start:start + ADD_BATCH], dtype=np.float32))
 
 
-def build_index(files: IndexFiles, settings: IndexSettings, update: bool = False) -> dict[str, Any]:
+def build_index(files: IndexFiles, settings: BuildSettings, update: bool = False) -> dict[str, Any]:
     """Builds (or with ``update``, extends) the index of one modality; returns its info."""
     started = time.monotonic()
     store, modality = files.embeddings, files.modality
@@ -70,7 +70,7 @@ def build_index(files: IndexFiles, settings: IndexSettings, update: bool = False
     return info
 
 
-def _trained(shards: Shards, n: int, dim: int, settings: IndexSettings) -> tuple[faiss.Index, dict]:
+def _trained(shards: Shards, n: int, dim: int, settings: BuildSettings) -> tuple[faiss.Index, dict]:
     """A new, empty index of the chosen (or given) type, trained on a sample of all the vectors."""
     choice = choose(n, dim, settings.max_memory, settings.target_recall)
     factory = settings.index_type or choice.factory

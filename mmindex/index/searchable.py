@@ -106,3 +106,11 @@ class SearchableIndex:
             return self.index.search(queries, k)
         _, candidates = self.index.search(queries, min(k * self.rerank, self.ntotal))
         return top_k(exact_scores(self.exact, queries, candidates), candidates, k)
+
+
+def describe_search(info: dict[str, Any]) -> str:
+    """How an index is searched, from its info: 'exact', 'nprobe=8, re-rank 4x' ..."""
+    parts = [f"{k}={v}" for k, v in info["parameters"].items()]
+    if info.get("rerank"):
+        parts.append(f"re-rank {info['rerank']}x")
+    return ", ".join(parts) or "exact"

@@ -17,12 +17,13 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-from mmindex.dataset import Dataset
-from mmindex.embed.shard import Chunk, Item, prepare_chunk, shard_items
-from mmindex.embed.store import EmbeddingStore, ShardEmbeddings
+from mmindex.dataset import Dataset, shard_name
+from mmindex.embed.run import EmbedReport, EmbedSettings, OnShard, embed
+from mmindex.embed.shard import Chunk, Item, encode_robustly, prepare_chunk, shard_items
+from mmindex.embed.store import EmbeddingStore, ShardEmbeddings, ShardSummary
 from mmindex.encoders.base import Encoder
 from mmindex.media import Rejected
-from mmindex.spaces import DEFAULT_SPACE, Space, resolve_space
+from mmindex.spaces import DEFAULT_SPACE, Space
 from pipelines.options import runner_and_options
 
 log = logging.getLogger("mmindex")
@@ -51,8 +52,6 @@ class EncoderHandler(ModelHandler):
         return _encoders(self.space, self.device)[self.modality]
 
     def run_inference(self, batch: Sequence[Any], model: Encoder, inference_args=None) -> Iterable[PredictionResult]:
-        from mmindex.embed.shard import encode_robustly
-
         encoded = encode_robustly(model, list(batch))
         for i, example in enumerate(batch):
             vector = encoded.vectors[i]
@@ -125,25 +124,41 @@ def build(pipeline: beam.Pipeline, store: EmbeddingStore, pending: list[int], de
             | "Commit shard" >> beam.Map(commit_shard, store))
 
 
-def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+class BeamExecutor:
+    """Embeds the pending shards with RunInference on the runner ``beam_args`` name (default: in-process)."""
+
+    def __init__(self, beam_args: list[str], settings: EmbedSettings, test_pipeline: beam.Pipeline | None = None):
+        self.beam_args, self.settings, self.test_pipeline = beam_args, settings, test_pipeline
+
+    def describe(self) -> dict[str, Any]:
+        runner = next((a.split("=", 1)[1] for a in self.beam_args if a.startswith("--runner=")), "in-process")
+        return {"runner": runner, "device": self.settings.device, "batch_size": self.settings.batch_size}
+
+    def __call__(self, store: EmbeddingStore, pending: list[int], on_shard: OnShard) -> list[str]:
+        runner, options = runner_and_options(self.beam_args, self.settings.workers)
+        pipeline = self.test_pipeline or beam.Pipeline(runner=runner, options=options)
+        build(pipeline, store, pending, self.settings.device, self.settings.batch_size)
+        pipeline.run().wait_until_finish()
+        committed = store.committed()  # the workers wrote them: read back what each holds
+        for number in pending:
+            on_shard(store.summary(number) if number in committed else
+                     ShardSummary(number, failed=f"shard {shard_name(number)} was not committed by the pipeline"))
+        return []
+
+
+def parse_args(argv: list[str] | None) -> tuple[EmbedSettings, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.embed", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help="dataset folder made by mmindex ingest")
     parser.add_argument("--model", default=DEFAULT_SPACE, help="model space (see configs/spaces)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu", help="device on each Beam worker (cpu, cuda)")
     parser.add_argument("--workers", type=int, default=1, help="processes, with the default local runner")
     known, beam_args = parser.parse_known_args(argv)
-    store = EmbeddingStore.of(known.dataset, resolve_space(known.model))
-    dataset = store.dataset
-    store.space.modalities()  # fails early, before anything is written, if the model cannot be found
-    with dataset.exclusive("embed"):
-        store.claim()
-        pending = store.pending()
-        if pending:
-            runner, options = runner_and_options(beam_args, known.workers)
-            pipeline = test_pipeline or beam.Pipeline(runner=runner, options=options)
-            build(pipeline, store, pending, known.device, known.batch_size)
-            if test_pipeline is None:
-                pipeline.run().wait_until_finish()
-    return {"space": store.space.name, "pending": len(pending), "shards": len(dataset.committed_shards()),
-            "root": store.root}
+    return EmbedSettings(known.dataset, known.model, device=known.device, workers=known.workers,
+                         batch_size=known.batch_size), beam_args
+
+
+def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> EmbedReport:
+    """Runs the embed on Beam; returns the run's report."""
+    settings, beam_args = parse_args(argv)
+    return embed(settings, BeamExecutor(beam_args, settings, test_pipeline))

@@ -1,0 +1,140 @@
+"""What the commands print: each stage's typed report as a person reads it, and progress on stderr."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from mmindex.sizes import format_size
+
+if TYPE_CHECKING:
+    from mmindex.embed.run import EmbedReport
+    from mmindex.index.run import IndexCheck, IndexReport
+    from mmindex.ingest.run import IngestReport
+
+log = logging.getLogger("mmindex")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """mmindex's own progress on stderr; the libraries' chatter (Beam's) only with --verbose. Called before
+    Beam is imported, so that its import-time warnings stay quiet too."""
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(message)s")
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.ERROR)
+    handler = _CurrentStderr()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a line is logged (it may be replaced after setup)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def warn(message: str | None) -> None:
+    if message:
+        typer.echo(f"Warning: {message}", err=True)
+
+
+def print_ingest(report: IngestReport, dataset: str) -> None:
+    c, seconds = report.counts, report.seconds
+    if c.found == 0:
+        typer.echo("No inputs found: nothing to ingest.")
+        return
+    if not report.changed:
+        typer.echo(f"Nothing to do: all {c.found:,} inputs were already ingested or rejected "
+                   f"({c.already_present:,} of them match samples already in {dataset}).")
+        return
+    per_second = 1 / seconds if seconds else 0.0
+    typer.echo(f"Ingested {c.ingested:,} samples into {len(report.shards_added)} new shard(s) "
+               f"({format_size(c.bytes_written)}) in {seconds:.1f} s: {c.ingested * per_second:,.1f} samples/s, "
+               f"{format_size(c.bytes_written * per_second)}/s")
+    typer.echo(f"  found {c.found:,} = ingested {c.ingested:,} + rejected {c.rejected:,} "
+               f"+ duplicates {c.duplicates:,} ({c.duplicates_in_run:,} within this run, "
+               f"{c.already_present:,} already in the dataset)")
+    for reason, count in c.rejected_by_reason.items():
+        typer.echo(f"  rejected {count:>7,}  {reason}")
+    if report.rejects_file:
+        typer.echo(f"  reasons per input: {report.rejects_file}")
+
+
+def print_embed(report: EmbedReport) -> None:
+    if not report.pending:
+        typer.echo(f"Nothing to do: all {report.shards:,} shard(s) already have embeddings in space "
+                   f"{report.space!r} ({report.root}).")
+        return
+    typer.echo(f"Embedded {report.committed:,} of {report.pending:,} pending shard(s) into space {report.space!r} "
+               f"in {report.wall_seconds:.1f} s -> {report.root}")
+    for modality, items in sorted(report.embedded.items()):
+        rate = report.rate(modality)
+        typer.echo(f"  {modality:<6}{items:>9,} embedded" + (f"  ({rate:,.1f}/s per worker)" if rate else ""))
+    for (modality, reason), items in sorted(report.skipped.items()):
+        typer.echo(f"  {modality:<6}{items:>9,} skipped: {reason}")
+    for failure in report.failures:
+        typer.echo(f"  failed: {failure}", err=True)
+    if report.failures:
+        typer.echo("  Shards that failed are not committed: run the same command again to finish them.", err=True)
+
+
+def print_index(report: IndexReport) -> None:
+    for built in report.indexes:
+        if built.up_to_date:
+            typer.echo(f"{built.modality:<6} {built.vectors:>10,} vectors  up to date  -> {built.root}")
+            continue
+        typer.echo(f"{built.modality:<6} {built.vectors:>10,} vectors  {built.type:<18} {built.search:<22} "
+                   f"recall@10 {built.recall_at_10:.3f}  {format_size(built.bytes)}  {built.build_seconds:.1f} s  "
+                   f"-> {built.root}")
+        if not built.target_met:
+            warn(f"the {built.modality} index reaches recall@10 {built.recall_at_10:.3f}, below the target "
+                 f"{report.target_recall}, even searched as deep as it goes: raise --max-memory (larger codes) or "
+                 f"choose another --index-type")
+    warn(report.not_embedded)
+
+
+def print_check(check: IndexCheck) -> None:
+    for built in check.checked:
+        typer.echo(f"{built.modality:<6} ok: {built.vectors:,} vectors agree with the embeddings and samples")
+
+
+def print_results(hits: list[dict[str, Any]]) -> None:
+    if not hits:
+        typer.echo("No results.")
+        return
+    typer.echo(f"{'rank':>4}  {'score':>6}  {'modality':<8}  {'caption':<50}  source")
+    for hit in hits:
+        caption = " ".join((hit.get("caption") or "").split())
+        caption = caption if len(caption) <= 50 else caption[:49] + "…"
+        typer.echo(f"{hit['rank']:>4}  {hit['score']:>6.3f}  {hit['modality']:<8}  {caption:<50}  {hit.get('source')}")
+
+
+def print_eval(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        typer.echo("No pairs to evaluate: no sample has a caption and a vector in two modalities.")
+        return
+    typer.echo(f"{'query -> target':<20}{'search':<22}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'median':>8}{'queries':>9}")
+    for row in rows:
+        for kind in ("exact", "index"):
+            if kind in row:
+                m = row[kind]
+                label = "exact" if kind == "exact" else f"index {row['index_type']}"
+                median = f"{m['median_rank']:.0f}" if m["median_rank"] is not None else "-"
+                typer.echo(f"{row['query'] + ' -> ' + row['target']:<20}{label:<22}{m['recall@1']:>7.3f}"
+                           f"{m['recall@5']:>7.3f}{m['recall@10']:>7.3f}{median:>8}{m['queries']:>9}")
+
+
+def print_samples(dataset: str, rows: list[dict[str, Any]], metadata: dict[str, Any]) -> None:
+    """A glance at an ingested dataset: counts, then a few samples."""
+    counts = metadata["counts"]
+    typer.echo(f"\nDataset {dataset}: {counts['samples']:,} samples in {len(metadata['shards'])} shard(s); "
+               + ", ".join(f"{n} with {m}" for m, n in counts["modalities"].items()))
+    typer.echo(f"{'key':<22}{'modalities':<16}caption")
+    for row in sorted(rows, key=lambda r: r["source"])[::max(1, len(rows) // 8)]:
+        caption = (row["caption"] or "").strip().replace("\n", " ")
+        typer.echo(f"{row['key']:<22}{'+'.join(row['modalities']):<16}{caption[:60]}")

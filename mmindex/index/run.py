@@ -1,0 +1,100 @@
+"""One ``mmindex index`` run: build (or update, or check) the index of every modality a space embedded.
+
+The driver holds the dataset's lock while it builds, skips an index an ``--update`` finds up to date, and
+returns a typed report; build.py does the work for one modality.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmindex.embed.store import EmbeddingStore
+from mmindex.index.build import BuildSettings, build_index
+from mmindex.index.searchable import describe_search
+from mmindex.index.store import IndexFiles, not_embedded
+from mmindex.index.vectors import counts
+from mmindex.spaces import DEFAULT_SPACE, resolve_space
+
+log = logging.getLogger("mmindex")
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    dataset: str
+    model: str = DEFAULT_SPACE
+    build: BuildSettings = field(default_factory=BuildSettings)
+    update: bool = False   # add newly embedded shards without retraining
+
+
+@dataclass(frozen=True)
+class BuiltIndex:
+    """One modality's index as its info.json records it."""
+
+    modality: str
+    root: str
+    vectors: int
+    type: str
+    search: str              # how it is searched: 'exact', 'nprobe=8, re-rank 4x' ...
+    recall_at_10: float
+    bytes: int
+    build_seconds: float
+    target_met: bool
+    up_to_date: bool = False  # an --update found nothing new: nothing was built
+
+    @classmethod
+    def of(cls, files: IndexFiles, info: dict[str, Any], up_to_date: bool = False) -> BuiltIndex:
+        return cls(files.modality, files.root, info["vectors"], info["type"], describe_search(info),
+                   info["recall_at_10"], info["bytes"], info["build_seconds"], info.get("target_met", True),
+                   up_to_date)
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    space: str
+    target_recall: float
+    indexes: list[BuiltIndex]
+    not_embedded: str | None   # what to run when ingested shards have no embeddings yet
+
+
+def build_indexes(settings: IndexSettings) -> IndexReport:
+    """Builds, or with ``update`` extends, the index of every modality with vectors in the space."""
+    store = EmbeddingStore.of(settings.dataset, resolve_space(settings.model))
+    built = []
+    with store.dataset.exclusive("index"):
+        for modality in store.space.modalities():
+            files = IndexFiles(store, modality)
+            embedded = counts(store, modality)
+            if not embedded:
+                continue
+            previous = files.info() if settings.update and files.exists() else None
+            if previous is not None and previous["shards"] == embedded:
+                built.append(BuiltIndex.of(files, previous, up_to_date=True))
+                continue
+            built.append(BuiltIndex.of(files, build_index(files, settings.build, update=settings.update)))
+    if not built:
+        raise FileNotFoundError(f"no vectors in space {store.space.name!r}: run `mmindex embed {settings.dataset} "
+                                f"--model {settings.model}` first")
+    return IndexReport(store.space.name, settings.build.target_recall, built, not_embedded(store))
+
+
+@dataclass(frozen=True)
+class IndexCheck:
+    checked: list[BuiltIndex]   # every index agrees with the embeddings and the samples
+    not_embedded: str | None    # but ingested shards have no embeddings yet: what to run
+
+
+def check_indexes(settings: IndexSettings) -> IndexCheck:
+    """Checks every built index, id by id, against the embeddings and the samples; raises IndexStale (saying
+    what to run) at the first disagreement."""
+    store = EmbeddingStore.of(settings.dataset, resolve_space(settings.model))
+    built = [files for files in (IndexFiles(store, m) for m in store.space.modalities()) if files.exists()]
+    if not built:
+        raise FileNotFoundError(f"no index built for space {store.space.name!r}: run `mmindex index "
+                                f"{settings.dataset}`")
+    checked = []
+    for files in built:
+        files.check(keys=True)
+        checked.append(BuiltIndex.of(files, files.info()))
+    return IndexCheck(checked, not_embedded(store))
