@@ -34,11 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import real_data
 from mmindex.dataset import Dataset
 from mmindex.demo import CORPUS
-from mmindex.embed.run import embed_dataset
+from mmindex.embed.run import EmbedSettings, embed
 from mmindex.embed.shard import Chunk, prepare_chunk, shard_items
-from mmindex.embed.workers import WorkerSettings
+from mmindex.ingest.run import IngestSettings, ingest
 from mmindex.spaces import resolve_space
-from pipelines.ingest.pipeline import run as ingest
 
 
 def build_corpus(root: Path, images: int) -> None:
@@ -90,26 +89,24 @@ def main() -> None:
     if not corpus.exists():
         build_corpus(corpus, args.images)
     if not dataset.exists():
-        ingest([f"--source={corpus}", f"--dataset={dataset}", "--shard-size=100000"])
+        ingest(IngestSettings((str(corpus),), str(dataset), shard_size="100000"))
     shutil.rmtree(dataset / "embeddings", ignore_errors=True)
     space = resolve_space(args.model)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"batch {args.batch_size}, space {space.name}")
 
-    result = embed_dataset(str(dataset), space, WorkerSettings([args.device], args.batch_size,
-                                                                args.decode_workers))
-    stats = result["stats"]
+    report = embed(EmbedSettings(str(dataset), args.model, device=args.device, batch_size=args.batch_size,
+                                 decode_workers=args.decode_workers))
     encoders = space.load(args.device)
     path = Dataset(str(dataset)).shard_path(0)
     print("\n| modality | items | raw forward items/s | `mmindex embed` items/s | embed / raw |")
     print("|---|---:|---:|---:|---:|")
-    for modality, figures in stats["modalities"].items():
+    for modality, embedded in sorted(report.embedded.items()):
         items, seconds = raw_rate(encoders[modality], path, modality, args.batch_size)
-        raw = items / seconds
-        embed = figures["embedded"] / figures["worker_seconds"]
-        print(f"| {modality} | {figures['embedded']:,} | {raw:,.1f} | {embed:,.1f} | {embed / raw:.2f} |")
-    print(f"\nwhole run: {stats['wall_seconds']:.1f} s wall (including loading the models)")
-    print(json.dumps(stats["skipped"]))
+        raw, rate = items / seconds, report.rate(modality) or 0.0
+        print(f"| {modality} | {embedded:,} | {raw:,.1f} | {rate:,.1f} | {rate / raw:.2f} |")
+    print(f"\nwhole run: {report.wall_seconds:.1f} s wall (including loading the models)")
+    print(json.dumps({f"{m}: {r}": n for (m, r), n in report.skipped.items()}))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The ``mmindex`` command: parse options into a stage's typed settings, run the stage, print its report.
 
 Stages live in mmindex/<stage>/ and print nothing; console.py prints their reports. Every command fails the
-same way: an error the user can act on is one line on stderr and exit status 2 (see ``_errors``).
+same way: an error the user can act on is one line on stderr and exit status 2 (see ``errors``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,6 +18,10 @@ from mmindex import console
 from mmindex.ingest.plan import DEFAULT_SHARD_SIZE
 from mmindex.media import Limits
 from mmindex.sizes import HELP as SIZES
+
+if TYPE_CHECKING:
+    from mmindex.embed.run import EmbedSettings
+    from mmindex.ingest.run import IngestSettings
 
 app = typer.Typer(help="Make a multimodal corpus (images, audio, text) searchable across modalities.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -37,11 +41,13 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show the librari
 
 
 @contextlib.contextmanager
-def _errors() -> Iterator[None]:
+def errors() -> Iterator[None]:
     """The one error path: a failure the user can act on (a missing file, a bad value, a busy dataset, a model
     that is not there) is one line that says what to do, and exit status 2."""
     try:
         yield
+    except typer.Exit:  # a RuntimeError, but a deliberate exit status
+        raise
     except (OSError, ValueError, RuntimeError, MemoryError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(2) from None
@@ -53,6 +59,38 @@ def _split(arguments: list[str], profile: str | None) -> tuple[list[str], list[s
 
     options = [a for a in arguments if a.startswith("--")]
     return [a for a in arguments if not a.startswith("--")], (profile_args(profile) if profile else []) + options
+
+
+def parse(command: str, argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """argv read as `mmindex COMMAND` reads it: its options and the arguments left over. The pipelines' own
+    ``run(argv)`` use this too, so every option is declared once, here."""
+    click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    context = click_command.make_context(command, list(argv))
+    return context.params, context.args
+
+
+def ingest_settings(options: dict[str, Any]) -> tuple[IngestSettings, list[str]]:
+    """`mmindex ingest`'s options as settings, and the Beam options (which run the job on Beam)."""
+    from mmindex.ingest.discover import ManifestColumns
+    from mmindex.ingest.run import IngestSettings
+
+    paths, beam_args = _split(options["sources"], options["profile"])
+    limits = Limits(*(options[name] for name in ("max_file_bytes", "max_image_pixels", "max_text_bytes",
+                                                 "max_audio_seconds")))
+    columns = ManifestColumns.choose(options["image_column"], options["audio_column"], options["caption_column"])
+    return IngestSettings(tuple(paths), options["out"], options["shard_size"], options["workers"], limits,
+                          columns), beam_args
+
+
+def embed_settings(options: dict[str, Any], extra: list[str]) -> tuple[EmbedSettings, list[str]]:
+    """`mmindex embed`'s options as settings, and the Beam options (which run the encoders on Beam)."""
+    from mmindex.embed.run import EmbedSettings
+
+    unexpected, beam_args = _split(extra, options["profile"])
+    if unexpected:
+        raise typer.BadParameter(f"unexpected arguments: {' '.join(unexpected)}")
+    names = ("dataset", "model", "gpus", "device", "workers", "batch_size", "decode_workers", "threads")
+    return EmbedSettings(*(options[name] for name in names)), beam_args
 
 
 def _version(value: bool) -> None:
@@ -71,6 +109,7 @@ def _options(version: Annotated[bool, typer.Option("--version", help="Print mmin
 
 @app.command(context_settings=EXTRA_ARGS)
 def ingest(
+    ctx: typer.Context,
     sources: Annotated[list[str], typer.Argument(help=SOURCES_HELP, show_default=False)],
     out: Annotated[str, typer.Option("--out", "-o", help="Dataset folder to create, or to add new samples to.")],
     shard_size: Annotated[str, typer.Option(help=f"Samples and/or bytes per shard: 10000, 512MB or 10000,1GB "
@@ -95,16 +134,11 @@ def ingest(
     Bad or hostile inputs never stop the run: each lands in the rejects parquet with a reason. Running
     the same ingest again does nothing; new inputs go into new shards, finished shards are never touched.
     """
-    from mmindex.ingest.discover import ManifestColumns
-    from mmindex.ingest.run import IngestSettings
     from mmindex.ingest.run import ingest as run
 
     console.setup_logging(verbose)
-    with _errors():
-        paths, beam_args = _split(sources, profile)
-        settings = IngestSettings(tuple(paths), out, shard_size, workers,
-                                  Limits(max_file_bytes, max_image_pixels, max_text_bytes, max_audio_seconds),
-                                  ManifestColumns.choose(image_column, audio_column, caption_column))
+    with errors():
+        settings, beam_args = ingest_settings(ctx.params)
         if beam_args:
             from pipelines.ingest.pipeline import BeamExecutor
 
@@ -141,15 +175,11 @@ def embed(
     --runner=FlinkRunner) or --profile run the same encoders in a Beam RunInference pipeline instead of the
     local worker pool.
     """
-    from mmindex.embed.run import EmbedSettings
     from mmindex.embed.run import embed as run
 
     console.setup_logging(verbose)
-    with _errors():
-        unexpected, beam_args = _split(ctx.args, profile)
-        if unexpected:
-            raise typer.BadParameter(f"unexpected arguments: {' '.join(unexpected)}")
-        settings = EmbedSettings(dataset, model, gpus, device, workers, batch_size, decode_workers, threads)
+    with errors():
+        settings, beam_args = embed_settings(ctx.params, ctx.args)
         executor = None
         if beam_args:
             from pipelines.embed.pipeline import BeamExecutor
@@ -189,7 +219,7 @@ def index(
     from mmindex.sizes import parse_size
 
     console.setup_logging()
-    with _errors():
+    with errors():
         build = BuildSettings(parse_size(max_memory), target_recall, index_type)
         settings = IndexSettings(dataset, model, build, update)
         if not check:
@@ -231,7 +261,7 @@ def search(
         raise typer.BadParameter("choose image, audio, text or all", param_hint="--modality")
     console.setup_logging()
     failed = 0
-    with _errors():
+    with errors():
         weights = parse_weights(weight or [])
         batch = read_queries(queries, weights) if queries else [Query(query, image, audio, weights)]
         if not queries:
@@ -266,7 +296,7 @@ def evaluate(
     from mmindex.spaces import resolve_space
 
     console.setup_logging()
-    with _errors():
+    with errors():
         rows = run(EmbeddingStore.of(dataset, resolve_space(model)))
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -281,7 +311,7 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Where to build t
     from mmindex.demo.run import run_demo
 
     console.setup_logging()
-    with _errors():
+    with errors():
         run_demo(out)
 
 

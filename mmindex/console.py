@@ -103,30 +103,31 @@ def print_check(check: IndexCheck) -> None:
         typer.echo(f"{built.modality:<6} ok: {built.vectors:,} vectors agree with the embeddings and samples")
 
 
+def _table(header: str, lines: list[str], empty: str) -> None:
+    typer.echo("\n".join([header, *lines]) if lines else empty)
+
+
 def print_results(hits: list[dict[str, Any]]) -> None:
-    if not hits:
-        typer.echo("No results.")
-        return
-    typer.echo(f"{'rank':>4}  {'score':>6}  {'modality':<8}  {'caption':<50}  source")
-    for hit in hits:
+    def line(hit: dict[str, Any]) -> str:
         caption = " ".join((hit.get("caption") or "").split())
         caption = caption if len(caption) <= 50 else caption[:49] + "…"
-        typer.echo(f"{hit['rank']:>4}  {hit['score']:>6.3f}  {hit['modality']:<8}  {caption:<50}  {hit.get('source')}")
+        return f"{hit['rank']:>4}  {hit['score']:>6.3f}  {hit['modality']:<8}  {caption:<50}  {hit.get('source')}"
+
+    _table(f"{'rank':>4}  {'score':>6}  {'modality':<8}  {'caption':<50}  source", [line(h) for h in hits],
+           "No results.")
 
 
 def print_eval(rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        typer.echo("No pairs to evaluate: no sample has a caption and a vector in two modalities.")
-        return
-    typer.echo(f"{'query -> target':<20}{'search':<22}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'median':>8}{'queries':>9}")
-    for row in rows:
-        for kind in ("exact", "index"):
-            if kind in row:
-                m = row[kind]
-                label = "exact" if kind == "exact" else f"index {row['index_type']}"
-                median = f"{m['median_rank']:.0f}" if m["median_rank"] is not None else "-"
-                typer.echo(f"{row['query'] + ' -> ' + row['target']:<20}{label:<22}{m['recall@1']:>7.3f}"
-                           f"{m['recall@5']:>7.3f}{m['recall@10']:>7.3f}{median:>8}{m['queries']:>9}")
+    def line(row: dict[str, Any], kind: str) -> str:
+        m = row[kind]
+        label = "exact" if kind == "exact" else f"index {row['index_type']}"
+        median = f"{m['median_rank']:.0f}" if m["median_rank"] is not None else "-"
+        return (f"{row['query'] + ' -> ' + row['target']:<20}{label:<22}{m['recall@1']:>7.3f}"
+                f"{m['recall@5']:>7.3f}{m['recall@10']:>7.3f}{median:>8}{m['queries']:>9}")
+
+    _table(f"{'query -> target':<20}{'search':<22}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'median':>8}{'queries':>9}",
+           [line(row, kind) for row in rows for kind in ("exact", "index") if kind in row],
+           "No pairs to evaluate: no sample has a caption and a vector in two modalities.")
 
 
 def print_samples(dataset: str, rows: list[dict[str, Any]], metadata: dict[str, Any]) -> None:

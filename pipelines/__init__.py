@@ -1,1 +1,1 @@
-"""Apache Beam pipelines of mmindex; they run on any Beam runner (in-process, Flink, Spark, Dataflow)."""
+"""Apache Beam wiring of mmindex's ingest and embed, over functions from mmindex/; any Beam runner runs them."""

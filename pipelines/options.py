@@ -7,9 +7,15 @@ never tries to download a runner binary. ``workers`` > 1 uses that many processe
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -55,3 +61,22 @@ def profile_args(profile: str) -> list[str]:
         return value
 
     return [f"--{name}={_VARIABLE.sub(expand, str(value))}" for name, value in options.items()]
+
+
+def main(run: Callable[[], Any]) -> None:
+    """``python -m pipelines.<stage>``: runs the stage on Beam and prints its report as JSON. Usage errors,
+    --help and failures the user can act on come out as the mmindex command shows them."""
+    import typer
+
+    from mmindex.cli import errors
+
+    logging.basicConfig(level=logging.INFO)
+    try:
+        with errors():
+            report = run()
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.TyperException as usage:  # the command's own usage errors
+        usage.show()  # type: ignore[attr-defined]
+        sys.exit(usage.exit_code)  # type: ignore[attr-defined]
+    print(json.dumps(asdict(report), indent=2, default=str))

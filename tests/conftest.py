@@ -14,10 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
+from mmindex.cli import ingest_settings, parse
 from mmindex.demo import CORPUS
 from mmindex.ingest.run import IngestReport
 from mmindex.ingest.run import ingest as run_ingest
-from pipelines.ingest.pipeline import BeamExecutor, parse_args
+from pipelines.ingest.pipeline import BeamExecutor
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def corpus(tmp_path: Path) -> Path:
 
 def ingest(*sources: Path | str, dataset: Path | str, extra: tuple[str, ...] = (), beam: bool = False) -> IngestReport:
     """Ingests as `mmindex ingest` does: the local executor, or Beam when ``beam`` or a Beam option is given."""
-    settings, beam_args = parse_args([f"--source={s}" for s in sources] + [f"--dataset={dataset}", *extra])
+    settings, beam_args = ingest_settings(parse("ingest", [*map(str, sources), "--out", str(dataset), *extra])[0])
     return run_ingest(settings, BeamExecutor(beam_args) if beam or beam_args else None)
 
 

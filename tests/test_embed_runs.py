@@ -117,7 +117,7 @@ def test_the_beam_pipeline_gives_the_worker_pools_vectors(demo_dataset, tiny_cli
     pool = copy_dataset(demo_dataset, tmp_path / "pool")
     embed(pool, str(tiny_clip))
     beam = copy_dataset(demo_dataset, tmp_path / "beam")
-    result = run_beam_embed([f"--dataset={beam}", f"--model={tiny_clip}", "--batch-size=8"])
+    result = run_beam_embed([str(beam), f"--model={tiny_clip}", "--batch-size=8"])
     assert result.pending == 6
     ours, theirs = embeddings(beam, "tiny-clip"), embeddings(pool, "tiny-clip")
     assert sorted(ours) == sorted(theirs)
@@ -128,7 +128,7 @@ def test_the_beam_pipeline_gives_the_worker_pools_vectors(demo_dataset, tiny_cli
             a = np.load(beam / "embeddings" / "tiny-clip" / name).astype(np.float32)
             b = np.load(pool / "embeddings" / "tiny-clip" / name).astype(np.float32)
             np.testing.assert_allclose(a, b, atol=2e-3)
-    assert run_beam_embed([f"--dataset={beam}", f"--model={tiny_clip}"]).pending == 0
+    assert run_beam_embed([str(beam), f"--model={tiny_clip}"]).pending == 0
 
 
 def test_audio_and_text_spaces_embed_every_clip(demo_dataset, tiny_clap, tmp_path):

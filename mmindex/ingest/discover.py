@@ -126,11 +126,12 @@ def group_by_stem(files: Iterable[tuple[str, int]]) -> Iterator[Candidate]:
     """Files that share a folder and a stem (``cat.jpg``, ``cat.txt``) form one candidate."""
     groups: dict[str, list[Member]] = defaultdict(list)
     for path, size in files:
-        stem, ext = _split_stem(posixpath.basename(path))
+        name = path[path.rfind("/") + 1:]
+        stem, ext = _split_stem(name)
         if modality_of(ext) is None:
             yield Candidate(source=path, problem=unsupported_reason(ext))
         else:
-            groups[posixpath.join(posixpath.dirname(path), stem)].append(Member(ext=ext.lower(), path=path, size=size))
+            groups[path[: len(path) - len(name)] + stem].append(Member(ext=ext.lower(), path=path, size=size))
     for stem_path in sorted(groups):
         members = tuple(sorted(groups[stem_path], key=lambda m: m.ext))
         yield Candidate(source=describe(stem_path, members), members=members)
@@ -149,45 +150,55 @@ def _inside(path: str, root: str) -> bool:
 
 
 def walk_local_tree(root: str) -> Iterator[Candidate]:
-    """Walks a local folder without following symlinked folders; refuses links that leave the root."""
+    """Walks a local folder, files before subfolders and each in name order, without following symlinked
+    folders; refuses links that leave the root. One directory listing and one stat per file."""
     real_root = os.path.realpath(root)
-    for folder, subfolders, names in os.walk(root):
+    folders = [root]
+    while folders:
+        folder = folders.pop()
         if _is_dataset(folder):  # e.g. --out inside the corpus: its shards are not new inputs
             log.info("ingest: not reading %s: it is an mmindex dataset (give its shards as tars instead)", folder)
-            subfolders.clear()
             continue
-        subfolders.sort()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as err:
+            yield Candidate(source=folder, problem=("unreadable folder", err.strerror or str(err)))
+            continue
         files: list[tuple[str, int]] = []
-        for name in sorted(names + [d for d in subfolders if os.path.islink(os.path.join(folder, d))]):
-            path = os.path.join(folder, name)
-            problem = _local_file_problem(path, real_root)
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                continue
+            problem, size = _local_file_problem(entry, real_root)
             if problem:
-                yield Candidate(source=path, problem=problem)
+                yield Candidate(source=entry.path, problem=problem)
             else:
-                files.append((path, os.stat(path).st_size))
+                files.append((entry.path, size))
         yield from group_by_stem(files)
+        folders += reversed([e.path for e in entries if e.is_dir(follow_symlinks=False)])
 
 
 def _is_dataset(folder: str) -> bool:
     return os.path.exists(os.path.join(folder, "mmindex.json")) or os.path.exists(os.path.join(folder, ".lock"))
 
 
-def _local_file_problem(path: str, real_root: str) -> tuple[str, str] | None:
-    if os.path.islink(path):
-        target = os.path.realpath(path)
+def _local_file_problem(entry: os.DirEntry, real_root: str) -> tuple[tuple[str, str] | None, int]:
+    """Why a folder entry cannot be read (or None), and its size."""
+    if entry.is_symlink():
+        target = os.path.realpath(entry.path)
         if not _inside(target, real_root):
-            return "symlink leaves the source", f"points to {target}, outside {real_root}"
+            return ("symlink leaves the source", f"points to {target}, outside {real_root}"), 0
         if not os.path.exists(target):
-            return "broken symlink", f"points to {target}, which does not exist"
+            return ("broken symlink", f"points to {target}, which does not exist"), 0
         if os.path.isdir(target):
-            return "symlinked folder", "symlinked folders are not followed (they could loop or repeat samples)"
+            return ("symlinked folder", "symlinked folders are not followed (they could loop or repeat samples)"), 0
     try:
-        mode = os.stat(path).st_mode
+        status = entry.stat()
     except OSError as err:
-        return "unreadable file", err.strerror or str(err)
-    if not stat.S_ISREG(mode):
-        return "not a regular file", "devices, sockets and pipes are never read"
-    return None
+        return ("unreadable file", err.strerror or str(err)), 0
+    if not stat.S_ISREG(status.st_mode):
+        return ("not a regular file", "devices, sockets and pipes are never read"), 0
+    return None, status.st_size
 
 
 # --- manifests ----------------------------------------------------------------------------------------

@@ -1,1 +1,1 @@
-"""The embed pipeline: the same encoders as `mmindex embed`, inside Beam RunInference, for clusters."""
+"""The embed job on Beam: the encoders of mmindex.embed inside RunInference, for clusters (see pipeline.py)."""

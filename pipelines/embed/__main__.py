@@ -1,4 +1,4 @@
 from pipelines.embed.pipeline import run
+from pipelines.options import main
 
-if __name__ == "__main__":
-    run()
+main(run)

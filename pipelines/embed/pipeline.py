@@ -1,6 +1,6 @@
 """Embedding a dataset with Apache Beam: RunInference runs the space's encoders on any runner.
 
-    python -m pipelines.embed --dataset DATASET --model offline [--batch-size 64] [--device cpu] [Beam options]
+    python -m pipelines.embed DATASET [--model offline] [--batch-size 64] [--device cpu] [Beam options]
 
 Same encoders, same preparation and the same per-shard commits as the local worker pool (mmindex.embed),
 so a dataset can be embedded partly on a laptop and partly on a cluster. Each worker loads the space once;
@@ -9,8 +9,8 @@ shards already committed are skipped.
 
 from __future__ import annotations
 
-import argparse
 import logging
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -23,7 +23,7 @@ from mmindex.embed.shard import Chunk, Item, encode_robustly, prepare_chunk, sha
 from mmindex.embed.store import EmbeddingStore, ShardEmbeddings, ShardSummary
 from mmindex.encoders.base import Encoder
 from mmindex.media import Rejected
-from mmindex.spaces import DEFAULT_SPACE, Space
+from mmindex.spaces import Space
 from pipelines.options import runner_and_options
 
 log = logging.getLogger("mmindex")
@@ -146,19 +146,9 @@ class BeamExecutor:
         return []
 
 
-def parse_args(argv: list[str] | None) -> tuple[EmbedSettings, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.embed", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, help="dataset folder made by mmindex ingest")
-    parser.add_argument("--model", default=DEFAULT_SPACE, help="model space (see configs/spaces)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cpu", help="device on each Beam worker (cpu, cuda)")
-    parser.add_argument("--workers", type=int, default=1, help="processes, with the default local runner")
-    known, beam_args = parser.parse_known_args(argv)
-    return EmbedSettings(known.dataset, known.model, device=known.device, workers=known.workers,
-                         batch_size=known.batch_size), beam_args
-
-
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> EmbedReport:
-    """Runs the embed on Beam; returns the run's report."""
-    settings, beam_args = parse_args(argv)
+    """Runs the embed on Beam; argv as `mmindex embed` takes it. Returns the run's report."""
+    from mmindex.cli import embed_settings, parse
+
+    settings, beam_args = embed_settings(*parse("embed", sys.argv[1:] if argv is None else argv))
     return embed(settings, BeamExecutor(beam_args, settings, test_pipeline))

@@ -1,1 +1,1 @@
-"""The ingest pipeline: raw multimodal corpora to webdataset shards (see pipeline.py)."""
+"""The ingest job on Beam: the steps of mmindex.ingest wired as a pipeline (see pipeline.py)."""

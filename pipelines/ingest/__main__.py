@@ -1,8 +1,4 @@
-import json
-import logging
-from dataclasses import asdict
-
 from pipelines.ingest.pipeline import run
+from pipelines.options import main
 
-logging.basicConfig(level=logging.INFO)
-print(json.dumps(asdict(run()), indent=2))
+main(run)

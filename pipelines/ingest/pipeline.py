@@ -5,7 +5,7 @@
 
 Run it through ``mmindex ingest --runner=...`` (or ``--profile``), or directly on any Beam runner:
 
-    python -m pipelines.ingest --source DIR --dataset OUT [--runner FlinkRunner --flink_master=...]
+    python -m pipelines.ingest SRC... --out DATASET [--runner=FlinkRunner --flink_master=...]
 
 The driver (mmindex.ingest.run) locks the dataset, writes the rejects and records the run; this pipeline only
 writes shards. Its workers share nothing with the driver but the dataset's storage, so the outcome comes
@@ -14,8 +14,8 @@ back as a small file in the dataset's scratch area.
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 from dataclasses import asdict
 from typing import Any
 
@@ -24,10 +24,10 @@ from apache_beam.pvalue import AsList, AsSingleton, TaggedOutput
 
 from mmindex import storage
 from mmindex.dataset import read_parquet
-from mmindex.ingest.discover import ManifestColumns, discover_batches
-from mmindex.ingest.plan import DEFAULT_SHARD_SIZE, choose_winner, plan_winners
+from mmindex.ingest.discover import discover_batches
+from mmindex.ingest.plan import choose_winner, plan_winners
 from mmindex.ingest.records import IngestOutcome, Reject, SampleRecord, ShardWritten
-from mmindex.ingest.run import IngestJob, IngestReport, IngestSettings, ingest
+from mmindex.ingest.run import IngestJob, IngestReport, ingest
 from mmindex.ingest.validate import check
 from mmindex.ingest.write import write_shard
 from mmindex.media import Limits
@@ -133,23 +133,9 @@ class BeamExecutor:
         return read_outcome(outcome_path)
 
 
-def parse_args(argv: list[str] | None) -> tuple[IngestSettings, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.ingest", description=__doc__.splitlines()[0])
-    parser.add_argument("--source", action="append", required=True, help="folder, manifest, tar or tar glob")
-    parser.add_argument("--dataset", required=True, help="dataset folder to create or add to")
-    parser.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE, help="samples and/or bytes per shard")
-    parser.add_argument("--workers", type=int, default=1, help="processes on this machine (default runner)")
-    for name, default in vars(Limits()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    for column in ("image", "audio", "caption"):
-        parser.add_argument(f"--{column}-column", help=f"manifest column with the {column}")
-    args, beam_args = parser.parse_known_args(argv)
-    columns = ManifestColumns.choose(args.image_column, args.audio_column, args.caption_column)
-    limits = Limits(**{name: getattr(args, name) for name in vars(Limits())})
-    return IngestSettings(tuple(args.source), args.dataset, args.shard_size, args.workers, limits, columns), beam_args
-
-
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> IngestReport:
-    """Runs the ingest on Beam; returns the run's report (counts, rejects by reason, shards added)."""
-    settings, beam_args = parse_args(argv)
+    """Runs the ingest on Beam; argv as `mmindex ingest` takes it. Returns the run's report."""
+    from mmindex.cli import ingest_settings, parse
+
+    settings, beam_args = ingest_settings(parse("ingest", sys.argv[1:] if argv is None else argv)[0])
     return ingest(settings, BeamExecutor(beam_args, test_pipeline))
