@@ -14,7 +14,8 @@ as FLAC), CC0 animal sounds, and WordNet glosses as text samples. Then, on a war
               atomic commits) with 1 and 2 worker processes
     beam      the same job on the Beam executor, Beam's in-process runner
 
-and prints samples/s, MB/s and each run's ratio to the baseline's throughput.
+in --rounds interleaved rounds, and prints each run's median: samples/s, MB/s and its ratio to the
+baseline's throughput.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--beam-workers", type=int, nargs="*", default=[1],
                         help="also time the Beam executor on Beam's in-process runner")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each; medians are reported")
     args = parser.parse_args()
 
     root = args.workdir / f"corpus-{args.samples}"
@@ -141,33 +143,42 @@ def main() -> None:
     files, nbytes = warm_read(root)
     print(f"corpus: {files:,} files, {nbytes / 1e6:,.1f} MB; machine: {os.cpu_count()} cores")
 
-    results: list[tuple[str, int, float]] = []
+    runs = ["baseline", "checks only", *(f"mmindex --workers {w}" for w in args.workers),
+            *(f"beam --workers {w}" for w in args.beam_workers)]
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    counts: dict[str, int] = {}
     scratch = Path(tempfile.mkdtemp(prefix="mmindex-bench-"))
     try:
-        runs = ["baseline", "checks only", *(f"mmindex --workers {w}" for w in args.workers),
-                *(f"beam --workers {w}" for w in args.beam_workers), "baseline (again)"]
-        for name in runs:
-            out = scratch / name.replace(" ", "_")
-            started = time.perf_counter()
-            if name.startswith("baseline"):
-                count = baseline(root, out)
-            elif name == "checks only":
-                count = checks_only(root)
-                out.mkdir()
-            else:
-                settings = IngestSettings((str(root),), str(out), workers=int(name.split()[-1]))
-                count = ingest(settings, BeamExecutor([]) if name.startswith("beam") else None).counts.ingested
-            results.append((name, count, time.perf_counter() - started))
-            shutil.rmtree(out)
+        for round_number in range(args.rounds):  # interleaved, so that a noisy minute hits every run alike
+            for name in runs:
+                out = scratch / name.replace(" ", "_")
+                started = time.perf_counter()
+                counts[name] = run_once(name, root, out)
+                seconds[name].append(time.perf_counter() - started)
+                shutil.rmtree(out, ignore_errors=True)
+            print(f"round {round_number + 1}: " + ", ".join(f"{n} {s[-1]:.2f} s" for n, s in seconds.items()),
+                  flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    floor = np.mean([count / seconds for name, count, seconds in results if name.startswith("baseline")])
-    print(f"\n{'run':<22}{'samples':>9}{'seconds':>10}{'samples/s':>12}{'MB/s':>9}{'vs baseline':>13}")
-    for name, count, seconds in results:
-        rate = count / seconds
-        print(f"{name:<22}{count:>9,}{seconds:>10.2f}{rate:>12,.0f}{nbytes / seconds / 1e6:>9.1f}"
+    median = {name: float(np.median(times)) for name, times in seconds.items()}
+    floor = counts["baseline"] / median["baseline"]
+    print(f"\nmedians of {args.rounds} rounds")
+    print(f"{'run':<22}{'samples':>9}{'seconds':>10}{'samples/s':>12}{'MB/s':>9}{'vs baseline':>13}")
+    for name in runs:
+        rate = counts[name] / median[name]
+        print(f"{name:<22}{counts[name]:>9,}{median[name]:>10.2f}{rate:>12,.0f}{nbytes / median[name] / 1e6:>9.1f}"
               f"{rate / floor:>12.2f}x")
+
+
+def run_once(name: str, root: Path, out: Path) -> int:
+    """One timed run; returns the samples it wrote (or checked)."""
+    if name == "baseline":
+        return baseline(root, out)
+    if name == "checks only":
+        return checks_only(root)
+    settings = IngestSettings((str(root),), str(out), workers=int(name.split()[-1]))
+    return ingest(settings, BeamExecutor([]) if name.startswith("beam") else None).counts.ingested
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """The local executor: an ingest job on this machine, without a pipeline runner's per-element costs.
 
-Candidates are checked in batches while they are discovered; with one worker the batches run on a few
-threads of this process (Pillow's decoders, libsndfile, hashlib and file reads release the GIL), with more
-on that many processes. Then each key's winner is chosen, shards are planned, and shards are written in
-parallel the same way. The steps are the ones the Beam pipeline runs, so both give the same dataset.
+Candidates are checked in batches while they are discovered: with one worker on a few threads of this
+process (Pillow's decoders, libsndfile, hashlib and file reads release the GIL), with more on that many
+processes. The checked bytes come back with the records, up to a memory budget, so that shards are written
+from the bytes that were checked, without reading the files again. Then each key's winner is chosen,
+shards are planned, and written on threads of this process. The steps are the ones the Beam pipeline
+runs, so both give the same dataset.
 """
 
 from __future__ import annotations
@@ -29,15 +31,13 @@ from mmindex.parallel import ordered_map
 from mmindex.progress import Progress
 
 log = logging.getLogger("mmindex")
-
-
-KEPT_BYTES = 2**30  # checked bytes one worker keeps in memory for writing, instead of reading them again
+KEPT_BYTES = 2**30  # checked bytes held in memory for writing (past it, files are read again when written)
 
 
 class KeepWhileRoom:
-    """Says yes to keeping a checked file's bytes until the budget is spent (shared by one worker's threads)."""
+    """Says yes to keeping a checked file's bytes until the budget is spent (shared by one process's threads)."""
 
-    def __init__(self, budget: int = KEPT_BYTES):
+    def __init__(self, budget: int):
         self.left = budget
         self.lock = threading.Lock()
 
@@ -51,9 +51,17 @@ class KeepWhileRoom:
             return True
 
 
-def check_batch(batch: list[Candidate], limits: Limits, keep: Callable[[int], bool] = small_files_only
+_keep: Callable[[int], bool] = small_files_only  # in a checking process: its share of the budget
+
+
+def _start_checker(budget: int) -> None:
+    global _keep
+    _keep = KeepWhileRoom(budget)
+
+
+def check_batch(batch: list[Candidate], limits: Limits, keep: Callable[[int], bool] | None = None
                 ) -> list[SampleRecord | Reject]:
-    return [check(candidate, limits, keep) for candidate in batch]
+    return [check(candidate, limits, keep or _keep) for candidate in batch]
 
 
 def _write(shard: tuple[int, list[SampleRecord]], dataset: Dataset, limits: Limits) -> ShardWritten:
@@ -61,37 +69,40 @@ def _write(shard: tuple[int, list[SampleRecord]], dataset: Dataset, limits: Limi
 
 
 class LocalExecutor:
-    """Runs a job with ``workers`` processes (1: this process, on ``threads`` threads)."""
+    """Runs a job with ``workers`` processes checking (1: this process, on ``threads`` threads)."""
 
     def __init__(self, workers: int = 1, threads: int | None = None):
         self.workers = workers
         self.threads = threads or min(4, os.cpu_count() or 1)
 
-    def _pool(self) -> Executor:
+    def _checkers(self) -> tuple[Executor, Callable]:
+        """The pool that checks batches, and the function it runs."""
         if self.workers == 1:
-            return ThreadPoolExecutor(self.threads)
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            return ThreadPoolExecutor(self.threads), partial(check_batch, keep=KeepWhileRoom(KEPT_BYTES))
+        pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_checker, initargs=(KEPT_BYTES // self.workers,))
+        return pool, check_batch
 
     def __call__(self, job: IngestJob) -> IngestOutcome:
         limits = job.settings.limits
-        with self._pool() as pool:
-            records, rejects, found = self._check(job, pool)
-            present = {key for path in job.existing for key in read_parquet(path, ["key"]).column("key").to_pylist()}
-            winners, already_present = [], 0
-            for key, group in records.items():
-                winner, duplicates, held = choose_winner(key, [(r.source, r.sizes) for r in group], key in present)
-                rejects += duplicates
-                already_present += held
-                if winner:
-                    winners.append(winner)
-            plan = plan_winners(winners, job.first_shard, job.shard_size)
-            shards: dict[int, list[SampleRecord]] = defaultdict(list)
-            for key, (number, source) in plan.items():
-                shards[number] += [r for r in records[key] if r.source == source]
-            written = list(pool.map(partial(_write, dataset=job.dataset, limits=limits), sorted(shards.items())))
+        records, rejects, found = self._check(job)
+        present = {key for path in job.existing for key in read_parquet(path, ["key"]).column("key").to_pylist()}
+        winners, already_present = [], 0
+        for key, group in records.items():
+            winner, duplicates, held = choose_winner(key, [(r.source, r.sizes) for r in group], key in present)
+            rejects += duplicates
+            already_present += held
+            if winner:
+                winners.append(winner)
+        plan = plan_winners(winners, job.first_shard, job.shard_size)
+        shards: dict[int, list[SampleRecord]] = defaultdict(list)
+        for key, (number, source) in plan.items():
+            shards[number] += [r for r in records[key] if r.source == source]
+        with ThreadPoolExecutor(max(self.workers, self.threads)) as writers:
+            written = list(writers.map(partial(_write, dataset=job.dataset, limits=limits), sorted(shards.items())))
         return IngestOutcome(written, rejects, found, already_present)
 
-    def _check(self, job: IngestJob, pool: Executor) -> tuple[dict[str, list[SampleRecord]], list[Reject], int]:
+    def _check(self, job: IngestJob) -> tuple[dict[str, list[SampleRecord]], list[Reject], int]:
         """Every candidate checked: records by key, rejects, and how many candidates were found."""
         settings = job.settings
         batches = (batch for src in settings.sources
@@ -99,15 +110,15 @@ class LocalExecutor:
         records: dict[str, list[SampleRecord]] = defaultdict(list)
         rejects: list[Reject] = []
         progress = Progress("ingest: checked")
-        ahead = 4 * (self.threads if self.workers == 1 else self.workers)
-        # Threads of this process share what they keep; worker processes hand records back pickled, so there
-        # only small files travel inline, and the rest is read again (and its digest verified) when written.
-        keep = KeepWhileRoom() if self.workers == 1 else small_files_only
-        for outcomes in ordered_map(pool, partial(check_batch, limits=settings.limits, keep=keep), batches, ahead):
-            for outcome in outcomes:
-                if isinstance(outcome, Reject):
-                    rejects.append(outcome)
-                else:
-                    records[outcome.key].append(outcome)
-            progress.add(len(outcomes))
+        pool, check_one = self._checkers()
+        with pool:
+            checked = ordered_map(pool, partial(check_one, limits=settings.limits), batches,
+                                  ahead=4 * max(self.workers, self.threads))
+            for outcomes in checked:
+                for outcome in outcomes:
+                    if isinstance(outcome, Reject):
+                        rejects.append(outcome)
+                    else:
+                        records[outcome.key].append(outcome)
+                progress.add(len(outcomes))
         return records, rejects, progress.count

@@ -1,7 +1,8 @@
-"""The elements that flow through the ingest pipeline.
+"""What flows between the ingest steps, under either executor, and what an executor hands back.
 
-They carry references to bytes (a file, or a byte range inside an uncompressed tar), not the bytes,
-so that shuffles stay small on any runner; only members of compressed tars travel inline.
+Members carry references to bytes (a file, or a byte range inside an uncompressed tar) so that a cluster
+runner's shuffles stay small; small files, members of compressed tars and, in the local executor, checked
+bytes within its memory budget travel inline.
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ back as a small file in the dataset's scratch area.
 from __future__ import annotations
 
 import json
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -36,17 +38,21 @@ from pipelines.options import runner_and_options
 
 
 class CheckFn(beam.DoFn):
-    """Checks a batch of candidates; bad ones go to the 'rejected' output with a reason."""
+    """Checks a batch of candidates on a few threads (decoders and hashing release the GIL); bad ones go to
+    the 'rejected' output with a reason. The pool is made per worker in setup: a DoFn must pickle."""
 
     def __init__(self, limits: Limits):
         self.limits = limits
 
     def setup(self) -> None:
         self.progress = Progress("ingest: checked")
+        self.pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1))
+
+    def teardown(self) -> None:
+        self.pool.shutdown()
 
     def process(self, batch: list):
-        for candidate in batch:
-            outcome = check(candidate, self.limits)
+        for outcome in self.pool.map(check, batch, [self.limits] * len(batch)):
             self.progress.add()
             yield TaggedOutput("rejected", outcome) if isinstance(outcome, Reject) else outcome
 
