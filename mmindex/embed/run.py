@@ -97,8 +97,9 @@ def embed(settings: EmbedSettings, executor: EmbedExecutor | None = None) -> Emb
         report = EmbedReport(space.name, store.root, len(store.dataset.committed_shards()), len(pending))
         if not pending:
             return report
+        described = {k: ", ".join(map(str, v)) if isinstance(v, list) else v for k, v in executor.describe().items()}
         log.info("embed: %d of %d shard(s) to embed into space %r (%s)", len(pending), report.shards, space.name,
-                 ", ".join(f"{k} {v}" for k, v in executor.describe().items()))
+                 "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in described.items() if v is not None))
         started = time.monotonic()
 
         def committed(shard: ShardSummary) -> None:
