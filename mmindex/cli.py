@@ -1,14 +1,12 @@
 """The ``mmindex`` command: parse options into a stage's typed settings, run the stage, print its report.
 
 Stages live in mmindex/<stage>/ and print nothing; console.py prints their reports. Every command fails the
-same way: an error the user can act on is one line on stderr and exit status 2 (see ``errors``).
+same way: an error the user can act on is one line on stderr and exit status 2 (see ``console.errors``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -40,27 +38,6 @@ Profile = Annotated[str | None, typer.Option(help=PROFILE_HELP)]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show the libraries' own log.")]
 
 
-@contextlib.contextmanager
-def errors() -> Iterator[None]:
-    """The one error path: a failure the user can act on (a missing file, a bad value, a busy dataset, a model
-    that is not there) is one line that says what to do, and exit status 2."""
-    try:
-        yield
-    except typer.Exit:  # a RuntimeError, but a deliberate exit status
-        raise
-    except (OSError, ValueError, RuntimeError, MemoryError) as err:
-        typer.echo(f"Error: {err}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _split(arguments: list[str], profile: str | None) -> tuple[list[str], list[str]]:
-    """Plain arguments, and the Beam options: a runner profile's, then those given as --name=value."""
-    from pipelines.options import profile_args
-
-    options = [a for a in arguments if a.startswith("--")]
-    return [a for a in arguments if not a.startswith("--")], (profile_args(profile) if profile else []) + options
-
-
 def parse(command: str, argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     """argv read as `mmindex COMMAND` reads it: its options and the arguments left over. The pipelines' own
     ``run(argv)`` use this too, so every option is declared once, here."""
@@ -73,10 +50,12 @@ def ingest_settings(options: dict[str, Any]) -> tuple[IngestSettings, list[str]]
     """`mmindex ingest`'s options as settings, and the Beam options (which run the job on Beam)."""
     from mmindex.ingest.discover import ManifestColumns
     from mmindex.ingest.run import IngestSettings
+    from mmindex.sizes import parse_size
+    from pipelines.options import split_options
 
-    paths, beam_args = _split(options["sources"], options["profile"])
-    limits = Limits(*(options[name] for name in ("max_file_bytes", "max_image_pixels", "max_text_bytes",
-                                                 "max_audio_seconds")))
+    paths, beam_args = split_options(options["sources"], options["profile"])
+    limits = Limits(parse_size(options["max_file_bytes"]), options["max_image_pixels"],
+                    parse_size(options["max_text_bytes"]), options["max_audio_seconds"])
     columns = ManifestColumns.choose(options["image_column"], options["audio_column"], options["caption_column"])
     return IngestSettings(tuple(paths), options["out"], options["shard_size"], options["workers"], limits,
                           columns), beam_args
@@ -85,12 +64,22 @@ def ingest_settings(options: dict[str, Any]) -> tuple[IngestSettings, list[str]]
 def embed_settings(options: dict[str, Any], extra: list[str]) -> tuple[EmbedSettings, list[str]]:
     """`mmindex embed`'s options as settings, and the Beam options (which run the encoders on Beam)."""
     from mmindex.embed.run import EmbedSettings
+    from pipelines.options import split_options
 
-    unexpected, beam_args = _split(extra, options["profile"])
+    unexpected, beam_args = split_options(extra, options["profile"])
     if unexpected:
         raise typer.BadParameter(f"unexpected arguments: {' '.join(unexpected)}")
     names = ("dataset", "model", "gpus", "device", "workers", "batch_size", "decode_workers", "threads")
     return EmbedSettings(*(options[name] for name in names)), beam_args
+
+
+def _on_beam(stage: str, beam_args: list[str], *settings: Any) -> Any:
+    """The stage's Beam executor when Beam options were given (None: its local executor)."""
+    if not beam_args:
+        return None
+    import importlib
+
+    return importlib.import_module(f"pipelines.{stage}.pipeline").BeamExecutor(beam_args, *settings)
 
 
 def _version(value: bool) -> None:
@@ -116,11 +105,11 @@ def ingest(
                                                  f"({SIZES}).")] = DEFAULT_SHARD_SIZE,
     workers: Annotated[int, typer.Option(help="Processes on this machine (1: one process, checking on threads).")]
     = 1,
-    max_file_bytes: Annotated[int, typer.Option(help="Refuse files larger than this.")] = Limits.max_file_bytes,
+    max_file_bytes: Annotated[str, typer.Option(help="Refuse files larger than this (a size).")] = "512MiB",
     max_image_pixels: Annotated[int, typer.Option(help="Refuse images declaring more pixels (decompression bombs).")]
     = Limits.max_image_pixels,
-    max_text_bytes: Annotated[int, typer.Option(help="Refuse captions and texts longer than this.")]
-    = Limits.max_text_bytes,
+    max_text_bytes: Annotated[str, typer.Option(help="Refuse captions and texts longer than this (a size).")]
+    = "64KiB",
     max_audio_seconds: Annotated[float, typer.Option(help="Refuse audio clips longer than this.")]
     = Limits.max_audio_seconds,
     image_column: Annotated[str | None, typer.Option(help="Manifest column holding image paths.")] = None,
@@ -137,14 +126,9 @@ def ingest(
     from mmindex.ingest.run import ingest as run
 
     console.setup_logging(verbose)
-    with errors():
+    with console.errors():
         settings, beam_args = ingest_settings(ctx.params)
-        if beam_args:
-            from pipelines.ingest.pipeline import BeamExecutor
-
-            console.print_ingest(run(settings, BeamExecutor(beam_args)), out)
-        else:
-            console.print_ingest(run(settings), out)
+        console.print_ingest(run(settings, _on_beam("ingest", beam_args)), out)
 
 
 @app.command(context_settings=EXTRA_ARGS)
@@ -178,14 +162,9 @@ def embed(
     from mmindex.embed.run import embed as run
 
     console.setup_logging(verbose)
-    with errors():
+    with console.errors():
         settings, beam_args = embed_settings(ctx.params, ctx.args)
-        executor = None
-        if beam_args:
-            from pipelines.embed.pipeline import BeamExecutor
-
-            executor = BeamExecutor(beam_args, settings)
-        report = run(settings, executor)
+        report = run(settings, _on_beam("embed", beam_args, settings))
     console.print_embed(report)
     if report.failures:
         raise typer.Exit(1)
@@ -219,7 +198,7 @@ def index(
     from mmindex.sizes import parse_size
 
     console.setup_logging()
-    with errors():
+    with console.errors():
         build = BuildSettings(parse_size(max_memory), target_recall, index_type)
         settings = IndexSettings(dataset, model, build, update)
         if not check:
@@ -251,8 +230,6 @@ def search(
     = None,
 ) -> None:
     """Find the images, sounds and texts nearest to a text, an image or a clip (or several, fused)."""
-    import json
-
     from mmindex.dataset import MODALITIES
     from mmindex.search import Query, Searcher, parse_weights, read_queries, search_batch
     from mmindex.spaces import resolve_space
@@ -261,7 +238,7 @@ def search(
         raise typer.BadParameter("choose image, audio, text or all", param_hint="--modality")
     console.setup_logging()
     failed = 0
-    with errors():
+    with console.errors():
         weights = parse_weights(weight or [])
         batch = read_queries(queries, weights) if queries else [Query(query, image, audio, weights)]
         if not queries:
@@ -269,13 +246,10 @@ def search(
         searcher = Searcher(dataset, resolve_space(model), None if modality == "all" else [modality])
         console.warn(searcher.not_embedded())
         if queries:
-            for line in search_batch(searcher, batch, k):
-                failed += "error" in line
-                typer.echo(json.dumps(line, ensure_ascii=False))
-        elif as_json:
-            typer.echo(json.dumps(searcher.search(batch[0], k), indent=2, ensure_ascii=False))
+            failed = console.print_lines(search_batch(searcher, batch, k))
         else:
-            console.print_results(searcher.search(batch[0], k))
+            hits = searcher.search(batch[0], k)
+            (console.print_json if as_json else console.print_results)(hits)
     if failed:
         typer.echo(f"{failed} of {len(batch)} queries failed (their lines say why)", err=True)
         raise typer.Exit(1)
@@ -289,19 +263,14 @@ def evaluate(
 ) -> None:
     """Recall@1/5/10 and median rank of the dataset's own pairs (caption -> image, image -> caption, ...),
     where every item sharing the query's caption counts as correct; with exact search and the built index."""
-    import json
-
     from mmindex.embed.store import EmbeddingStore
     from mmindex.evaluate import evaluate as run
     from mmindex.spaces import resolve_space
 
     console.setup_logging()
-    with errors():
+    with console.errors():
         rows = run(EmbeddingStore.of(dataset, resolve_space(model)))
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-    else:
-        console.print_eval(rows)
+    (console.print_json if as_json else console.print_eval)(rows)
 
 
 @app.command()
@@ -311,7 +280,7 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Where to build t
     from mmindex.demo.run import run_demo
 
     console.setup_logging()
-    with errors():
+    with console.errors():
         run_demo(out)
 
 

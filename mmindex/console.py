@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import sys
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -36,6 +39,19 @@ class _CurrentStderr(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         self.stream = sys.stderr
         super().emit(record)
+
+
+@contextlib.contextmanager
+def errors() -> Iterator[None]:
+    """The one error path of every command: a failure the user can act on (a missing file, a bad value, a busy
+    dataset, a model that is not there) is one line that says what to do, and exit status 2."""
+    try:
+        yield
+    except typer.Exit:  # a RuntimeError, but a deliberate exit status
+        raise
+    except (OSError, ValueError, RuntimeError, MemoryError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(2) from None
 
 
 def warn(message: str | None) -> None:
@@ -101,6 +117,19 @@ def print_index(report: IndexReport) -> None:
 def print_check(check: IndexCheck) -> None:
     for built in check.checked:
         typer.echo(f"{built.modality:<6} ok: {built.vectors:,} vectors agree with the embeddings and samples")
+
+
+def print_json(document: Any) -> None:
+    typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def print_lines(lines: Iterable[dict[str, Any]]) -> int:
+    """One JSON line each (a batch of queries); returns how many report an error."""
+    failed = 0
+    for line in lines:
+        failed += "error" in line
+        typer.echo(json.dumps(line, ensure_ascii=False))
+    return failed
 
 
 def _table(header: str, lines: list[str], empty: str) -> None:

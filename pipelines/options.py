@@ -15,16 +15,20 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from apache_beam.runners.runner import PipelineRunner
+
+if TYPE_CHECKING:
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.runner import PipelineRunner
 
 
 def runner_and_options(beam_args: list[str], workers: int = 1) -> tuple[PipelineRunner | None, PipelineOptions]:
     """The runner to use (None: the one ``--runner`` names) and the pipeline options."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
     if workers < 1:
         raise ValueError("--workers must be at least 1")
     if any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args):
@@ -35,6 +39,12 @@ def runner_and_options(beam_args: list[str], workers: int = 1) -> tuple[Pipeline
         # Worker processes: Beam's own chatter off, mmindex's progress lines on.
         defaults += ["--default_sdk_harness_log_level=WARNING", '--sdk_harness_log_level_overrides={"mmindex":"INFO"}']
     return FnApiRunner(), PipelineOptions([*beam_args, *defaults])
+
+
+def split_options(arguments: list[str], profile: str | None) -> tuple[list[str], list[str]]:
+    """Plain arguments, and the Beam options: a runner profile's, then those given as --name=value."""
+    options = [a for a in arguments if a.startswith("--")]
+    return [a for a in arguments if not a.startswith("--")], (profile_args(profile) if profile else []) + options
 
 
 PROFILES = Path(__file__).resolve().parents[1] / "configs" / "runners"
@@ -68,7 +78,7 @@ def main(run: Callable[[], Any]) -> None:
     --help and failures the user can act on come out as the mmindex command shows them."""
     import typer
 
-    from mmindex.cli import errors
+    from mmindex.console import errors
 
     logging.basicConfig(level=logging.INFO)
     try:

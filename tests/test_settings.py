@@ -48,10 +48,11 @@ def test_sizes_are_printed_in_a_unit_that_never_shows_zero(size, shown):
 def test_ingest_options_become_typed_settings_and_beam_options():
     settings, beam_args = ingest_settings(parse("ingest", [
         "photos", "list.csv", "--out", "ds", "--shard-size", "100,1MiB", "--workers", "2", "--max-image-pixels", "7",
-        "--caption-column", "Title", "--runner=FlinkRunner", "--flink_master=host:8081"])[0])
+        "--max-file-bytes", "2MB", "--caption-column", "Title", "--runner=FlinkRunner", "--flink_master=host:8081"])[0])
     assert settings.sources == ("photos", "list.csv") and settings.dataset == "ds"
     assert settings.workers == 2 and ShardSize.parse(settings.shard_size) == ShardSize(100, 2**20)
-    assert settings.limits.max_image_pixels == 7 and settings.limits.max_text_bytes > 0
+    assert settings.limits.max_image_pixels == 7 and settings.limits.max_file_bytes == 2 * 10**6
+    assert settings.limits.max_text_bytes == 64 * 2**10  # the default, 64KiB
     assert settings.columns.caption == ("title",) and "image_path" in settings.columns.image
     assert beam_args == ["--runner=FlinkRunner", "--flink_master=host:8081"]
 
@@ -60,6 +61,7 @@ def test_ingest_options_become_typed_settings_and_beam_options():
     (["--out", "ds", "--runner=DirectRunner"], "at least one folder"),
     (["src", "--out", "ds", "--workers", "0"], "--workers"),
     (["src", "--out", "ds", "--shard-size", "lots"], "--shard-size"),
+    (["src", "--out", "ds", "--max-text-bytes", "lots"], "not a size"),
 ])
 def test_ingest_settings_refuse_what_cannot_run(argv, message):
     with pytest.raises(ValueError, match=message):
