@@ -91,6 +91,14 @@ class Dataset:
     def metadata_path(self) -> str:
         return storage.join(self.root, "mmindex.json")
 
+    @property
+    def lock_path(self) -> str:
+        return storage.join(self.root, ".lock")
+
+    def exists(self) -> bool:
+        """Whether the folder holds a dataset, or a run that is creating one."""
+        return storage.exists(self.metadata_path) or storage.exists(self.lock_path)
+
     def shard_path(self, number: int) -> str:
         return storage.join(self.root, "shards", f"{shard_name(number)}.tar")
 
@@ -119,7 +127,7 @@ class Dataset:
             yield
             return
         os.makedirs(self.root, exist_ok=True)
-        path = os.path.join(self.root, ".lock")
+        path = self.lock_path
         mine = json.dumps({"stage": stage, "pid": os.getpid(), "host": socket.gethostname()})
         for _ in range(2):
             try:
@@ -168,9 +176,15 @@ class Dataset:
                              f"<= {FORMAT_VERSION}; upgrade mmindex to read it")
         return metadata
 
-    def new_metadata(self, created: float) -> dict[str, Any]:
-        """What mmindex.json holds before the first run is recorded."""
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "created": created, "runs": []}
+    def record_run(self, run: dict[str, Any], sources: list[str]) -> None:
+        """Adds a run to mmindex.json, with the counts and shards that the committed files give now."""
+        metadata = self.read_metadata() or {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                            "created": run["started"], "runs": []}
+        totals = self.totals()
+        metadata.update(counts={k: totals[k] for k in ("samples", "bytes", "modalities")}, shards=totals["shards"])
+        metadata["sources"] = sorted(set(metadata.get("sources", [])) | set(sources))
+        metadata["runs"].append(run)
+        self.write_metadata(metadata)
 
     def write_metadata(self, metadata: dict[str, Any]) -> None:
         storage.write_atomic(self.metadata_path, json.dumps(metadata, indent=2, sort_keys=True).encode())

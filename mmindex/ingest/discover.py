@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 
 from mmindex import storage
+from mmindex.dataset import Dataset
 from mmindex.ingest.records import Candidate, Member
 from mmindex.media import Limits, modality_of, unsupported_reason
 from mmindex.progress import Progress
@@ -156,7 +157,7 @@ def walk_local_tree(root: str) -> Iterator[Candidate]:
     folders = [root]
     while folders:
         folder = folders.pop()
-        if _is_dataset(folder):  # e.g. --out inside the corpus: its shards are not new inputs
+        if Dataset(folder).exists():  # e.g. --out inside the corpus: its shards are not new inputs
             log.info("ingest: not reading %s: it is an mmindex dataset (give its shards as tars instead)", folder)
             continue
         try:
@@ -176,10 +177,6 @@ def walk_local_tree(root: str) -> Iterator[Candidate]:
                 files.append((entry.path, size))
         yield from group_by_stem(files)
         folders += reversed([e.path for e in entries if e.is_dir(follow_symlinks=False)])
-
-
-def _is_dataset(folder: str) -> bool:
-    return os.path.exists(os.path.join(folder, "mmindex.json")) or os.path.exists(os.path.join(folder, ".lock"))
 
 
 def _local_file_problem(entry: os.DirEntry, real_root: str) -> tuple[tuple[str, str] | None, int]:

@@ -145,10 +145,5 @@ def _record(job: IngestJob, outcome: IngestOutcome, run_id: str, started: float,
                   "manifest_columns": asdict(settings.columns)},
         counts=counts, shards_added=shards, rejects_file=write_rejects(fresh, dataset), changed=bool(shards or fresh))
     if report.changed:
-        metadata = dataset.read_metadata() or dataset.new_metadata(started)
-        totals = dataset.totals()
-        metadata.update(counts={k: totals[k] for k in ("samples", "bytes", "modalities")}, shards=totals["shards"])
-        metadata["sources"] = sorted(set(metadata.get("sources", [])) | set(report.sources))
-        metadata["runs"].append({k: v for k, v in asdict(report).items() if k != "changed"})
-        dataset.write_metadata(metadata)
+        dataset.record_run({k: v for k, v in asdict(report).items() if k != "changed"}, report.sources)
     return report
