@@ -76,9 +76,16 @@ def parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
     return buffer.getvalue()
 
 
+def parquet_file(path: str) -> pq.ParquetFile:
+    """A parquet file that Arrow reads itself: a local file by its path, a remote one read whole into an Arrow
+    buffer. Never through a Python file object: Arrow's I/O threads then hold Python-backed buffers that they
+    may release after the interpreter has begun to exit, which aborts the process ('terminate called without
+    an active exception', exit status 134) after its work is done."""
+    return pq.ParquetFile(path if storage.is_local(path) else pa.BufferReader(storage.read_bytes(path)))
+
+
 def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
-    with storage.open_read(path) as f:
-        return pq.read_table(io.BytesIO(f.read()), columns=columns)
+    return parquet_file(path).read(columns=columns)
 
 
 @dataclass(frozen=True)

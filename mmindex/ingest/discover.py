@@ -23,10 +23,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import pyarrow.parquet as pq
-
 from mmindex import storage
-from mmindex.dataset import Dataset
+from mmindex.dataset import Dataset, parquet_file
 from mmindex.ingest.records import Candidate, Member
 from mmindex.media import Limits, modality_of, unsupported_reason
 from mmindex.progress import Progress
@@ -268,12 +266,11 @@ def _manifest_rows(path: str) -> Iterator[tuple[int, dict | str]]:
     """(row number, row) for every data row; a row that cannot be parsed comes as its raw text."""
     lower = path.lower()
     if lower.endswith(".parquet"):
-        with storage.open_read(path) as f:
-            number = 0
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=4096):
-                for row in batch.to_pylist():
-                    number += 1
-                    yield number, row
+        number = 0
+        for batch in parquet_file(path).iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                number += 1
+                yield number, row
         return
     with storage.open_read(path) as f:
         # Bytes that are not UTF-8 are kept (as surrogates) so that the row they are in, not the whole
