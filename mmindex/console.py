@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import sys
@@ -19,6 +20,16 @@ if TYPE_CHECKING:
     from mmindex.ingest.run import IngestReport
 
 log = logging.getLogger("mmindex")
+
+
+MACHINE_TROUBLE = {
+    errno.ENOSPC: "no space left on the disk holding {path}: free some space and run the same command again "
+                  "(what was committed is kept, nothing half-written is)",
+    errno.EDQUOT: "disk quota exceeded writing {path}: free some space and run the same command again "
+                  "(what was committed is kept, nothing half-written is)",
+    errno.EROFS: "{path} is on a read-only file system: write the dataset to another folder",
+    errno.EIO: "input/output error on {path}: the disk may be failing; check it, then run the same command again",
+}
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -49,7 +60,13 @@ def errors() -> Iterator[None]:
         yield
     except typer.Exit:  # a RuntimeError, but a deliberate exit status
         raise
-    except (OSError, ValueError, RuntimeError, MemoryError) as err:
+    except OSError as err:
+        if err.errno in MACHINE_TROUBLE:  # not the command's fault: exit status 1, and what to do
+            typer.echo(f"Error: {MACHINE_TROUBLE[err.errno].format(path=err.filename or 'a file')}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(2) from None
+    except (ValueError, RuntimeError, MemoryError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(2) from None
 

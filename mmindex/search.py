@@ -97,7 +97,8 @@ class Searcher:
             else:
                 path = Path(value)
                 if not path.is_file():
-                    raise BadQuery(f"--{modality} {value}: no such file")
+                    raise BadQuery(f"--{modality} {value}: " + ("a folder, not a file: give one " + modality + " file"
+                                                               if path.is_dir() else "no such file"))
                 payload = path.read_bytes()
             try:
                 result = encoder.encode([encoder.preparer()(payload)])

@@ -108,17 +108,23 @@ def temp_name(path: str) -> str:
 
 
 class HashingWriter:
-    """Wraps a writable file and hashes what passes through, so a file's digest costs no second read."""
+    """Wraps a writable file and hashes what passes through, so a file's digest costs no second read. A failed
+    write (a full disk, say) names the file being written, which the operating system's error does not."""
 
-    def __init__(self, raw: BinaryIO):
-        self._raw = raw
+    def __init__(self, raw: BinaryIO, path: str):
+        self._raw, self.path = raw, path
         self.sha256 = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes) -> int:
         self.sha256.update(data)
         self.size += len(data)
-        return self._raw.write(data)
+        with naming(self.path):
+            return self._raw.write(data)
+
+    def close(self) -> None:
+        with naming(self.path):
+            self._raw.close()
 
     def tell(self) -> int:
         return self.size
@@ -135,12 +141,13 @@ def atomic_writer(path: str) -> Iterator[HashingWriter]:
     else:
         filesystems, compression = _beam()
         raw = filesystems.create(temp, compression_type=compression.UNCOMPRESSED)
+    writer = HashingWriter(raw, path)
     try:
-        writer = HashingWriter(raw)
         yield writer
-        raw.close()
+        writer.close()
     except BaseException:
-        raw.close()
+        with contextlib.suppress(OSError):  # closing may fail again on a full disk: the temp goes all the same
+            raw.close()
         delete([temp])
         raise
     if is_local(path):
@@ -149,6 +156,17 @@ def atomic_writer(path: str) -> Iterator[HashingWriter]:
         if exists(path):
             delete([path])
         _beam()[0].rename([temp], [path])
+
+
+@contextlib.contextmanager
+def naming(path: str) -> Iterator[None]:
+    """Adds ``path`` to an OSError that lacks a file name."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise type(err)(err.errno, err.strerror, path) from None
+        raise
 
 
 def write_atomic(path: str, data: bytes) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import tarfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
-from conftest import read_table
+from conftest import read_shards, read_table
 from mmindex.cli import app
 
 runner = CliRunner()
@@ -79,3 +83,35 @@ def test_runner_profiles_say_what_is_missing(tmp_path: Path, monkeypatch):
     assert result.exit_code == 2 and "FLINK_MASTER" in result.output
     unknown = runner.invoke(app, ["ingest", str(tmp_path), "--out", str(tmp_path / "ds"), "--profile", "yarn"])
     assert unknown.exit_code == 2 and "dataflow, flink, portable, spark" in unknown.output
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 3 MB file system that fills up (tmpfs; needs root, as CI has)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (not root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_exit_1_and_the_next_run_completes(corpus: Path, tmp_path: Path, small_disk: Path):
+    out = small_disk / "ds"
+    full = runner.invoke(app, ["ingest", str(corpus), "--out", str(out), "--shard-size", "10"])
+    assert full.exit_code == 1, full.output
+    errors = [line for line in full.output.splitlines() if line.startswith("Error")]
+    assert errors == [errors[0]] and "no space left on the disk holding" in errors[0] and str(out) in errors[0]
+    assert "Traceback" not in full.output
+    assert not [p for p in out.rglob("*") if p.name.startswith(".tmp-")], "no temporary file is left"
+    for samples in (out / "samples").glob("*.parquet"):  # what is committed is whole
+        keys = {row["key"] for row in pq.read_table(samples).to_pylist()}
+        with tarfile.open(out / "shards" / f"{samples.stem}.tar") as tar:
+            assert {name.split(".")[0] for name in tar.getnames()} == keys
+
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    again = runner.invoke(app, ["ingest", str(corpus), "--out", str(out), "--shard-size", "10"])
+    assert again.exit_code == 0, again.output
+    reference = runner.invoke(app, ["ingest", str(corpus), "--out", str(tmp_path / "ref"), "--shard-size", "10"])
+    assert reference.exit_code == 0
+    assert set(read_shards(out)) == set(read_shards(tmp_path / "ref"))

@@ -318,6 +318,13 @@ def test_search_errors_are_clear(indexed, offline_embedded, tmp_path):
     assert "empty query" in search(indexed).output
     missing = search(indexed, "--image", str(tmp_path / "nope.jpg"))
     assert missing.exit_code == 2 and "no such file" in missing.output
+    folder = search(indexed, "--image", str(tmp_path))
+    assert folder.exit_code == 2 and "a folder, not a file" in folder.output
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for nowhere, what in ((tmp_path / "none", "no such folder"), (a_file, "it is a file")):
+        lost = search(nowhere, "a cat")
+        assert lost.exit_code == 2 and f"no dataset at {nowhere}: {what}" in lost.output
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"not an image")
     assert "unreadable image" in search(indexed, "--image", str(junk)).output

@@ -138,3 +138,14 @@ def test_a_dataset_inside_the_corpus_is_not_read_back_as_input(corpus: Path):
     first = ingest(corpus, dataset=dataset)
     again = ingest(corpus, dataset=dataset)
     assert again.changed is False and again.counts.found == first.counts.found
+
+
+def test_a_deleted_mmindex_json_is_rewritten_by_the_next_run(corpus: Path, tmp_path: Path):
+    dataset = tmp_path / "ds"
+    first = ingest(corpus / "texts", dataset=dataset, extra=SHARDS)
+    (dataset / "mmindex.json").unlink()
+    again = ingest(corpus / "texts", dataset=dataset, extra=SHARDS)
+    assert again.counts.ingested == 0 and again.counts.already_present == first.counts.ingested
+    meta = json.loads((dataset / "mmindex.json").read_text())
+    assert meta["counts"]["samples"] == first.counts.ingested
+    assert [s["name"] for s in meta["shards"]] == [s.name for s in first.shards_added]

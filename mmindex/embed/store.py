@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
@@ -83,6 +84,10 @@ class EmbeddingStore:
     def of(cls, root: str, space: Space) -> EmbeddingStore:
         """The store of an ingested dataset; a folder with no ingested shards is an error that says what to run."""
         dataset = Dataset(root)
+        if storage.is_local(root) and not os.path.isdir(root):
+            what = "it is a file" if os.path.exists(root) else "no such folder"
+            raise FileNotFoundError(f"no dataset at {root}: {what}. Check the path, or make one with `mmindex ingest "
+                                    f"SOURCES --out {root}`")
         if not dataset.committed_shards():
             raise FileNotFoundError(f"{root} has no ingested shards: run `mmindex ingest SOURCES --out {root}` "
                                     f"first")
