@@ -43,6 +43,13 @@ def canonical_ext(ext: str) -> str:
     return _CANONICAL_EXT[ext.lower()]
 
 
+def stored_ext(ext: str, detected_format: str | None) -> str:
+    """The extension a member gets inside a shard: that of the format its bytes are in, where it is one mmindex
+    takes for the same modality (a WAV named .mp3 is stored as .wav), else the canonical form of its own."""
+    detected = _CANONICAL_EXT.get((detected_format or "").lower())
+    return detected if detected and modality_of(detected) == modality_of(ext) else canonical_ext(ext)
+
+
 def unsupported_reason(ext: str) -> tuple[str, str]:
     """Reason and detail for a file whose type mmindex does not take."""
     if ext.lower() in PICKLE_EXTS:

@@ -95,3 +95,22 @@ def test_files_named_by_a_glob_are_grouped_like_a_folder(corpus: Path, tmp_path:
     one = next(iter(sorted((corpus / "sounds").glob("*.mp3"))))
     report = ingest(one, dataset=tmp_path / "one")
     assert report.counts.ingested == 1
+
+
+def test_a_file_is_stored_under_the_extension_of_the_format_it_is_in(corpus: Path, tmp_path: Path):
+    """A WAV named .mp3 (or a PNG named .jpg) goes into the shard as .wav (.png), so that readers that go by
+    the extension decode it; its bytes are untouched, and a file that says what it is keeps its name."""
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    wav = sorted((corpus / "speech").glob("*.wav"))[0]
+    png = sorted((corpus / "clipart").glob("*.png"))[0]
+    jpg = sorted((corpus / "photos").glob("*.jpg"))[0]
+    (mixed / "speech.mp3").write_bytes(wav.read_bytes())
+    (mixed / "drawing.jpg").write_bytes(png.read_bytes())
+    (mixed / "photo.jpeg").write_bytes(jpg.read_bytes())
+    report = ingest(mixed, dataset=tmp_path / "ds")
+    assert report.counts.ingested == 3
+    stored = {ext: data for members in read_shards(tmp_path / "ds").values() for ext, data in members.items()}
+    assert stored == {"wav": wav.read_bytes(), "png": png.read_bytes(), "jpg": jpg.read_bytes()}
+    rows = {Path(r["source"]).name: r for r in read_table(tmp_path / "ds" / "samples")}
+    assert rows["speech.mp3"]["members"] == ["wav"] and rows["drawing.jpg"]["members"] == ["png"]

@@ -18,12 +18,12 @@ from mmindex.ingest.records import Candidate, Member, Reject, SampleRecord
 from mmindex.media import (
     Limits,
     Rejected,
-    canonical_ext,
     decode_text,
     inspect_audio,
     inspect_image,
     modality_of,
     parse_metadata,
+    stored_ext,
 )
 
 log = logging.getLogger("mmindex")
@@ -108,7 +108,7 @@ def inspect_candidate(candidate: Candidate, limits: Limits, keep: Callable[[int]
             parse_metadata(data, limits)
         if modality != "meta" and (modality != "text" or row["caption"] is not None):
             modalities.append(modality)
-        ext = canonical_ext(member.ext)
+        ext = stored_ext(member.ext, row.get(f"{modality}_format"))
         digests[ext] = hashlib.sha256(data).hexdigest()
         members[ext] = Member(ext=member.ext, data=data) if keep(len(data)) else member
         sizes.append(len(data))
