@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,11 +10,10 @@ from typing import Any
 import faiss
 import numpy as np
 
-from mmindex import storage
-from mmindex.dataset import parquet_bytes, shard_name
+from mmindex.dataset import shard_name
 from mmindex.index.choose import TRAIN_PER_LIST, choose
 from mmindex.index.searchable import ExactVectors, SearchableIndex, keeps_exact_vectors
-from mmindex.index.store import KEYS_SCHEMA, IndexFiles
+from mmindex.index.store import IndexFiles
 from mmindex.index.tune import QUERIES, Tuned, cross_modal_sources, tune, tuning_queries
 from mmindex.index.vectors import ShardVectors, modality_shards, sample_rows, split_tail, total
 
@@ -47,9 +44,8 @@ def build_index(files: IndexFiles, settings: BuildSettings, update: bool = False
         raise FileNotFoundError(f"no {modality} vectors in space {store.space.name!r}: run `mmindex embed "
                                 f"{store.dataset.root} --model {store.space.name}` first")
     n, dim = total(shards), shards[0].vectors.shape[1]
-    previous = files.info() if update and files.exists() else None
-    if previous is not None:
-        index, info, indexed, pending = _reopen(files, previous, shards)
+    if update and files.exists():
+        index, info, indexed, pending = _reopen(*files.read(), shards)
     else:
         (index, info), indexed, pending = _trained(shards, n, dim, settings), [], shards
     ordered = indexed + pending  # every shard of the index, in id order
@@ -66,7 +62,7 @@ def build_index(files: IndexFiles, settings: BuildSettings, update: bool = False
                 target_met=tuned.recall >= settings.target_recall, vectors=n, dim=dim, space=store.space.name,
                 modality=modality, shards={shard_name(s.number): len(s.keys) for s in ordered},
                 build_seconds=round(time.monotonic() - started, 2))
-    _save(files, index, ordered, info)
+    files.save(index, [{"key": key, "shard": shard_name(s.number)} for s in ordered for key in s.keys], info)
     return info
 
 
@@ -88,7 +84,7 @@ def _trained(shards: Shards, n: int, dim: int, settings: BuildSettings) -> tuple
                    "bytes_per_vector": None if settings.index_type else choice.bytes_per_vector}
 
 
-def _reopen(files: IndexFiles, previous: dict, shards: Shards) -> tuple[faiss.Index, dict, Shards, Shards]:
+def _reopen(previous: dict, index: faiss.Index, shards: Shards) -> tuple[faiss.Index, dict, Shards, Shards]:
     """The saved index, to be extended without retraining, with the shards it holds (in id order) and the new
     ones; the indexed shards must be unchanged."""
     by_name = {shard_name(s.number): s for s in shards}
@@ -99,7 +95,7 @@ def _reopen(files: IndexFiles, previous: dict, shards: Shards) -> tuple[faiss.In
     new = [s for name, s in by_name.items() if name not in indexed]
     log.info("index: adding %d new shard(s) to the %s index", len(new), previous["type"])
     info = {k: previous[k] for k in ("type", "lists", "chosen_by", "bytes_per_vector")}
-    return files.read_index(), info, [by_name[name] for name in indexed], new
+    return index, info, [by_name[name] for name in indexed], new
 
 
 def _tuned(index: faiss.Index, indexed: Shards, queries: dict[str, Shards], share: int,
@@ -120,18 +116,3 @@ def _is_ivf(index: faiss.Index) -> bool:
         return True
     except RuntimeError:
         return False
-
-
-def _save(files: IndexFiles, index: faiss.Index, shards: Shards, info: dict) -> None:
-    path = files.path("index.faiss")
-    if storage.is_local(path):  # straight to disk: a serialized copy would double the memory of a large index
-        temp = storage.temp_name(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        faiss.write_index(index, temp)
-        os.replace(temp, path)
-    else:
-        storage.write_atomic(path, faiss.serialize_index(index).tobytes())
-    info["bytes"] = storage.size(path)
-    rows = [{"key": key, "shard": shard_name(s.number)} for s in shards for key in s.keys]
-    storage.write_atomic(files.path("keys.parquet"), parquet_bytes(rows, KEYS_SCHEMA))
-    storage.write_atomic(files.path("info.json"), json.dumps(info, indent=2).encode())

@@ -1,31 +1,37 @@
 """indexes/<space>/<modality>/ in a dataset, and the check that an index agrees with the embeddings.
 
+Each build is a generation (generations.py) holding:
+
     index.faiss   the FAISS index; id i is row i of keys.parquet
     keys.parquet  id -> key, shard
     info.json     type, search parameters (nprobe or efSearch, re-rank depth), measured recall, build time,
                   bytes, vectors per shard
 
-info.json is written last: an index exists once it does. Its per-shard counts are what the consistency
-check compares with the committed embeddings.
+info.json is written last. Its per-shard counts are what the consistency check compares with the committed
+embeddings. Every read below resolves the published generation once and reads all its files from it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import faiss
 import numpy as np
 import pyarrow as pa
 
 from mmindex import storage
-from mmindex.dataset import read_parquet, shard_name
+from mmindex.dataset import parquet_bytes, read_parquet, shard_name
 from mmindex.embed.store import EmbeddingStore
+from mmindex.index.generations import Generation, new_generation, publish, published, reading
 from mmindex.index.searchable import ExactVectors, SearchableIndex
 from mmindex.index.vectors import counts, embedded_keys
 
+T = TypeVar("T")
 KEYS_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("shard", pa.string(), nullable=False)])
 
 
@@ -46,32 +52,57 @@ class IndexFiles:
     def root(self) -> str:
         return self.embeddings.dataset.index_path(self.embeddings.space.name, self.modality)
 
-    def path(self, name: str) -> str:
-        return storage.join(self.root, name)
-
     def exists(self) -> bool:
-        return storage.exists(self.path("info.json"))
+        return published(self.root) is not None
+
+    def _pinned(self, read: Callable[[Generation], T]) -> T:
+        """``read`` over the files of the published generation, held against removal while it reads; again
+        with the new one if a build replaced and removed it in between."""
+        for attempt in range(3):
+            generation = published(self.root)
+            if generation is None:
+                root = self.embeddings.dataset.root
+                raise IndexMissing(f"no {self.modality} index for space {self.embeddings.space.name!r} in {root}: "
+                                   f"run `mmindex index {root} --model {self.embeddings.space.name}`")
+            try:
+                with reading(generation):
+                    return read(generation)
+            except FileNotFoundError:
+                if attempt == 2 or published(self.root) == generation:
+                    raise
+        raise AssertionError("unreachable")
 
     def info(self) -> dict[str, Any]:
-        if not self.exists():
-            root = self.embeddings.dataset.root
-            raise IndexMissing(f"no {self.modality} index for space {self.embeddings.space.name!r} in {root}: "
-                               f"run `mmindex index {root} --model {self.embeddings.space.name}`")
-        return json.loads(storage.read_bytes(self.path("info.json")))
+        return self._pinned(_info)
 
-    def read_index(self, mmap: bool = False) -> faiss.Index:
-        """The FAISS index as saved; ``mmap`` maps a local file instead of reading it (read-only)."""
-        path = self.path("index.faiss")
-        if not storage.is_local(path):
-            return faiss.deserialize_index(storage.read_bytes(path))
-        return faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) if mmap else faiss.read_index(path)
+    def read(self) -> tuple[dict[str, Any], faiss.Index]:
+        """The info and the FAISS index of one build, in memory (to extend it)."""
+        return self._pinned(lambda generation: (_info(generation), _read_index(generation)))
+
+    def save(self, index: faiss.Index, rows: list[dict[str, str]], info: dict[str, Any]) -> None:
+        """Writes a new generation and publishes it; returns once readers get it."""
+        generation = new_generation(self.root)
+        path = generation.path("index.faiss")
+        if storage.is_local(path):  # straight to disk: a serialized copy would double the memory of a large index
+            temp = storage.temp_name(path)
+            faiss.write_index(index, temp)
+            os.replace(temp, path)
+        else:
+            storage.write_atomic(path, faiss.serialize_index(index).tobytes())
+        info["bytes"] = storage.size(path)
+        storage.write_atomic(generation.path("keys.parquet"), parquet_bytes(rows, KEYS_SCHEMA))
+        storage.write_atomic(generation.path("info.json"), json.dumps(info, indent=2).encode())
+        publish(self.root, generation)
 
     def load(self) -> tuple[SearchableIndex, list[str], list[str]]:
         """The index (memory-mapped where FAISS can) set up as it was tuned, and the key and shard of each id."""
-        info = self.info()
-        table = read_parquet(self.path("keys.parquet"), columns=["key", "shard"])
+        return self._pinned(self._load)
+
+    def _load(self, generation: Generation) -> tuple[SearchableIndex, list[str], list[str]]:
+        info = _info(generation)
+        table = read_parquet(generation.path("keys.parquet"), columns=["key", "shard"])
         keys, shards = table.column("key").to_pylist(), table.column("shard").to_pylist()
-        searchable = SearchableIndex(self.read_index(mmap=True))
+        searchable = SearchableIndex(_read_index(generation, mmap=True))
         if len(keys) != searchable.ntotal:
             raise IndexStale(f"{self.root}: the index holds {searchable.ntotal:,} vectors but keys.parquet names "
                              f"{len(keys):,}; rebuild it with `mmindex index {self.embeddings.dataset.root}`")
@@ -94,10 +125,13 @@ class IndexFiles:
         """Raises IndexStale, saying how to fix it, when the index and the dataset disagree: vectors per shard
         against the committed embeddings always; with ``keys``, also every id against the embeddings and the
         samples parquet (slower)."""
-        indexed, embedded = self.info()["shards"], counts(self.embeddings, self.modality)
+        self._pinned(lambda generation: self._check(generation, keys))
+
+    def _check(self, generation: Generation, keys: bool) -> None:
+        indexed, embedded = _info(generation)["shards"], counts(self.embeddings, self.modality)
         if indexed == embedded:
             if keys:
-                self._check_ids()
+                self._check_ids(generation)
             return
         new = sorted(set(embedded) - set(indexed))
         gone = sorted(set(indexed) - set(embedded))
@@ -114,10 +148,10 @@ class IndexFiles:
         raise IndexStale(f"the {self.modality} index of space {space!r} does not match the embeddings: "
                          f"{'; '.join(problems)}. Run `{fix}`.")
 
-    def _check_ids(self) -> None:
+    def _check_ids(self, generation: Generation) -> None:
         """Every id maps to its shard's embedded item and to a sample of that shard, and every sample of the
         modality in an indexed shard has an item (embedded, or skipped with a reason)."""
-        table = read_parquet(self.path("keys.parquet"))
+        table = read_parquet(generation.path("keys.parquet"))
         by_shard: dict[str, list[str]] = {}
         for key, shard in zip(table.column("key").to_pylist(), table.column("shard").to_pylist(), strict=True):
             by_shard.setdefault(shard, []).append(key)
@@ -140,6 +174,18 @@ class IndexFiles:
                 raise IndexStale(f"{len(missing)} sample(s) of shard {shard} with {self.modality} are missing from "
                                  f"its embeddings and so from the index (e.g. {min(missing)}): re-embed that shard "
                                  f"(delete its embeddings) and rebuild: `{rebuild}`")
+
+
+def _info(generation: Generation) -> dict[str, Any]:
+    return json.loads(storage.read_bytes(generation.path("info.json")))
+
+
+def _read_index(generation: Generation, mmap: bool = False) -> faiss.Index:
+    """The FAISS index as saved; ``mmap`` maps a local file instead of reading it (read-only)."""
+    path = generation.path("index.faiss")
+    if not storage.is_local(path):
+        return faiss.deserialize_index(storage.read_bytes(path))
+    return faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) if mmap else faiss.read_index(path)
 
 
 def not_embedded(store: EmbeddingStore) -> str | None:

@@ -1,0 +1,86 @@
+"""Index generations: searches during rebuilds always get one whole build, and old builds go only when no
+reader needs them."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from conftest import synthetic_dataset
+from mmindex.index.build import BuildSettings, build_index
+from mmindex.index.generations import published, reading
+from mmindex.index.store import IndexFiles
+
+
+def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((n, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def image_index(tmp_path: Path) -> IndexFiles:
+    vectors = unit_vectors(3_000, 32, seed=1)
+    store = synthetic_dataset(tmp_path / "ds", [[(f"k{i:05d}", None, {"image": vectors[i]})
+                                                  for i in range(start, start + 1_000)] for start in (0, 1_000, 2_000)])
+    return IndexFiles(store, "image")
+
+
+def generations(files: IndexFiles) -> list[str]:
+    return sorted(p.name for p in Path(files.root).iterdir() if p.is_dir())
+
+
+def test_searches_during_rebuilds_never_mix_two_builds(tmp_path: Path):
+    """Rebuilds alternate between an HNSW index (tuned with efSearch) and exact search (no parameters): a search
+    that took one build's settings and the other's index file failed with FAISS's 'could not set parameter'."""
+    files = image_index(tmp_path)
+    build_index(files, BuildSettings())
+    queries = unit_vectors(5, 32, seed=2)
+    done, failures, searched = threading.Event(), [], [0]
+
+    def search_until_done() -> None:
+        while not done.is_set():
+            try:
+                index, keys, _ = files.load()
+                _, ids = index.search(queries, 10)
+                assert len(keys) == 3_000 and (ids >= 0).all()
+                searched[0] += 1
+            except Exception as err:  # every failure counts, whatever it is
+                failures.append(repr(err))
+
+    readers = [threading.Thread(target=search_until_done) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    try:
+        for build in range(12):
+            build_index(files, BuildSettings(index_type="HNSW16,Flat" if build % 2 else None))
+    finally:
+        done.set()
+        for reader in readers:
+            reader.join()
+    assert failures == [] and searched[0] > 0
+    assert len(generations(files)) <= 3, "old builds are removed once no reader holds them"
+
+
+def test_a_build_that_a_reader_holds_is_kept_until_it_lets_go(tmp_path: Path):
+    files = image_index(tmp_path)
+    build_index(files, BuildSettings())
+    first = published(files.root)
+    with reading(first):
+        build_index(files, BuildSettings())
+        assert Path(first.folder).is_dir(), "a reader was opening it"
+    build_index(files, BuildSettings())
+    assert generations(files) == [Path(published(files.root).folder).name]
+
+
+def test_an_index_from_before_generations_is_read_and_replaced(tmp_path: Path):
+    files = image_index(tmp_path)
+    build_index(files, BuildSettings())
+    generation = Path(published(files.root).folder)
+    root = Path(files.root)
+    for name in ("index.faiss", "keys.parquet", "info.json"):  # the layout of earlier versions
+        (generation / name).rename(root / name)
+    (root / "CURRENT").unlink()
+    assert files.info()["vectors"] == 3_000 and files.load()[0].ntotal == 3_000
+    build_index(files, BuildSettings())
+    assert not (root / "info.json").exists() and files.load()[0].ntotal == 3_000
