@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -111,6 +112,26 @@ def test_a_damaged_shard_file_fails_alone_and_is_retried_by_the_next_run(demo_da
     assert sorted(p.stem for p in out.glob("*.parquet")) == ["000000", "000001", "000003", "000004", "000005"]
     tar.write_bytes(intact)
     assert embed(dataset, str(tiny_clip)).pending == 1
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "pickle"])
+def test_damaged_embeddings_are_reported_with_the_repair_and_embed_repairs_them(demo_dataset, tiny_clip, tmp_path,
+                                                                                damage):
+    dataset = copy_dataset(demo_dataset, tmp_path)
+    embed(dataset, str(tiny_clip))
+    before = embeddings(dataset, "tiny-clip")
+    npy = dataset / "embeddings" / "tiny-clip" / "image" / "000002.npy"
+    damaged = {"garbage": b"\x00garbage" * 50, "truncated": npy.read_bytes()[:-10],
+               "pickle": pickle.dumps(["a", "list"])}[damage]
+    npy.write_bytes(damaged)
+    for command in (["eval", str(dataset)], ["index", str(dataset)]):
+        refused = CliRunner().invoke(app, [*command, "--model", str(tiny_clip)])
+        assert refused.exit_code == 2, refused.output
+        assert f"{npy} is damaged" in refused.output and f"mmindex embed {dataset} --model tiny-clip" in refused.output
+        assert "allow_pickle" not in refused.output, "never a hint to unpickle"
+    repaired = embed(dataset, str(tiny_clip))
+    assert repaired.pending == 1 and repaired.committed == 1, "only the damaged shard is embedded again"
+    assert embeddings(dataset, "tiny-clip") == before
 
 
 def test_the_beam_pipeline_gives_the_worker_pools_vectors(demo_dataset, tiny_clip, tmp_path):

@@ -93,7 +93,7 @@ def embed(settings: EmbedSettings, executor: EmbedExecutor | None = None) -> Emb
         executor = WorkerPool.for_settings(settings)
     with store.dataset.exclusive("embed"):
         store.claim()
-        pending = store.pending()
+        pending = sorted({*store.pending(), *store.damaged()})
         report = EmbedReport(space.name, store.root, len(store.dataset.committed_shards()), len(pending))
         if not pending:
             return report

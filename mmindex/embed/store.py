@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import posixpath
 from collections import Counter
@@ -35,8 +36,19 @@ EMBEDDINGS_SCHEMA = pa.schema([
 ])
 
 
+log = logging.getLogger("mmindex")
+
+
 class SpaceMismatch(ValueError):
     """The folder holds vectors made with other settings under the same space name."""
+
+
+class DamagedEmbeddings(ValueError):
+    """A committed shard's embeddings cannot be read back as they were written."""
+
+    def __init__(self, detail: str, repair: str):
+        super().__init__(f"{detail}: {repair}")
+        self.detail = detail
 
 
 @dataclass
@@ -129,6 +141,17 @@ class EmbeddingStore:
         done = self.committed()
         return [n for n in self.dataset.committed_shards() if n not in done]
 
+    def damaged(self) -> list[int]:
+        """Committed shards whose files cannot be read back whole (the next embed run re-embeds them)."""
+        bad = []
+        for number in sorted(self.committed()):
+            try:
+                self.read(number)
+            except DamagedEmbeddings as err:
+                log.warning("embed: %s: embedding shard %s again", err.detail, shard_name(number))
+                bad.append(number)
+        return bad
+
     def commit(self, shard: ShardEmbeddings) -> None:
         for modality, vectors in sorted(shard.vectors.items()):
             buffer = io.BytesIO()
@@ -137,10 +160,19 @@ class EmbeddingStore:
         storage.write_atomic(self.parquet_path(shard.number), parquet_bytes(shard.rows, EMBEDDINGS_SCHEMA))
 
     def read(self, number: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
-        """A committed shard's rows and its vectors by modality (memory-mapped where the file is local)."""
-        table = read_parquet(self.parquet_path(number))
-        modalities = sorted(set(table.column("modality").to_pylist()))
-        vectors = {m: self.vectors(number, m) for m in modalities if storage.exists(self.vectors_path(number, m))}
+        """A committed shard's rows and its vectors by modality (memory-mapped where the file is local);
+        DamagedEmbeddings, saying how to repair it, when they do not read back as written."""
+        try:
+            table = read_parquet(self.parquet_path(number))
+        except (OSError, pa.ArrowException) as err:
+            raise self._damaged(number, self.parquet_path(number), f"unreadable: {err}") from None
+        rows = Counter(m for m, row in zip(table.column("modality").to_pylist(), table.column("row").to_pylist(),
+                                           strict=True) if row is not None)
+        vectors = {m: self.vectors(number, m) for m in rows}
+        for modality, count in rows.items():
+            if len(vectors[modality]) != count:
+                raise self._damaged(number, self.vectors_path(number, modality), f"{len(vectors[modality]):,} "
+                                    f"vectors for {count:,} embedded items")
         return table, vectors
 
     def summary(self, number: int) -> ShardSummary:
@@ -148,11 +180,24 @@ class EmbeddingStore:
         return ShardSummary.of(number, read_parquet(self.parquet_path(number)).to_pylist())
 
     def vectors(self, number: int, modality: str) -> np.ndarray:
-        """A committed shard's vectors of one modality, memory-mapped where the file is local."""
+        """A committed shard's vectors of one modality, memory-mapped where the file is local. Never unpickled:
+        a file that is not a float16 matrix is reported damaged."""
         path = self.vectors_path(number, modality)
-        if storage.is_local(path):
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        return np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+        try:
+            if storage.is_local(path):
+                vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+            else:
+                vectors = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            reason = "missing" if isinstance(err, FileNotFoundError) else "not a vector file"
+            raise self._damaged(number, path, reason) from None
+        if not isinstance(vectors, np.ndarray) or vectors.dtype != np.float16 or vectors.ndim != 2:
+            raise self._damaged(number, path, "not a float16 matrix")
+        return vectors
+
+    def _damaged(self, number: int, path: str, what: str) -> DamagedEmbeddings:
+        return DamagedEmbeddings(f"{path} is damaged ({what})", f"run `mmindex embed {self.dataset.root} --model "
+                                 f"{self.space.name}`, which embeds shard {shard_name(number)} again")
 
     def record_run(self, stats: dict[str, Any]) -> None:
         path = storage.join(self.root, "stats.json")

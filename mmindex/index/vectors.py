@@ -27,13 +27,8 @@ def embedded_keys(table: pa.Table, modality: str) -> list[str]:
 
 
 def shard_vectors(store: EmbeddingStore, number: int, modality: str) -> ShardVectors:
-    table, arrays = store.read(number)
-    keys = embedded_keys(table, modality)
-    vectors = arrays.get(modality, np.zeros((0, 0), np.float16))
-    if len(keys) != len(vectors):
-        raise ValueError(f"{store.vectors_path(number, modality)} has {len(vectors)} vectors for {len(keys)} "
-                         f"items in {shard_name(number)}.parquet: re-embed that shard (delete both files)")
-    return ShardVectors(number, keys, vectors)
+    table, arrays = store.read(number)  # refuses damaged files, saying how to repair them
+    return ShardVectors(number, embedded_keys(table, modality), arrays.get(modality, np.zeros((0, 0), np.float16)))
 
 
 def modality_shards(store: EmbeddingStore, modality: str, numbers: list[int] | None = None) -> Iterator[ShardVectors]:
