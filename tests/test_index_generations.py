@@ -7,11 +7,16 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
+from typer.testing import CliRunner
 
-from conftest import synthetic_dataset
+from conftest import synthetic_dataset, synthetic_space_file
+from mmindex.cli import app
 from mmindex.index.build import BuildSettings, build_index
 from mmindex.index.generations import published, reading
-from mmindex.index.store import IndexFiles
+from mmindex.index.store import IndexFiles, IndexStale
+
+runner = CliRunner()
 
 
 def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
@@ -84,3 +89,20 @@ def test_an_index_from_before_generations_is_read_and_replaced(tmp_path: Path):
     assert files.info()["vectors"] == 3_000 and files.load()[0].ntotal == 3_000
     build_index(files, BuildSettings())
     assert not (root / "info.json").exists() and files.load()[0].ntotal == 3_000
+
+
+def test_a_damaged_index_file_is_found_by_the_check_and_searches_say_to_rebuild(tmp_path: Path):
+    files = image_index(tmp_path)
+    build_index(files, BuildSettings())
+    index_file = Path(published(files.root).folder) / "index.faiss"
+    index_file.write_bytes(index_file.read_bytes()[:55])  # truncated
+    rebuild = f"mmindex index {tmp_path / 'ds'} --model synthetic"
+    check = runner.invoke(app, ["index", str(tmp_path / "ds"), "--model", synthetic_space_file(tmp_path), "--check"])
+    assert check.exit_code == 2 and f"{index_file} is damaged" in check.output and rebuild in check.output
+    with pytest.raises(IndexStale, match="is damaged"):
+        files.load()
+    with pytest.raises(IndexStale, match="rebuild it"):
+        build_index(files, BuildSettings(), update=True)
+    build_index(files, BuildSettings())
+    files.check(keys=True)
+    assert files.load()[0].ntotal == 3_000

@@ -77,7 +77,7 @@ class IndexFiles:
 
     def read(self) -> tuple[dict[str, Any], faiss.Index]:
         """The info and the FAISS index of one build, in memory (to extend it)."""
-        return self._pinned(lambda generation: (_info(generation), _read_index(generation)))
+        return self._pinned(lambda generation: (_info(generation), self._read_index(generation)))
 
     def save(self, index: faiss.Index, rows: list[dict[str, str]], info: dict[str, Any]) -> None:
         """Writes a new generation and publishes it; returns once readers get it."""
@@ -102,7 +102,7 @@ class IndexFiles:
         info = _info(generation)
         table = read_parquet(generation.path("keys.parquet"), columns=["key", "shard"])
         keys, shards = table.column("key").to_pylist(), table.column("shard").to_pylist()
-        searchable = SearchableIndex(_read_index(generation, mmap=True))
+        searchable = SearchableIndex(self._read_index(generation, mmap=True))
         if len(keys) != searchable.ntotal:
             raise IndexStale(f"{self.root}: the index holds {searchable.ntotal:,} vectors but keys.parquet names "
                              f"{len(keys):,}; rebuild it with `mmindex index {self.embeddings.dataset.root}`")
@@ -127,7 +127,28 @@ class IndexFiles:
         samples parquet (slower)."""
         self._pinned(lambda generation: self._check(generation, keys))
 
+    def _read_index(self, generation: Generation, mmap: bool = False) -> faiss.Index:
+        """The FAISS index as saved (``mmap``: a local file mapped, read-only); IndexStale, saying to rebuild,
+        when the file is damaged or does not hold the vectors its info records."""
+        path = generation.path("index.faiss")
+        try:
+            if not storage.is_local(path):
+                index = faiss.deserialize_index(storage.read_bytes(path))
+            else:
+                index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
+        except RuntimeError as err:  # FAISS's read errors: a truncated or overwritten file
+            reason = str(err).strip().splitlines()[-1][:120]
+            raise IndexStale(f"{path} is damaged ({reason}): rebuild it with `mmindex index "
+                             f"{self.embeddings.dataset.root} --model {self.embeddings.space.name}`") from None
+        recorded = sum(_info(generation)["shards"].values())
+        if index.ntotal != recorded:
+            raise IndexStale(f"{path} is damaged (it holds {index.ntotal:,} vectors, its info.json {recorded:,}): "
+                             f"rebuild it with `mmindex index {self.embeddings.dataset.root} --model "
+                             f"{self.embeddings.space.name}`")
+        return index
+
     def _check(self, generation: Generation, keys: bool) -> None:
+        self._read_index(generation, mmap=True)
         indexed, embedded = _info(generation)["shards"], counts(self.embeddings, self.modality)
         if indexed == embedded:
             if keys:
@@ -180,12 +201,6 @@ def _info(generation: Generation) -> dict[str, Any]:
     return json.loads(storage.read_bytes(generation.path("info.json")))
 
 
-def _read_index(generation: Generation, mmap: bool = False) -> faiss.Index:
-    """The FAISS index as saved; ``mmap`` maps a local file instead of reading it (read-only)."""
-    path = generation.path("index.faiss")
-    if not storage.is_local(path):
-        return faiss.deserialize_index(storage.read_bytes(path))
-    return faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) if mmap else faiss.read_index(path)
 
 
 def not_embedded(store: EmbeddingStore) -> str | None:
