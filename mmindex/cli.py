@@ -265,11 +265,16 @@ def evaluate(
     where every item sharing the query's caption counts as correct; with exact search and the built index."""
     from mmindex.embed.store import EmbeddingStore
     from mmindex.evaluate import evaluate as run
+    from mmindex.index.store import not_embedded
     from mmindex.spaces import resolve_space
 
     console.setup_logging()
     with console.errors():
-        rows = run(EmbeddingStore.of(dataset, resolve_space(model)))
+        store = EmbeddingStore.of(dataset, resolve_space(model))
+        rows, missing = run(store), not_embedded(store)
+        if missing and not rows:
+            raise FileNotFoundError(f"nothing to evaluate: {missing}")
+        console.warn(missing)
     (console.print_json if as_json else console.print_eval)(rows)
 
 

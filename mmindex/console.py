@@ -113,7 +113,8 @@ def print_embed(report: EmbedReport) -> None:
     for failure in report.failures:
         typer.echo(f"  failed: {failure}", err=True)
     if report.failures:
-        typer.echo("  Shards that failed are not committed: run the same command again to finish them.", err=True)
+        typer.echo("  Shards that failed are not committed: once the lines above are dealt with, run the same command "
+                   "again to finish them.", err=True)
 
 
 def print_index(report: IndexReport) -> None:

@@ -352,3 +352,9 @@ def test_an_index_built_before_new_shards_were_embedded_is_caught_by_search(inde
     (dataset / "embeddings" / "offline" / "000005.parquet").unlink()
     result = search(dataset, "a cat", "--modality", "image")
     assert result.exit_code == 2 and "does not match the embeddings" in result.output
+
+
+def test_eval_of_a_dataset_not_embedded_says_what_to_run(demo_dataset):
+    result = runner.invoke(app, ["eval", str(demo_dataset)])
+    assert result.exit_code == 2 and "nothing to evaluate" in result.output
+    assert f"mmindex embed {demo_dataset} --model offline" in result.output and "No pairs" not in result.output
