@@ -85,8 +85,8 @@ class IngestReport:
     counts: IngestCounts
     shards_added: list[ShardWritten]
     rejects_file: str | None
-    stage: str = "ingest"
-    changed: bool = field(default=False)   # whether the run added shards or rejects
+    stage: str = "ingest"    # as mmindex.json records each run
+    changed: bool = False    # whether the run added shards or rejects (not recorded)
 
     @property
     def seconds(self) -> float:
