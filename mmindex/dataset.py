@@ -88,6 +88,11 @@ def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
     return parquet_file(path).read(columns=columns)
 
 
+def sample_keys(samples_parquet: str) -> list[str]:
+    """The keys of one shard's samples."""
+    return read_parquet(samples_parquet, ["key"]).column("key").to_pylist()
+
+
 @dataclass(frozen=True)
 class Dataset:
     """Paths and bookkeeping of one dataset folder (local or on any Beam file system)."""

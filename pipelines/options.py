@@ -29,8 +29,6 @@ def runner_and_options(beam_args: list[str], workers: int = 1) -> tuple[Pipeline
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    if workers < 1:
-        raise ValueError("--workers must be at least 1")
     if any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args):
         return None, PipelineOptions(beam_args)
     mode = "in_memory" if workers == 1 else "multi_processing"

@@ -173,16 +173,12 @@ def devices(gpus: int | None, device: str, workers: int) -> list[str]:
     """One entry per worker; a clear error when GPUs are asked for and none are usable."""
     if gpus is not None:
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if gpus < 1:
-            raise ValueError("--gpus must be at least 1")
         if available < gpus:
             build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
             raise RuntimeError(f"--gpus {gpus} asked for, but torch ({torch.__version__}, {build}) sees "
                                f"{available} CUDA device(s). Check `nvidia-smi` and install a CUDA build of "
                                f"torch, or run on the CPU with --device cpu --workers N.")
         return [f"cuda:{i}" for i in range(gpus)]
-    if workers < 1:
-        raise ValueError("--workers must be at least 1")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"--device {device}: torch sees no CUDA device; use --device cpu")
     return [device] * workers

@@ -77,7 +77,11 @@ class IndexFiles:
 
     def read(self) -> tuple[dict[str, Any], faiss.Index]:
         """The info and the FAISS index of one build, in memory (to extend it)."""
-        return self._pinned(lambda generation: (_info(generation), self._read_index(generation)))
+        def read(generation: Generation) -> tuple[dict[str, Any], faiss.Index]:
+            info = _info(generation)
+            return info, self._read_index(generation, info)
+
+        return self._pinned(read)
 
     def save(self, index: faiss.Index, rows: list[dict[str, str]], info: dict[str, Any]) -> None:
         """Writes a new generation and publishes it; returns once readers get it."""
@@ -102,7 +106,7 @@ class IndexFiles:
         info = _info(generation)
         table = read_parquet(generation.path("keys.parquet"), columns=["key", "shard"])
         keys, shards = table.column("key").to_pylist(), table.column("shard").to_pylist()
-        searchable = SearchableIndex(self._read_index(generation, mmap=True))
+        searchable = SearchableIndex(self._read_index(generation, info, mmap=True))
         if len(keys) != searchable.ntotal:
             raise IndexStale(f"{self.root}: the index holds {searchable.ntotal:,} vectors but keys.parquet names "
                              f"{len(keys):,}; rebuild it with `mmindex index {self.embeddings.dataset.root}`")
@@ -127,7 +131,7 @@ class IndexFiles:
         samples parquet (slower)."""
         self._pinned(lambda generation: self._check(generation, keys))
 
-    def _read_index(self, generation: Generation, mmap: bool = False) -> faiss.Index:
+    def _read_index(self, generation: Generation, info: dict[str, Any], mmap: bool = False) -> faiss.Index:
         """The FAISS index as saved (``mmap``: a local file mapped, read-only); IndexStale, saying to rebuild,
         when the file is damaged or does not hold the vectors its info records."""
         path = generation.path("index.faiss")
@@ -140,7 +144,7 @@ class IndexFiles:
             reason = str(err).strip().splitlines()[-1][:120]
             raise IndexStale(f"{path} is damaged ({reason}): rebuild it with `mmindex index "
                              f"{self.embeddings.dataset.root} --model {self.embeddings.space.name}`") from None
-        recorded = sum(_info(generation)["shards"].values())
+        recorded = sum(info["shards"].values())
         if index.ntotal != recorded:
             raise IndexStale(f"{path} is damaged (it holds {index.ntotal:,} vectors, its info.json {recorded:,}): "
                              f"rebuild it with `mmindex index {self.embeddings.dataset.root} --model "
@@ -148,10 +152,11 @@ class IndexFiles:
         return index
 
     def _check(self, generation: Generation, keys: bool) -> None:
-        self._read_index(generation, mmap=True)
-        indexed, embedded = _info(generation)["shards"], counts(self.embeddings, self.modality)
+        info = _info(generation)
+        indexed, embedded = info["shards"], counts(self.embeddings, self.modality)
         if indexed == embedded:
-            if keys:
+            if keys:  # the full check also opens the index file (loading it checks it too)
+                self._read_index(generation, info, mmap=True)
                 self._check_ids(generation)
             return
         new = sorted(set(embedded) - set(indexed))

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 
-from mmindex.dataset import Dataset, read_parquet
+from mmindex.dataset import Dataset, sample_keys
 from mmindex.ingest.discover import discover_batches
 from mmindex.ingest.plan import choose_winner, plan_winners
 from mmindex.ingest.records import Candidate, IngestOutcome, Reject, SampleRecord, ShardWritten
@@ -86,7 +86,7 @@ class LocalExecutor:
     def __call__(self, job: IngestJob) -> IngestOutcome:
         limits = job.settings.limits
         records, rejects, found = self._check(job)
-        present = {key for path in job.existing for key in read_parquet(path, ["key"]).column("key").to_pylist()}
+        present = {key for path in job.existing for key in sample_keys(path)}
         winners, already_present = [], 0
         for key, group in records.items():
             winner, duplicates, held = choose_winner(key, [(r.source, r.sizes) for r in group], key in present)

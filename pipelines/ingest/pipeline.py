@@ -25,7 +25,7 @@ import apache_beam as beam
 from apache_beam.pvalue import AsList, AsSingleton, TaggedOutput
 
 from mmindex import storage
-from mmindex.dataset import read_parquet
+from mmindex.dataset import sample_keys
 from mmindex.ingest.discover import discover_batches
 from mmindex.ingest.plan import choose_winner, plan_winners
 from mmindex.ingest.records import IngestOutcome, Reject, SampleRecord, ShardWritten
@@ -76,7 +76,7 @@ def to_shard(record: SampleRecord, plan: dict[str, tuple[int, str]]):
 
 
 def existing_keys(samples_parquet: str) -> list[tuple[str, None]]:
-    return [(key, None) for key in read_parquet(samples_parquet, ["key"]).column("key").to_pylist()]
+    return [(key, None) for key in sample_keys(samples_parquet)]
 
 
 def write_outcome(_: Any, path: str, shards: list[ShardWritten], rejects: list[Reject], found: int,
