@@ -247,6 +247,18 @@ def test_a_rebuilt_index_is_served_without_a_restart_and_no_query_fails(server: 
     assert failures == [] and answered[0] > 0
 
 
+
+def test_samples_ingested_embedded_and_added_with_update_are_found_without_a_restart(server: Server, tmp_path):
+    more = tmp_path / "more"
+    more.mkdir()
+    (more / "lighthouse.txt").write_text("a tall lighthouse on a rocky coast at night")
+    ingest(more, dataset=server.dataset)
+    embed(server.dataset, threads=1)
+    build_indexes(IndexSettings(str(server.dataset), update=True))
+    hits = server.search(text="a lighthouse by the sea", modality="text", k=1).json()["hits"]
+    assert hits[0]["caption"] == "a tall lighthouse on a rocky coast at night"
+    assert server.http.get(server.url + hits[0]["media"]["text"], timeout=10).text == hits[0]["caption"]
+
 def image_index_type(server: Server) -> str:
     server.search(text="anything", k=1)  # a search picks up a newly published build
     space = server.http.get(f"{server.url}/info", timeout=10).json()["datasets"][0]["spaces"][0]
