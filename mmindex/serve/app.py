@@ -27,7 +27,7 @@ from mmindex.serve.catalog import NotFound, ServedDataset, pick
 from mmindex.serve.guards import BodyLimit, BodyTooLarge, Timeout, TokenAuth
 from mmindex.serve.hits import api_hit
 from mmindex.serve.members import RangeNotSatisfiable, byte_range, find_member
-from mmindex.serve.requests import ApiError, SearchRequest, read_search
+from mmindex.serve.queries import ApiError, SearchRequest, read_search
 from mmindex.serve.settings import ServeSettings
 from mmindex.serve.thumbnails import Thumbnails
 

@@ -23,7 +23,7 @@ from mmindex.search import Query, Searcher
 from mmindex.serve.catalog import NotFound, ServedDataset
 from mmindex.serve.hits import media_urls
 from mmindex.serve.members import find_member
-from mmindex.serve.requests import ApiError, media_bytes, read_json
+from mmindex.serve.queries import ApiError, media_bytes, read_json
 from mmindex.serve.settings import ServeLimits
 
 IGNORED = {"use_mclip", "deduplicate", "use_safety_model", "use_violence_detector", "aesthetic_score",

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from mmindex.dataset import MODALITIES
 from mmindex.media import Limits, Rejected, audio_errors, check_clip, image_errors, open_audio
 from mmindex.search import BadQuery, Query
+from mmindex.serve.guards import BodyTooLarge
 from mmindex.serve.settings import ServeLimits
 
 FIELDS = ("dataset", "space", "text", "image", "audio", "weights", "modality", "k")
@@ -66,7 +67,7 @@ async def read_json(request: Request) -> dict[str, Any]:
 async def _form(request: Request, limits: ServeLimits) -> dict[str, Any]:
     try:
         form = await request.form(max_files=2, max_fields=len(FIELDS), max_part_size=limits.upload_bytes)
-    except ApiError:
+    except BodyTooLarge:
         raise
     except Exception as err:  # python-multipart and Starlette raise several types for malformed bodies
         raise ApiError(400, f"the multipart body cannot be read: {err}") from None
