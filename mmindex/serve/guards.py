@@ -36,15 +36,32 @@ async def send_error(send: Send, status: int, message: str, headers: list[tuple[
     await send({"type": "http.response.body", "body": body})
 
 
-class TokenAuth:
+class Guard:
+    """ASGI middleware over HTTP requests; other scopes (lifespan) pass through untouched."""
+
+    def __init__(self, app: App):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.guard(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def guard(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class TokenAuth(Guard):
     """Bearer-token auth for a server other machines can reach. A browser opens ``/?token=T`` once: the
     token is then kept in an HttpOnly cookie, so the page, its images and its audio work without a header."""
 
     def __init__(self, app: App, token: str):
-        self.app, self.token = app, token.encode()
+        super().__init__(app)
+        self.token = token.encode()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+    async def guard(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -71,17 +88,15 @@ class TokenAuth:
         await self.app(scope, receive, set_cookie)
 
 
-class BodyLimit:
+class BodyLimit(Guard):
     """Refuses a body over ``limit`` bytes: at once when Content-Length says so, else when the bytes read
     pass it (a chunked upload)."""
 
     def __init__(self, app: App, limit: int):
-        self.app, self.limit = app, limit
+        super().__init__(app)
+        self.limit = limit
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.limit:
             await send_error(send, 413 if declared.isdigit() else 400,
@@ -100,17 +115,15 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-class Timeout:
+class Timeout(Guard):
     """Answers 503 when a request has not started its response within ``seconds``. Streaming a member may
     then take as long as the client needs."""
 
     def __init__(self, app: App, seconds: float):
-        self.app, self.seconds = app, seconds
+        super().__init__(app)
+        self.seconds = seconds
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         started, late = asyncio.Event(), False
 
         async def watched(message: Message) -> None:
