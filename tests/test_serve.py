@@ -369,12 +369,21 @@ def test_multipart_mistakes_are_named(server: Server, parts, status, says):
     (["--host", "0.0.0.0"], "--token"),
     (["--host", "192.168.1.10", "--token", "short"], "at least 8"),
     (["--dataset", "a=/x", "--dataset", "a=/y"], "its own name"),
-    (["--dataset", "/no/such/dataset"], "no mmindex dataset"),
+    (["--dataset", "/no/such/dataset", "--port", "0"], "no mmindex dataset"),
 ])
 def test_serve_refuses_settings_that_cannot_work(args: list[str], says: str):
     """Another address needs a token or --open; each refusal is one line and exit status 2, before any model loads."""
     result = CliRunner().invoke(app, ["serve", *args])
     assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output
+
+
+def test_a_port_in_use_is_refused_before_anything_loads():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--port", str(port), "--dataset", "/no/such/dataset"])
+    assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output
 
 def test_a_browser_opens_the_page_with_the_token_once_and_keeps_it_in_a_cookie(server: Server):
     browser = requests.Session()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 from mmindex.serve.app import create_app
 from mmindex.serve.catalog import load_catalog
@@ -15,6 +16,7 @@ def serve(settings: ServeSettings) -> None:
     import uvicorn
     from threadpoolctl import threadpool_limits
 
+    check_address(settings.host, settings.port)  # before a minute of loading models, not after
     # One query is one vector: multithreaded BLAS only contends with the models' own threads (a text query
     # took 5x longer with torch loaded). Concurrent requests use the cores instead.
     threadpool_limits(1, user_api="blas")
@@ -25,3 +27,15 @@ def serve(settings: ServeSettings) -> None:
              "" if not settings.token else f"; open http://{shown}:{settings.port}/?token=... in a browser")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_keep_alive=5,
                 limit_concurrency=256)
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuses an address this process cannot listen on (a port in use, a host that is not this machine's)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a closing socket is no bar
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ValueError(f"cannot listen on {host}:{port} ({err.strerror or err}): choose another --port or "
+                             f"--host, or stop what uses it") from None

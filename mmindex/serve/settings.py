@@ -40,6 +40,7 @@ class ServeSettings:
                              f"'Authorization: Bearer SECRET') or --open to serve it to anyone who can reach it")
         if self.token is not None and len(self.token) < 8:
             raise ValueError("--token must be at least 8 characters")
+        self.named_datasets()  # raises when two datasets would get one name
         for origin in self.cors_origins:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"--cors {origin}: give a page's origin, e.g. https://rom1504.github.io")
