@@ -370,6 +370,7 @@ def test_multipart_mistakes_are_named(server: Server, parts, status, says):
     (["--host", "192.168.1.10", "--token", "short"], "at least 8"),
     (["--dataset", "a=/x", "--dataset", "a=/y"], "its own name"),
     (["--dataset", "/no/such/dataset", "--port", "0"], "no mmindex dataset"),
+    (["--host", "0.0.0.0", "--open", "--port", "0", "--dataset", "/nowhere"], "no mmindex dataset"),  # --open: past
 ])
 def test_serve_refuses_settings_that_cannot_work(args: list[str], says: str):
     """Another address needs a token or --open; each refusal is one line and exit status 2, before any model loads."""
