@@ -279,6 +279,31 @@ def evaluate(
 
 
 @app.command()
+def serve(
+    dataset: Annotated[list[str] | None, typer.Option("--dataset", "-d", help="A dataset to serve, as PATH or "
+                                                      "NAME=PATH; repeat for several ($MMINDEX_DATASET).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; other than localhost needs --token or --open.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    token: Annotated[str | None, typer.Option(envvar="MMINDEX_TOKEN", help="Require 'Authorization: Bearer "
+                                              "TOKEN' (browsers: open /?token=TOKEN once).")] = None,
+    open_: Annotated[bool, typer.Option("--open", help="Serve a non-local address to anyone, without a token.")]
+    = False,
+    max_upload: Annotated[str, typer.Option(help="Largest request body (a size).")] = "20MiB",
+    timeout: Annotated[float, typer.Option(help="Seconds a request may take before it is answered 503.")] = 30.0,
+) -> None:
+    """Serve datasets over HTTP: a web page at /, a JSON API (/docs), clip-retrieval's /knn-service."""
+    from mmindex.serve.run import serve as run
+    from mmindex.serve.settings import ServeLimits, ServeSettings
+    from mmindex.sizes import parse_size
+
+    console.setup_logging()
+    with console.errors():
+        limits = ServeLimits(upload_bytes=parse_size(max_upload), timeout_s=timeout)
+        run(ServeSettings(tuple(dataset or [DEFAULT_DATASET]), host, port, token, open_, limits))
+
+
+@app.command()
 def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Where to build the demo dataset.")]
          = Path("mmindex-demo")) -> None:
     """Run the whole job on the built-in demo corpus (photos, clipart, animal sounds, speech, texts)."""

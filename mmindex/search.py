@@ -6,8 +6,10 @@ similarities in the space's shared vector space, so results from several modalit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +20,8 @@ import numpy as np
 from mmindex.dataset import MODALITIES, read_parquet
 from mmindex.embed.store import EmbeddingStore
 from mmindex.encoders.base import Encoder
-from mmindex.index.searchable import SearchableIndex
-from mmindex.index.store import IndexFiles, not_embedded
+from mmindex.index.generations import published
+from mmindex.index.store import IndexFiles, LoadedIndex, not_embedded
 from mmindex.media import Rejected
 from mmindex.spaces import Space
 
@@ -32,17 +34,20 @@ class BadQuery(ValueError):
 
 @dataclass
 class Query:
-    """One query: any of a text, an image file and an audio file, with a weight each (fused into one vector)."""
+    """One query: any of a text, an image and an audio clip, with a weight each (fused into one vector). An
+    image or clip is a file's path (the CLI) or its bytes (an upload to the server)."""
 
     text: str | None = None
-    image: str | None = None
-    audio: str | None = None
+    image: str | bytes | None = None
+    audio: str | bytes | None = None
     weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in MODALITIES:
-            if not isinstance(getattr(self, name), str | None):
-                raise BadQuery(f"{name} must be a string, not {getattr(self, name)!r}")
+        if not isinstance(self.text, str | None):
+            raise BadQuery(f"text must be a string, not {self.text!r}")
+        for name in ("image", "audio"):
+            if not isinstance(getattr(self, name), str | bytes | None):
+                raise BadQuery(f"{name} must be a file's path or bytes, not {getattr(self, name)!r}")
         if not isinstance(self.weights, dict):
             raise BadQuery(f"weights must map modalities to numbers, not {self.weights!r}")
         for name, weight in self.weights.items():
@@ -51,7 +56,7 @@ class Query:
             if isinstance(weight, bool) or not isinstance(weight, int | float):
                 raise BadQuery(f"weight for {name!r} must be a number, not {weight!r}")
 
-    def parts(self) -> dict[str, str]:
+    def parts(self) -> dict[str, str | bytes]:
         parts = {m: v for m in MODALITIES if (v := getattr(self, m))}
         if "text" in parts and not parts["text"].strip():
             del parts["text"]
@@ -65,14 +70,40 @@ class Searcher:
         self.store = EmbeddingStore.of(root, space)
         self.device = device
         self._encoders: dict[str, Encoder] = {}
-        self._indexes: dict[str, tuple[SearchableIndex, list[str], list[str]]] = {}
+        self._reloading = threading.Lock()
+        self._encoding = {m: threading.Lock() for m in MODALITIES}  # a model runs one query at a time
         self.targets = targets or [m for m in MODALITIES if IndexFiles(self.store, m).exists()]
         if not self.targets:
             IndexFiles(self.store, "text").info()  # raises IndexMissing with the command to run
-        for modality in self.targets:
-            files = IndexFiles(self.store, modality)
-            files.check()
-            self._indexes[modality] = files.load()
+        self.indexes: dict[str, LoadedIndex] = {m: self._load(m) for m in self.targets}
+
+    def _load(self, modality: str) -> LoadedIndex:
+        files = IndexFiles(self.store, modality)
+        files.check()
+        return files.load_published()
+
+    def refresh(self) -> list[str]:
+        """Loads every index whose published generation changed since it was loaded (a rebuild or --update) and
+        returns those modalities. Searches under way keep the build they started with; none waits for this.
+        A new build that cannot be used (stale, damaged) is logged and the one loaded before kept."""
+        if not self._reloading.acquire(blocking=False):
+            return []  # another thread is loading it
+        try:
+            changed = {m: loaded for m, loaded in self.indexes.items()
+                       if published(IndexFiles(self.store, m).root) != loaded.generation}
+            fresh = dict(self.indexes)
+            for modality, loaded in changed.items():
+                try:
+                    fresh[modality] = self._load(modality)
+                except (OSError, RuntimeError, ValueError) as err:
+                    log.warning("search: keeping the %s index loaded before: the new build cannot be used: %s",
+                                modality, err)
+                    generation = published(IndexFiles(self.store, modality).root)  # not tried again until the next
+                    fresh[modality] = dataclasses.replace(loaded, generation=generation)
+            self.indexes = fresh  # one assignment: a search sees the old set or the new one, never a mix
+            return sorted(changed)
+        finally:
+            self._reloading.release()
 
     def not_embedded(self) -> str | None:
         """What to run when ingested shards have no embeddings yet (no index can find their samples)."""
@@ -91,21 +122,15 @@ class Searcher:
         """The query's unit vector: its parts embedded and averaged with their weights."""
         total = None
         for modality, value in query.parts().items():
-            encoder = self.encoder(modality)
-            if modality == "text":
-                payload = value.encode()
-            else:
-                path = Path(value)
-                if not path.is_file():
-                    raise BadQuery(f"--{modality} {value}: " + ("a folder, not a file: give one " + modality + " file"
-                                                               if path.is_dir() else "no such file"))
-                payload = path.read_bytes()
+            label, payload = _payload(modality, value)
             try:
-                result = encoder.encode([encoder.preparer()(payload)])
+                with self._encoding[modality]:
+                    encoder = self.encoder(modality)
+                    result = encoder.encode([encoder.preparer()(payload)])
             except Rejected as err:
-                raise BadQuery(f"--{modality} {value}: {err.reason}: {err.detail}") from None
+                raise BadQuery(f"{label}: {err.reason}: {err.detail}") from None
             if result.skipped[0]:
-                raise BadQuery(f"--{modality} {value}: {result.skipped[0]}")
+                raise BadQuery(f"{label}: {result.skipped[0]}")
             part = query.weights.get(modality, 1.0) * np.asarray(result.vectors[0], np.float32)
             total = part if total is None else total + part
         norm = np.linalg.norm(total)
@@ -113,13 +138,21 @@ class Searcher:
             raise BadQuery("the weighted query parts cancel out: check --weight")
         return total / norm
 
-    def search(self, query: Query, k: int = 10) -> list[dict[str, Any]]:
-        vector = self.embed(query)[None, :]
+    def search(self, query: Query, k: int = 10, modality: str | None = None) -> list[dict[str, Any]]:
+        """The k best hits for ``query``, of every indexed modality or only ``modality``."""
+        return self.search_vector(self.embed(query), k, modality)
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, modality: str | None = None) -> list[dict[str, Any]]:
+        """The k best hits for a unit vector of the space (every search ends here)."""
+        indexes = self.indexes  # one build per modality for the whole search, even if a refresh swaps them
+        if modality is not None and modality not in indexes:
+            raise BadQuery(f"no {modality} index is loaded (indexed: {', '.join(indexes)})")
         hits = []
-        for modality, (index, keys, shards) in self._indexes.items():
-            scores, ids = index.search(vector, min(k, index.ntotal))
-            hits += [{"score": float(s), "modality": modality, "key": keys[i], "shard": shards[i]}
-                     for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+        for name, loaded in indexes.items():
+            if modality is None or name == modality:
+                scores, ids = loaded.index.search(vector[None, :], min(k, loaded.index.ntotal))
+                hits += [{"score": float(s), "modality": name, "key": loaded.keys[i], "shard": loaded.shards[i]}
+                         for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
         hits.sort(key=lambda h: -h["score"])
         hits = hits[:k]
         self._describe(hits)
@@ -135,6 +168,19 @@ class Searcher:
                 if hit["shard"] == shard:
                     row = rows.get(hit["key"], {})
                     hit["caption"], hit["source"] = row.get("caption"), row.get("source")
+
+
+def _payload(modality: str, value: str | bytes) -> tuple[str, bytes]:
+    """How errors name a query part, and its bytes: a text, an uploaded file's bytes, or a file read from a path."""
+    if modality == "text":
+        return "text", str(value).encode()
+    if isinstance(value, bytes):
+        return f"the {modality}", value
+    path = Path(value)
+    if not path.is_file():
+        raise BadQuery(f"--{modality} {value}: " + ("a folder, not a file: give one " + modality + " file"
+                                                   if path.is_dir() else "no such file"))
+    return f"--{modality} {value}", path.read_bytes()
 
 
 def parse_weights(items: list[str]) -> dict[str, float]:

@@ -44,6 +44,18 @@ class IndexStale(RuntimeError):
 
 
 @dataclass(frozen=True)
+class LoadedIndex:
+    """One build of an index, ready to search: its generation and info, the index, and the key and shard of
+    each id, all read from that one generation."""
+
+    generation: Generation
+    info: dict[str, Any]
+    index: SearchableIndex
+    keys: list[str]
+    shards: list[str]
+
+
+@dataclass(frozen=True)
 class IndexFiles:
     embeddings: EmbeddingStore
     modality: str
@@ -100,9 +112,14 @@ class IndexFiles:
 
     def load(self) -> tuple[SearchableIndex, list[str], list[str]]:
         """The index (memory-mapped where FAISS can) set up as it was tuned, and the key and shard of each id."""
+        loaded = self.load_published()
+        return loaded.index, loaded.keys, loaded.shards
+
+    def load_published(self) -> LoadedIndex:
+        """The published build whole, with the generation it came from (a server compares it with CURRENT)."""
         return self._pinned(self._load)
 
-    def _load(self, generation: Generation) -> tuple[SearchableIndex, list[str], list[str]]:
+    def _load(self, generation: Generation) -> LoadedIndex:
         info = _info(generation)
         table = read_parquet(generation.path("keys.parquet"), columns=["key", "shard"])
         keys, shards = table.column("key").to_pylist(), table.column("shard").to_pylist()
@@ -114,7 +131,7 @@ class IndexFiles:
         if rerank:
             searchable.exact = ExactVectors([self._vectors(name, count) for name, count in Counter(shards).items()])
         searchable.set(info["parameters"], rerank)
-        return searchable, keys, shards
+        return LoadedIndex(generation, info, searchable, keys, shards)
 
     def _vectors(self, shard: str, count: int) -> np.ndarray:
         """A shard's embeddings, which re-ranking reads by id: they must be the ones the index was built from."""

@@ -1,0 +1,151 @@
+"""The HTTP API: routes, and the one error shape every refusal takes ({"error": "..."} with a 4xx status).
+
+Model calls and file reads run in Starlette's thread pool, never on the event loop, so requests are served
+concurrently; each model runs one query at a time (Searcher), so concurrent queries queue per modality.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from mmindex.search import BadQuery
+from mmindex.serve import clip_compat
+from mmindex.serve.catalog import NotFound, ServedDataset, pick
+from mmindex.serve.guards import BodyLimit, BodyTooLarge, Timeout, TokenAuth
+from mmindex.serve.hits import api_hit
+from mmindex.serve.members import RangeNotSatisfiable, byte_range, find_member
+from mmindex.serve.requests import ApiError, SearchRequest, read_search
+from mmindex.serve.settings import ServeSettings
+from mmindex.serve.thumbnails import Thumbnails
+
+log = logging.getLogger("mmindex")
+STATIC = Path(__file__).parent / "static"
+IMMUTABLE = "public, max-age=31536000, immutable"   # keys are content digests: a member's bytes never change
+SEARCH_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "properties": {
+        "dataset": {"type": "string"}, "space": {"type": "string"}, "text": {"type": "string"},
+        "image": {"type": "string", "description": "base64 (or a data: URL)"},
+        "audio": {"type": "string", "description": "base64 (or a data: URL)"},
+        "weights": {"type": "object", "additionalProperties": {"type": "number"}},
+        "modality": {"type": "string", "enum": ["image", "audio", "text", "all"]},
+        "k": {"type": "integer", "minimum": 1}}}},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "text": {"type": "string"}, "image": {"type": "string", "format": "binary"},
+        "audio": {"type": "string", "format": "binary"}, "weights": {"type": "string"},
+        "modality": {"type": "string"}, "k": {"type": "integer"}, "dataset": {"type": "string"},
+        "space": {"type": "string"}}}}}}}
+
+
+def create_app(settings: ServeSettings, catalog: dict[str, ServedDataset]) -> FastAPI:
+    limits = settings.limits
+    app = FastAPI(title="mmindex", description="Search images, audio and text across modalities.")
+    app.state.catalog, app.state.limits = catalog, limits
+    thumbnails = Thumbnails(limits.image_pixels)
+    _errors(app)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/info")
+    def info() -> dict[str, Any]:
+        return {"datasets": [served.info() for served in catalog.values()],
+                "limits": {"upload_bytes": limits.upload_bytes, "image_pixels": limits.image_pixels,
+                           "audio_seconds": limits.audio_seconds, "max_k": limits.max_k,
+                           "timeout_s": limits.timeout_s}}
+
+    @app.post("/search", openapi_extra=SEARCH_BODY)
+    async def search(request: Request) -> dict[str, Any]:
+        """Text, image and audio parts fused into one query; hits of every modality, or only ``modality``."""
+        asked = await read_search(request, limits)
+        return await run_in_threadpool(run_search, catalog, asked)
+
+    @app.get("/media/{dataset}/{key:path}/{member}")
+    def media(dataset: str, key: str, member: str, request: Request) -> Response:
+        """A sample's member streamed from its shard; HTTP Range supported (audio can seek)."""
+        found = find_member(pick(catalog, dataset), checked_key(key), member)
+        headers = {"Accept-Ranges": "bytes", "Cache-Control": IMMUTABLE, "ETag": f'"{key}.{found.ext}"',
+                   "X-Content-Type-Options": "nosniff"}
+        try:
+            wanted = byte_range(request.headers.get("range"), found.size)
+        except RangeNotSatisfiable:
+            return JSONResponse({"error": f"the range {request.headers.get('range')} lies outside the member's "
+                                 f"{found.size:,} bytes"}, 416, {**headers, "Content-Range": f"bytes */{found.size}"})
+        if wanted is None:
+            return StreamingResponse(found.read(), 200, {**headers, "Content-Length": str(found.size)},
+                                     media_type=found.content_type)
+        start, end = wanted
+        headers.update({"Content-Range": f"bytes {start}-{end}/{found.size}", "Content-Length": str(end - start + 1)})
+        return StreamingResponse(found.read(start, end), 206, headers, media_type=found.content_type)
+
+    @app.get("/thumbnail/{dataset}/{key:path}")
+    def thumbnail(dataset: str, key: str, size: int = Query(256, ge=limits.thumbnail_sizes[0],
+                                                             le=limits.thumbnail_sizes[1])) -> Response:
+        """A JPEG of the sample's image, its longer side ``size`` pixels (made once, then cached)."""
+        served = pick(catalog, dataset)
+        image = find_member(served, checked_key(key), "image").bytes()
+        try:
+            made = thumbnails.get((served.name, key, size), image)
+        except Exception as err:
+            raise ApiError(422, f"the image of sample {key!r} cannot be shown: {err}") from None
+        return Response(made, media_type="image/jpeg", headers={"Cache-Control": IMMUTABLE})
+
+    app.include_router(clip_compat.router(catalog, limits))
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # the last added runs first: refuse strangers, then oversized bodies, then time the rest
+    app.add_middleware(Timeout, seconds=limits.timeout_s)
+    app.add_middleware(BodyLimit, limit=limits.upload_bytes)
+    if settings.token:
+        app.add_middleware(TokenAuth, token=settings.token)
+    return app
+
+
+def run_search(catalog: dict[str, ServedDataset], asked: SearchRequest) -> dict[str, Any]:
+    served = pick(catalog, asked.dataset)
+    searcher = served.searcher(asked.space)
+    started = time.perf_counter()
+    hits = searcher.search(asked.query, asked.k, asked.modality)
+    took = (time.perf_counter() - started) * 1000
+    return {"dataset": served.name, "space": searcher.store.space.name, "took_ms": round(took, 2),
+            "hits": [api_hit(served, hit) for hit in hits]}
+
+
+def checked_key(key: str) -> str:
+    """A key as a media URL may give it: refused outright when it looks like a file path."""
+    if key.startswith("/") or "\\" in key or ".." in key.split("/") or "\x00" in key:
+        raise ApiError(400, "media URLs name a sample's key, never a file path")
+    return key
+
+
+def _errors(app: FastAPI) -> None:
+    """Every refusal as {"error": "..."}: what was wrong, in one sentence."""
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status)
+
+    app.add_exception_handler(ApiError, lambda _, err: error(err.status, err.message))
+    app.add_exception_handler(NotFound, lambda _, err: error(404, str(err)))
+    app.add_exception_handler(BadQuery, lambda _, err: error(422, str(err)))
+    app.add_exception_handler(BodyTooLarge, lambda _, err: error(413, str(err)))
+    app.add_exception_handler(HTTPException, lambda _, err: error(err.status_code, str(err.detail)))
+    app.add_exception_handler(RequestValidationError, lambda _, err: error(422, "; ".join(
+        f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in err.errors())))
+
+    @app.exception_handler(Exception)
+    async def failed(_: Request, err: Exception) -> JSONResponse:
+        log.exception("serve: request failed")
+        return error(500, f"the server failed: {type(err).__name__}: {err}")

@@ -1,0 +1,128 @@
+"""The datasets a server holds: for each, its indexed spaces (a warm Searcher each) and its samples by key.
+
+Everything here is loaded once at start. Indexes follow rebuilds: ``searcher()`` picks up a newly published
+generation before a search (Searcher.refresh). Samples of shards ingested after start are read when a key is
+not found, so new hits get media too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from mmindex import storage
+from mmindex.dataset import Dataset, read_parquet
+from mmindex.index.generations import published
+from mmindex.search import Searcher
+from mmindex.spaces import DEFAULT_SPACE, Space
+
+log = logging.getLogger("mmindex")
+
+
+class NotFound(LookupError):
+    """A dataset, space, sample or member the server does not have; the message says what there is."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: int                       # the sample's row over all samples parquets in shard order (clip-retrieval's id)
+    shard: int
+    members: tuple[str, ...]      # extensions of its members in the shard
+    caption: str | None
+
+
+class ServedDataset:
+    def __init__(self, name: str, root: str, device: str = "cpu"):
+        self.name, self.root = name, root
+        self.dataset = Dataset(root)
+        if not self.dataset.exists():
+            raise FileNotFoundError(f"--dataset {root}: no mmindex dataset there (run `mmindex ingest ... --out "
+                                    f"{root}` first)")
+        self.spaces: dict[str, Searcher] = {}
+        for space in indexed_spaces(self.dataset):
+            searcher = Searcher(root, space, device=device)
+            for modality in space.modalities():
+                searcher.encoder(modality)  # every model loads now, not on a user's first query
+            self.spaces[space.name] = searcher
+        if not self.spaces:
+            raise FileNotFoundError(f"--dataset {root}: nothing indexed yet: run `mmindex embed {root}` and "
+                                    f"`mmindex index {root}`")
+        self.default_space = DEFAULT_SPACE if DEFAULT_SPACE in self.spaces else sorted(self.spaces)[0]
+        self._samples: dict[str, Sample] = {}
+        self._shards: set[int] = set()
+        self._reading = threading.Lock()
+        self._read_new_shards()
+
+    def searcher(self, space: str | None) -> Searcher:
+        """The warm searcher of ``space`` (the dataset's default when None), on the newest published indexes."""
+        name = space or self.default_space
+        if name not in self.spaces:
+            raise NotFound(f"dataset {self.name!r} has no indexed space {name!r} (it has {', '.join(self.spaces)})")
+        searcher = self.spaces[name]
+        searcher.refresh()
+        return searcher
+
+    def sample(self, key: str) -> Sample:
+        found = self._samples.get(key)
+        if found is None and self._read_new_shards():
+            found = self._samples.get(key)
+        if found is None:
+            raise NotFound(f"dataset {self.name!r} has no sample with key {key!r}")
+        return found
+
+    def _read_new_shards(self) -> bool:
+        """Reads the samples of shards committed since the last read; whether there were any."""
+        with self._reading:
+            new = [n for n in self.dataset.committed_shards() if n not in self._shards]
+            for number in sorted(new):
+                table = read_parquet(self.dataset.samples_path(number), columns=["key", "members", "caption"])
+                for row in table.to_pylist():
+                    self._samples[row["key"]] = Sample(len(self._samples), number, tuple(row["members"]),
+                                                       row["caption"])
+                self._shards.add(number)
+            return bool(new)
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "samples": len(self._samples), "default_space": self.default_space,
+                "spaces": [space_info(searcher) for searcher in self.spaces.values()]}
+
+
+def space_info(searcher: Searcher) -> dict[str, Any]:
+    space = searcher.store.space
+    indexes = [{"modality": modality, "count": loaded.index.ntotal, "type": loaded.info.get("type"),
+                "recall": loaded.info.get("recall_at_10"), "target_recall": loaded.info.get("target_recall")}
+               for modality, loaded in searcher.indexes.items()]
+    return {"name": space.name, "description": space.settings.get("description"),
+            "query_modalities": space.modalities(), "indexes": indexes}
+
+
+def indexed_spaces(dataset: Dataset) -> list[Space]:
+    """The spaces with at least one published index, as their embeddings recorded them (space.json)."""
+    folder = storage.join(dataset.root, "indexes")
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    spaces = []
+    for name in names:
+        modalities = storage.join(folder, name)
+        if not any(published(storage.join(modalities, m)) for m in os.listdir(modalities)):
+            continue
+        recorded = json.loads(storage.read_bytes(storage.join(dataset.embeddings_path(name), "space.json")))
+        spaces.append(Space(recorded["name"], recorded["settings"]))
+    return spaces
+
+
+def load_catalog(datasets: dict[str, str], device: str = "cpu") -> dict[str, ServedDataset]:
+    return {name: ServedDataset(name, root, device) for name, root in datasets.items()}
+
+
+def pick(catalog: dict[str, ServedDataset], name: str | None) -> ServedDataset:
+    """The dataset a request names, or the first one served."""
+    if name is None:
+        return next(iter(catalog.values()))
+    if name not in catalog:
+        raise NotFound(f"no dataset {name!r} is served (served: {', '.join(catalog)})")
+    return catalog[name]
+

@@ -1,0 +1,97 @@
+"""clip-retrieval's back-end protocol, so ClipClient scripts and clip front work against mmindex.
+
+POST /knn-service takes ClipClient's JSON (text, image as base64, embedding_input, modality, num_images,
+indice_name; its safety, dedup and aesthetic options are accepted and ignored) and answers a list of
+{id, similarity, url, caption} (plus key and modality; plus image, base64, when ``include_image`` is true).
+``id`` is the sample's row over the dataset's samples in shard order, stable as shards are added.
+GET /indices-list names the datasets (and DATASET/SPACE for spaces other than each dataset's default).
+image_url is refused: the server never fetches URLs it is given.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from mmindex.dataset import MODALITIES
+from mmindex.search import Query, Searcher
+from mmindex.serve.catalog import NotFound, ServedDataset
+from mmindex.serve.hits import media_urls
+from mmindex.serve.members import find_member
+from mmindex.serve.requests import ApiError, media_bytes, read_json
+from mmindex.serve.settings import ServeLimits
+
+IGNORED = {"use_mclip", "deduplicate", "use_safety_model", "use_violence_detector", "aesthetic_score",
+           "aesthetic_weight", "num_result_ids"}
+FIELDS = {"text", "image", "image_url", "embedding_input", "modality", "num_images", "indice_name", "include_image"}
+
+
+def router(catalog: dict[str, ServedDataset], limits: ServeLimits) -> APIRouter:
+    routes = APIRouter(tags=["clip-retrieval"])
+
+    @routes.get("/indices-list")
+    def indices_list() -> list[str]:
+        return [name if space == served.default_space else f"{name}/{space}"
+                for name, served in catalog.items() for space in served.spaces]
+
+    @routes.post("/knn-service")
+    async def knn_service(request: Request) -> list[dict[str, Any]]:
+        fields = await read_json(request)
+        unknown = sorted(set(fields) - FIELDS - IGNORED)
+        if unknown:
+            raise ApiError(422, f"unknown field(s) {unknown} for /knn-service")
+        if fields.get("image_url"):
+            raise ApiError(422, "image_url is not supported (the server fetches no URLs): send the image as base64")
+        base = str(request.base_url).rstrip("/")
+        return await run_in_threadpool(knn, catalog, fields, limits, base)
+
+    return routes
+
+
+def knn(catalog: dict[str, ServedDataset], fields: dict[str, Any], limits: ServeLimits,
+        base: str) -> list[dict[str, Any]]:
+    name, _, space = str(fields.get("indice_name") or next(iter(catalog))).partition("/")
+    if name not in catalog:
+        raise NotFound(f"no index {name!r} (see /indices-list)")
+    served = catalog[name]
+    searcher = served.searcher(space or None)
+    modality = fields.get("modality", "image")
+    if modality not in MODALITIES:
+        raise ApiError(422, f"modality must be image, text or audio, not {modality!r}")
+    k = fields.get("num_images", 40)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limits.max_k:
+        raise ApiError(422, f"num_images must be a whole number from 1 to {limits.max_k}")
+    text, image, vector = fields.get("text"), fields.get("image"), fields.get("embedding_input")
+    if text is not None and not isinstance(text, str):
+        raise ApiError(422, "text must be a string")
+    if vector is not None:
+        hits = searcher.search_vector(query_vector(vector, searcher), k, modality)
+    else:
+        hits = searcher.search(Query(text=text, image=media_bytes("image", image, limits)), k, modality)
+    results = []
+    for hit in hits:
+        sample = served.sample(hit["key"])
+        urls = media_urls(served, hit["key"])
+        result = {"id": sample.id, "similarity": hit["score"], "caption": hit["caption"], "key": hit["key"],
+                  "modality": hit["modality"], "url": base + urls.get("image", urls.get(hit["modality"], ""))}
+        if fields.get("include_image") is True and "image" in urls:
+            result["image"] = base64.b64encode(find_member(served, hit["key"], "image").bytes()).decode()
+        results.append(result)
+    return results
+
+
+def query_vector(values: Any, searcher: Searcher) -> np.ndarray:
+    """ClipClient's embedding_input as a unit vector of the space's dimension."""
+    dim = next(iter(searcher.indexes.values())).index.index.d
+    if not isinstance(values, list) or len(values) != dim or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        raise ApiError(422, f"embedding_input must be a list of {dim} numbers (the space's dimension)")
+    vector = np.asarray(values, np.float32)
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm == 0:
+        raise ApiError(422, "embedding_input must be a finite, non-zero vector")
+    return vector / norm

@@ -1,0 +1,334 @@
+"""`mmindex serve` over HTTP: a real server (the CLI, in its own process) on a localhost port, over a dataset
+ingested, embedded (offline space, real models) and indexed from part of the demo corpus."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import importlib.util
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from conftest import embed, ingest, read_table
+from mmindex.demo import CORPUS
+from mmindex.index.build import BuildSettings
+from mmindex.index.run import IndexSettings, build_indexes
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "test-token-1234"
+UPLOAD_LIMIT = 1_000_000
+PICKED = ["photos/chelsea_cat", "photos/coffee", "photos/astronaut", "clipart/airplane", "speech/agent_alreadyon",
+          "speech/conf_locked", "speech/all_circuits_busy_now", "sounds/dog", "texts/apple"]
+
+
+class Server:
+    def __init__(self, url: str, dataset: Path, process: subprocess.Popen):
+        self.url, self.dataset, self.process = url, dataset, process
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {TOKEN}"
+        self.samples = {Path(row["source"]).stem: row for row in read_table(dataset / "samples")}
+
+    def search(self, **fields) -> requests.Response:
+        return self.http.post(f"{self.url}/search", json=fields, timeout=60)
+
+    def key(self, stem: str) -> str:
+        return self.samples[stem]["key"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Server:
+    """The CLI's server bound to every address (so it needs its token), limits lowered to be reached cheaply."""
+    corpus = tmp_path_factory.mktemp("corpus")
+    for picked in PICKED:
+        for path in (CORPUS / picked).parent.glob(Path(picked).name + ".*"):
+            shutil.copy(path, corpus / path.name)
+    dataset = tmp_path_factory.mktemp("serve") / "dataset"
+    ingest(corpus, dataset=dataset)
+    embed(dataset, threads=1)
+    build_indexes(IndexSettings(str(dataset)))
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "mmindex", "serve", "--dataset", f"demo={dataset}",
+                                "--host", "0.0.0.0", "--port", str(port), "--token", TOKEN,
+                                "--max-upload", str(UPLOAD_LIMIT)], cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).ok:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail(f"the server did not start (exit status {process.poll()})")
+    yield Server(url, dataset, process)
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_info_lists_the_dataset_its_space_and_each_index(server: Server):
+    assert requests.get(f"{server.url}/healthz", timeout=5).json() == {"status": "ok"}  # open: for load balancers
+    info = server.http.get(f"{server.url}/info", timeout=5).json()
+    [demo] = info["datasets"]
+    assert demo["name"] == "demo" and demo["samples"] == len(server.samples)
+    [space] = demo["spaces"]
+    assert space["name"] == "offline" and space["query_modalities"] == ["audio", "image", "text"]
+    indexes = {index["modality"]: index for index in space["indexes"]}
+    with_images = sum("image" in row["modalities"] for row in server.samples.values())
+    assert indexes["image"]["count"] == with_images and indexes["image"]["type"] == "Flat"
+    assert indexes["text"]["recall"] == 1.0
+    assert info["limits"]["upload_bytes"] == UPLOAD_LIMIT
+    assert server.http.get(f"{server.url}/openapi.json", timeout=5).json()["paths"]["/search"]["post"]
+    assert "<html" in server.http.get(f"{server.url}/", timeout=5).text
+
+
+def test_a_text_query_finds_the_cat_photo_with_its_media_and_thumbnail(server: Server):
+    response = server.search(text="a photo of a cat", k=5)
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["dataset"], body["space"]) == ("demo", "offline") and body["took_ms"] > 0
+    first_image = next(hit for hit in body["hits"] if hit["modality"] == "image")
+    cat = server.key("chelsea_cat")
+    assert first_image["key"] == cat and "cat" in first_image["caption"]
+    assert first_image["media"] == {member: f"/media/demo/{cat}/{member}" for member in ("image", "text", "json")}
+    assert first_image["thumbnail"] == f"/thumbnail/demo/{cat}"
+    assert [hit["rank"] for hit in body["hits"]] == [1, 2, 3, 4, 5]
+    only_text = server.search(text="a photo of a cat", modality="text", k=3).json()["hits"]
+    assert only_text and {hit["modality"] for hit in only_text} == {"text"}
+
+
+def test_an_uploaded_image_as_multipart_or_base64_finds_itself(server: Server):
+    data = (CORPUS / "photos" / "coffee.jpg").read_bytes()
+    multipart = server.http.post(f"{server.url}/search", files={"image": ("coffee.jpg", data, "image/jpeg")},
+                                 data={"k": "3", "modality": "image"}, timeout=60).json()
+    as_json = server.search(image=base64.b64encode(data).decode(), k=3, modality="image").json()
+    assert multipart["hits"] == as_json["hits"]
+    assert multipart["hits"][0]["key"] == server.key("coffee") and multipart["hits"][0]["score"] > 0.99
+
+
+def test_a_spoken_query_finds_its_clip_and_weights_fuse_parts(server: Server):
+    clip = (CORPUS / "speech" / "conf_locked.wav").read_bytes()
+    spoken = server.search(audio=base64.b64encode(clip).decode(), modality="audio", k=1).json()
+    assert spoken["hits"][0]["key"] == server.key("conf_locked")
+    assert spoken["hits"][0]["media"]["audio"].endswith("/audio")
+    text_only = server.search(text="a photo of a cat", k=4).json()["hits"]
+    image = base64.b64encode((CORPUS / "photos" / "coffee.jpg").read_bytes()).decode()
+    zero_image = server.search(text="a photo of a cat", image=image, weights={"image": 0}, k=4).json()["hits"]
+    fused = server.search(text="a photo of a cat", image=image, k=4).json()["hits"]
+    assert zero_image == text_only and fused != text_only
+
+
+def test_media_are_the_ingested_bytes_with_their_type_and_byte_ranges(server: Server):
+    cat = (CORPUS / "photos" / "chelsea_cat.jpg").read_bytes()
+    url = f"{server.url}/media/demo/{server.key('chelsea_cat')}/image"
+    whole = server.http.get(url, timeout=10)
+    assert whole.status_code == 200 and whole.content == cat
+    assert whole.headers["content-type"] == "image/jpeg" and whole.headers["accept-ranges"] == "bytes"
+    size = len(cat)
+    for asked, start, end in (("bytes=0-99", 0, 99), ("bytes=1000-", 1000, size - 1),
+                              ("bytes=-50", size - 50, size - 1), (f"bytes=100-{size + 500}", 100, size - 1)):
+        part = server.http.get(url, headers={"Range": asked}, timeout=10)
+        assert part.status_code == 206 and part.content == cat[start:end + 1], asked
+        assert part.headers["content-range"] == f"bytes {start}-{end}/{size}"
+    beyond = server.http.get(url, headers={"Range": f"bytes={len(cat)}-"}, timeout=10)
+    assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(cat)}"
+    clip = server.http.get(f"{server.url}/media/demo/{server.key('conf_locked')}/audio", timeout=10)
+    assert clip.content == (CORPUS / "speech" / "conf_locked.wav").read_bytes()
+    assert clip.headers["content-type"] == "audio/wav"
+    caption = server.http.get(f"{server.url}/media/demo/{server.key('chelsea_cat')}/text", timeout=10)
+    assert caption.text == (CORPUS / "photos" / "chelsea_cat.txt").read_text()
+
+
+def test_thumbnails_are_jpegs_that_fit_the_size_asked(server: Server):
+    url = f"{server.url}/thumbnail/demo/{server.key('astronaut')}"
+    first = server.http.get(url, params={"size": 64}, timeout=30)
+    assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
+    picture = Image.open(io.BytesIO(first.content))
+    assert picture.format == "JPEG" and max(picture.size) == 64
+    assert server.http.get(url, params={"size": 64}, timeout=30).content == first.content
+    assert max(Image.open(io.BytesIO(server.http.get(url, timeout=30).content)).size) == 256
+
+
+def clip_client_module():
+    """clip-retrieval's own client module (its package's __init__ imports its heavy back end, so the one file)."""
+    spec = importlib.util.find_spec("clip_retrieval")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "clip_client.py"
+    module_spec = importlib.util.spec_from_file_location("clip_client", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def test_clip_retrieval_client_gets_its_result_shape(server: Server, tmp_path: Path):
+    assert server.http.get(f"{server.url}/indices-list", timeout=5).json() == ["demo"]
+    knn = f"{server.url}/knn-service?token={TOKEN}"  # ClipClient sends no headers: the token rides in the URL
+    module = clip_client_module()
+    if module is not None:
+        client = module.ClipClient(url=knn, indice_name="demo", num_images=3)
+        by_text = client.query(text="a photo of a cat")
+        image = tmp_path / "cat.jpg"
+        image.write_bytes((CORPUS / "photos" / "chelsea_cat.jpg").read_bytes())
+        by_image = client.query(image=str(image))
+        captions = module.ClipClient(url=knn, indice_name="demo", num_images=2,
+                                     modality=module.Modality.TEXT).query(text="a photo of a cat")
+    else:  # the request ClipClient documents
+        def post(**fields):
+            return requests.post(knn, data=json.dumps({"indice_name": "demo", "num_images": 3, "modality": "image",
+                                                       "deduplicate": True, **fields}), timeout=60).json()
+        by_text, by_image = post(text="a photo of a cat"), post(image=base64.b64encode(
+            (CORPUS / "photos" / "chelsea_cat.jpg").read_bytes()).decode())
+        captions = post(text="a photo of a cat", modality="text", num_images=2)
+    cat = server.key("chelsea_cat")
+    assert [set(hit) >= {"id", "similarity", "url", "caption"} for hit in by_text] == [True] * 3
+    assert by_text[0]["key"] == cat and isinstance(by_text[0]["id"], int)
+    assert by_text[0]["similarity"] >= by_text[1]["similarity"]
+    assert requests.get(by_text[0]["url"] + f"?token={TOKEN}", timeout=10).content == (
+        CORPUS / "photos" / "chelsea_cat.jpg").read_bytes()
+    assert by_image[0]["key"] == cat and by_image[0]["similarity"] > 0.99
+    assert len(captions) == 2 and {hit["modality"] for hit in captions} == {"text"}
+    same_id = requests.post(knn, json={"text": "a photo of a cat", "modality": "image", "num_images": 1,
+                                       "indice_name": "demo", "include_image": True}, timeout=60).json()
+    assert same_id[0]["id"] == by_text[0]["id"]
+    assert base64.b64decode(same_id[0]["image"]) == (CORPUS / "photos" / "chelsea_cat.jpg").read_bytes()
+
+
+def test_a_rebuilt_index_is_served_without_a_restart_and_no_query_fails(server: Server):
+    """Four clients search in a loop while the image index is rebuilt, alternating HNSW and exact search."""
+    done, failures, answered = threading.Event(), [], [0]
+
+    def search_until_done() -> None:
+        while not done.is_set():
+            try:
+                response = server.search(text="a photo of a cat", modality="image", k=3)
+                hits = response.json()["hits"]
+                assert response.status_code == 200 and hits[0]["key"] == server.key("chelsea_cat"), response.text
+                answered[0] += 1
+            except Exception as err:  # every failure counts, whatever it is
+                failures.append(repr(err))
+
+    clients = [threading.Thread(target=search_until_done) for _ in range(4)]
+    for client in clients:
+        client.start()
+    try:
+        for build in range(4):
+            index_type = "HNSW8,Flat" if build % 2 == 0 else "Flat"
+            build_indexes(IndexSettings(str(server.dataset), build=BuildSettings(index_type=index_type)))
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and image_index_type(server) != index_type:
+                time.sleep(0.1)
+            assert image_index_type(server) == index_type
+    finally:
+        done.set()
+        for client in clients:
+            client.join()
+    assert failures == [] and answered[0] > 0
+
+
+def image_index_type(server: Server) -> str:
+    server.search(text="anything", k=1)  # a search picks up a newly published build
+    space = server.http.get(f"{server.url}/info", timeout=10).json()["datasets"][0]["spaces"][0]
+    return next(index["type"] for index in space["indexes"] if index["modality"] == "image")
+
+
+def png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("1", (width, height)).save(out, "PNG")
+    return out.getvalue()
+
+
+BOMB = base64.b64encode(png(10_000, 10_000)).decode()   # 100 M pixels declared in a few kB
+NOT_AN_IMAGE = base64.b64encode(b"this is not an image at all").decode()
+JSON = {"Content-Type": "application/json"}
+BAD_REQUESTS = [
+    # (what, method, path, body, headers, status, words in the error)
+    ("junk JSON", "POST", "/search", b"{not json", JSON, 400, "not valid JSON"),
+    ("a JSON list", "POST", "/search", b"[1, 2]", JSON, 422, "JSON object"),
+    ("k as text", "POST", "/search", {"text": "a cat", "k": "ten"}, JSON, 422, "k must be"),
+    ("k zero", "POST", "/search", {"text": "a cat", "k": 0}, JSON, 422, "k must be"),
+    ("text a number", "POST", "/search", {"text": 5}, JSON, 422, "text must be a string"),
+    ("weights a list", "POST", "/search", {"text": "a cat", "weights": [1]}, JSON, 422, "weights"),
+    ("unknown modality", "POST", "/search", {"text": "a cat", "modality": "video"}, JSON, 422, "modality"),
+    ("unknown field", "POST", "/search", {"txt": "a cat"}, JSON, 422, "unknown field"),
+    ("empty query", "POST", "/search", {"text": "  "}, JSON, 422, "empty query"),
+    ("image not base64", "POST", "/search", {"image": "%%%"}, JSON, 422, "base64"),
+    ("image not an image", "POST", "/search", {"image": NOT_AN_IMAGE}, JSON, 422, "unreadable image"),
+    ("decompression bomb", "POST", "/search", {"image": BOMB}, JSON, 413, "pixels"),
+    ("oversized upload", "POST", "/search", {"text": "x" * (UPLOAD_LIMIT + 10)}, JSON, 413, "over the limit"),
+    ("form body", "POST", "/search", b"text=cat", {"Content-Type": "application/x-www-form-urlencoded"}, 415,
+     "multipart"),
+    ("unknown dataset", "POST", "/search", {"text": "a cat", "dataset": "nope"}, JSON, 404, "no dataset"),
+    ("unknown space", "POST", "/search", {"text": "a cat", "space": "clip"}, JSON, 404, "no indexed space"),
+    ("'..' in a media URL", "GET", "/media/demo/../../etc/passwd/image", None, {}, 400, "never a file path"),
+    ("encoded '..'", "GET", "/media/demo/%2e%2e/%2e%2e/etc/image", None, {}, 400, "never a file path"),
+    ("absolute path", "GET", "/media/demo//etc/passwd/image", None, {}, 400, "never a file path"),
+    ("unknown key", "GET", "/media/demo/0123456789abcdef0123/image", None, {}, 404, "no sample"),
+    ("unknown member", "GET", "/media/demo/{cat}/thumbnail", None, {}, 404, "no member"),
+    ("member the sample lacks", "GET", "/media/demo/{cat}/audio", None, {}, 404, "has no audio"),
+    ("media of unknown dataset", "GET", "/media/nope/{cat}/image", None, {}, 404, "no dataset"),
+    ("thumbnail too large", "GET", "/thumbnail/demo/{cat}?size=100000", None, {}, 422, "size"),
+    ("thumbnail of a clip", "GET", "/thumbnail/demo/{clip}", None, {}, 404, "has no image"),
+    ("clip image_url", "POST", "/knn-service", {"image_url": "http://example.com/a.jpg", "modality": "image",
+                                                "num_images": 2, "indice_name": "demo"}, JSON, 422, "image_url"),
+    ("clip vector of another size", "POST", "/knn-service", {"embedding_input": [0.1, 0.2], "modality": "image",
+                                                             "num_images": 2}, JSON, 422, "384 numbers"),
+    ("clip unknown index", "POST", "/knn-service", {"text": "a", "indice_name": "laion5B"}, JSON, 404, "no index"),
+    ("no token", "GET", "/info", None, {"Authorization": ""}, 401, "token is required"),
+    ("a wrong token", "GET", "/info", None, {"Authorization": "Bearer wrong-token-99"}, 401, "token is required"),
+]
+
+
+@pytest.mark.parametrize("what, method, path, body, headers, status, says", BAD_REQUESTS,
+                         ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_requests_get_a_4xx_that_says_what_was_wrong(server, what, method, path, body, headers, status, says):
+    """Sent with http.client, so paths reach the server exactly as written (no client normalises '..')."""
+    path = path.format(cat=server.key("chelsea_cat"), clip=server.key("conf_locked"))
+    payload = json.dumps(body).encode() if isinstance(body, dict) else body
+    connection = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=60)
+    connection.request(method, path, body=payload, headers={"Authorization": f"Bearer {TOKEN}", **headers})
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    assert (response.status, says in answer["error"]) == (status, True), answer
+
+
+def test_a_chunked_upload_past_the_limit_is_refused(server: Server):
+    def chunks():
+        for _ in range(20):
+            yield b"x" * 100_000
+
+    response = server.http.post(f"{server.url}/search", data=chunks(), headers=JSON, timeout=60)
+    assert response.status_code == 413 and "over the limit" in response.json()["error"]
+    assert server.search(text="still serving", k=1).status_code == 200
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--host", "0.0.0.0"], "--token"),
+    (["--host", "192.168.1.10", "--token", "short"], "at least 8"),
+    (["--dataset", "a=/x", "--dataset", "a=/y"], "its own name"),
+    (["--dataset", "/no/such/dataset"], "no mmindex dataset"),
+])
+def test_serve_refuses_settings_that_cannot_work(args: list[str], says: str):
+    """Another address needs a token or --open; each refusal is one line and exit status 2, before any model loads."""
+    result = subprocess.run([sys.executable, "-m", "mmindex", "serve", *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr
