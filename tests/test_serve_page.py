@@ -213,9 +213,6 @@ def test_a_shared_link_shows_its_results_and_back_returns_to_the_last_ones(page,
     assert len(first) == 3 and {h["modality"] for h in first} == {"image"}
     assert page.page.input_value("#q") == "a cup of coffee" and page.page.input_value("#modality") == "image"
     assert page.page.input_value("#k") == "3"
-    if os.environ.get("MMINDEX_PAGE_SCREENSHOT"):
-        page.images_loaded()
-        page.page.screenshot(path=os.environ["MMINDEX_PAGE_SCREENSHOT"])
     page.page.fill("#q", "a rocket")
     page.page.press("#q", "Enter")
     page.page.wait_for_url("**q=a+rocket*")

@@ -76,22 +76,20 @@
   function describe() {
     const dataset = currentDataset();
     const space = (dataset?.spaces || []).find((s) => s.name === $("space").value);
+    $("about").hidden = !space;
     if (!dataset) {
       $("info").textContent = "No dataset is served.";
       return;
     }
     const parts = [`${dataset.name}: ${dataset.samples} samples`];
-    if (space) {
-      const about = space.description && space.description !== space.name ? ` (${space.description})` : "";
-      parts.push(`space ${space.name}${about}`);
-      parts.push(`queries: ${(space.query_modalities || []).join(", ")}`);
-      const indexes = (space.indexes || []).map((i) => {
-        const recall = typeof i.recall === "number" ? `, recall ${i.recall.toFixed(2)}` : "";
-        return `${i.modality} ${i.count} (${i.type}${recall})`;
-      });
-      if (indexes.length) parts.push(`indexes: ${indexes.join(", ")}`);
-    }
+    if (space) parts.push(`space ${space.name}`, `queries by ${(space.query_modalities || []).join(", ")}`);
     $("info").textContent = parts.join(" · ");
+    if (!space) return;
+    $("description").textContent = space.description || "";
+    $("indexes").replaceChildren(...(space.indexes || []).map((i) => {
+      const recall = typeof i.recall === "number" ? `, measured recall ${i.recall.toFixed(2)}` : "";
+      return el("li", {}, `${i.modality}: ${i.count} vectors, ${i.type} index${recall}`);
+    }));
   }
 
   async function loadInfo() {
