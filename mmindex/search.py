@@ -61,7 +61,7 @@ class Query:
         if "text" in parts and not parts["text"].strip():
             del parts["text"]
         if not parts:
-            raise BadQuery("empty query: give a text, --image PATH or --audio PATH")
+            raise BadQuery("empty query: give a text, an image (--image PATH) or an audio clip (--audio PATH)")
         return parts
 
 
@@ -138,12 +138,15 @@ class Searcher:
             raise BadQuery("the weighted query parts cancel out: check --weight")
         return total / norm
 
-    def search(self, query: Query, k: int = 10, modality: str | None = None) -> list[dict[str, Any]]:
+    def search(self, query: Query, k: int = 10, modality: str | None = None,
+               describe: bool = True) -> list[dict[str, Any]]:
         """The k best hits for ``query``, of every indexed modality or only ``modality``."""
-        return self.search_vector(self.embed(query), k, modality)
+        return self.search_vector(self.embed(query), k, modality, describe)
 
-    def search_vector(self, vector: np.ndarray, k: int = 10, modality: str | None = None) -> list[dict[str, Any]]:
-        """The k best hits for a unit vector of the space (every search ends here)."""
+    def search_vector(self, vector: np.ndarray, k: int = 10, modality: str | None = None,
+                      describe: bool = True) -> list[dict[str, Any]]:
+        """The k best hits for a unit vector of the space (every search ends here); ``describe`` adds each
+        hit's caption and source from the samples parquet (a server that holds them in memory says no)."""
         indexes = self.indexes  # one build per modality for the whole search, even if a refresh swaps them
         if modality is not None and modality not in indexes:
             raise BadQuery(f"no {modality} index is loaded (indexed: {', '.join(indexes)})")
@@ -155,7 +158,8 @@ class Searcher:
                          for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
         hits.sort(key=lambda h: -h["score"])
         hits = hits[:k]
-        self._describe(hits)
+        if describe:
+            self._describe(hits)
         return [{"rank": rank, **hit} for rank, hit in enumerate(hits, 1)]
 
     def _describe(self, hits: list[dict[str, Any]]) -> None:

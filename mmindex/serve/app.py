@@ -119,7 +119,7 @@ def run_search(catalog: dict[str, ServedDataset], asked: SearchRequest) -> dict[
     served = pick(catalog, asked.dataset)
     searcher = served.searcher(asked.space)
     started = time.perf_counter()
-    hits = searcher.search(asked.query, asked.k, asked.modality)
+    hits = searcher.search(asked.query, asked.k, asked.modality, describe=False)
     took = (time.perf_counter() - started) * 1000
     return {"dataset": served.name, "space": searcher.store.space.name, "took_ms": round(took, 2),
             "hits": [api_hit(served, hit) for hit in hits]}

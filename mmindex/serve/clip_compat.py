@@ -69,14 +69,15 @@ def knn(catalog: dict[str, ServedDataset], fields: dict[str, Any], limits: Serve
     if text is not None and not isinstance(text, str):
         raise ApiError(422, "text must be a string")
     if vector is not None:
-        hits = searcher.search_vector(query_vector(vector, searcher), k, modality)
+        hits = searcher.search_vector(query_vector(vector, searcher), k, modality, describe=False)
     else:
-        hits = searcher.search(Query(text=text, image=media_bytes("image", image, limits)), k, modality)
+        query = Query(text=text, image=media_bytes("image", image, limits))
+        hits = searcher.search(query, k, modality, describe=False)
     results = []
     for hit in hits:
         sample = served.sample(hit["key"])
         urls = media_urls(served, hit["key"])
-        result = {"id": sample.id, "similarity": hit["score"], "caption": hit["caption"], "key": hit["key"],
+        result = {"id": sample.id, "similarity": hit["score"], "caption": sample.caption, "key": hit["key"],
                   "modality": hit["modality"], "url": base + urls.get("image", urls.get(hit["modality"], ""))}
         if fields.get("include_image") is True and "image" in urls:
             result["image"] = base64.b64encode(find_member(served, hit["key"], "image").bytes()).decode()

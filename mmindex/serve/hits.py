@@ -18,4 +18,4 @@ def api_hit(served: ServedDataset, hit: dict[str, Any]) -> dict[str, Any]:
     media = media_urls(served, hit["key"])
     thumbnail = f"/thumbnail/{quote(served.name)}/{quote(hit['key'])}" if "image" in media else None
     return {"rank": hit["rank"], "score": round(hit["score"], 6), "modality": hit["modality"], "key": hit["key"],
-            "caption": hit["caption"], "media": media, "thumbnail": thumbnail}
+            "caption": served.sample(hit["key"]).caption, "media": media, "thumbnail": thumbnail}

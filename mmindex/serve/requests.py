@@ -109,7 +109,7 @@ def search_request(fields: dict[str, Any], limits: ServeLimits) -> SearchRequest
         query = Query(fields.get("text"), media["image"], media["audio"], fields.get("weights") or {})
         query.parts()
     except BadQuery as err:
-        raise ApiError(422, str(err).replace("--image PATH or --audio PATH", "an image or an audio clip")) from None
+        raise ApiError(422, str(err)) from None
     return SearchRequest(query, fields.get("dataset"), fields.get("space"), modality, k)
 
 
