@@ -182,6 +182,7 @@ def test_an_audio_hit_plays(page):
     player.evaluate("a => a.play()")
     page.page.wait_for_function("a => a.currentTime > 0 && !a.error", arg=player.element_handle())
     assert player.evaluate("a => a.duration") > 1
+    assert player.evaluate("a => a.seekable.length && a.seekable.end(0)") > 1, "the server's Range support lets it seek"
     assert page.errors == []
 
 

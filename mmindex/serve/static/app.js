@@ -346,7 +346,12 @@
       showError(`Cannot read this server's datasets: ${err instanceof TypeError ? "the server does not answer" : err.message}`);
       return;
     }
-    if (fromParams(new URLSearchParams(location.search))) search({ push: false });
+    const params = new URLSearchParams(location.search);
+    if (params.has("token")) { // the server now holds it in a cookie: keep it out of links that get shared
+      params.delete("token");
+      history.replaceState(null, "", params.toString() ? `/?${params}` : "/");
+    }
+    if (fromParams(params)) search({ push: false });
   }
 
   start();
