@@ -281,7 +281,17 @@ def test_api_errors_are_shown_as_the_servers_sentence(page, tmp_path):
         "image": {"name": "broken.png", "mimeType": "image/png", "buffer": broken.read_bytes()}})
     assert 400 <= reply.status < 500
     assert page.page.inner_text("#error") == reply.json()["error"]
-    assert all("status of 4" in e for e in page.errors), page.errors  # the browser logs the 4xx reply itself
+    limit = page.page.request.get(page.url + "/info").json()["limits"]["upload_bytes"]
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (limit + 1))
+    searches: list[str] = []
+    page.page.on("request", lambda r: r.url.endswith("/search") and searches.append(r.url))
+    page.page.set_input_files("#file", str(big))
+    page.page.wait_for_function("document.querySelector('#error').textContent.includes('uploads up to')")
+    assert searches == [], "a file over the server's limit is refused before it is sent"
+    page.open("?q=cat&image=%2Fmedia%2Fnope%2F%25E0%25A4%25A%2Fimage")  # a malformed escape in a shared link
+    page.page.wait_for_function("document.querySelector('#error').textContent.startsWith('Cannot fetch')")
+    assert all("status of 4" in e for e in page.errors), page.errors  # the browser logs the 4xx replies itself
 
 
 def test_a_link_to_an_unknown_dataset_says_so(page):

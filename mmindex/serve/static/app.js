@@ -57,7 +57,8 @@
     } catch {
       // not JSON: fall through to the status line
     }
-    return `The server answered ${response.status} ${response.statusText || ""}`.trim() + (text ? `: ${text.slice(0, 200)}` : ".");
+    const status = `The server answered ${response.status} ${response.statusText || ""}`.trim();
+    return text ? `${status}: ${text.slice(0, 200)}` : `${status}.`;
   }
 
   // ---- datasets and spaces (GET /info) ----
@@ -120,10 +121,12 @@
     }
     const limit = state.info?.limits?.upload_bytes;
     if (limit && file.size > limit) {
-      showError(`${file.name} is ${(file.size / 1e6).toFixed(1)} MB; this server takes uploads up to ${(limit / 1e6).toFixed(1)} MB.`);
+      const mb = (bytes) => `${(bytes / 1e6).toFixed(1)} MB`;
+      showError(`${file.name} is ${mb(file.size)}; this server takes uploads up to ${mb(limit)}.`);
       return false;
     }
-    setPart(kind, { name: file.name || `pasted ${kind}`, file, preview: kind === "image" ? URL.createObjectURL(file) : null });
+    const preview = kind === "image" ? URL.createObjectURL(file) : null;
+    setPart(kind, { name: file.name || `pasted ${kind}`, file, preview });
     return true;
   }
 
@@ -138,7 +141,8 @@
       return el("li", {},
         part.preview ? el("img", { src: part.preview, alt: "", class: "preview" }) : null,
         `${m}: ${part.name}`,
-        el("button", { type: "button", "aria-label": `Remove the ${m} ${part.name}`, onclick: () => setPart(m, null) }, "Remove"));
+        el("button", { type: "button", "aria-label": `Remove the ${m} ${part.name}`, onclick: () => setPart(m, null) },
+          "Remove"));
     }));
     renderSliders();
   }
@@ -184,16 +188,31 @@
       return false;
     }
     if (dataset) $("dataset").value = dataset;
-    fillSpaces(params.get("space"));
+    const space = params.get("space");
+    fillSpaces(space);
+    if (space && $("space").value !== space) {
+      showError(`This link asks for the space "${space}", which the dataset "${$("dataset").value}" does not have.`);
+      return false;
+    }
     for (const m of PARTS) {
       const weight = Number(params.get(`w_${m}`));
-      state.weights[m] = params.has(`w_${m}`) && Number.isFinite(weight) ? weight : 1;
+      state.weights[m] = params.has(`w_${m}`) && Number.isFinite(weight) ? Math.min(Math.max(weight, 0), 2) : 1;
     }
     for (const m of MEDIA) {
       const link = ownUrl(params.get(m), "/media/");
-      setPart(m, link ? { name: decodeURIComponent(link.split("/").slice(-2, -1)[0]), link, preview: m === "image" ? link : null } : null);
+      setPart(m, link ? { name: sampleOf(link), link, preview: m === "image" ? link : null } : null);
     }
     return activeParts().length > 0;
+  }
+
+  /** The sample key in a /media/DATASET/KEY/MEMBER link, for naming a query part. */
+  function sampleOf(link) {
+    const key = link.split("/").slice(3, -1).join("/");
+    try {
+      return decodeURIComponent(key);
+    } catch {
+      return key; // a malformed %-escape: show it as it is
+    }
   }
 
   // ---- searching (POST /search) and showing the hits ----
@@ -228,7 +247,9 @@
       const form = new FormData();
       if (parts.includes("text")) form.set("text", $("q").value.trim());
       for (const m of MEDIA) if (state.parts[m]) form.set(m, await partBlob(state.parts[m]), state.parts[m].name);
-      if (parts.length > 1) form.set("weights", JSON.stringify(Object.fromEntries(parts.map((m) => [m, state.weights[m]]))));
+      if (parts.length > 1) {
+        form.set("weights", JSON.stringify(Object.fromEntries(parts.map((m) => [m, state.weights[m]]))));
+      }
       if ($("modality").value) form.set("modality", $("modality").value);
       form.set("k", $("k").value || $("k").defaultValue);
       if ($("dataset").value) form.set("dataset", $("dataset").value);
@@ -268,8 +289,10 @@
         el("img", { src: thumbnail, alt: caption || `image ${hit.key}`, loading: "lazy", decoding: "async" })));
     }
     if (audio) {
-      const player = el("audio", { controls: true, preload: "metadata", src: audio, "aria-label": `Play ${caption || hit.key}` });
-      player.addEventListener("error", () => player.replaceWith(el("p", { class: "note" }, "This clip cannot be played here.")));
+      const player = el("audio", { controls: true, preload: "metadata", src: audio,
+        "aria-label": `Play ${caption || hit.key}` });
+      const note = el("p", { class: "note" }, "This clip cannot be played here.");
+      player.addEventListener("error", () => player.replaceWith(note));
       item.append(player);
     }
     if (caption) {
@@ -295,7 +318,8 @@
     for (const m of MEDIA) setPart(m, null);
     if (hit.modality === "text") {
       const full = ownUrl(hit.media?.text);
-      $("q").value = full && caption.length > SNIPPET ? await (await fetch(full)).text() : caption;
+      const reply = full && caption.length > SNIPPET ? await fetch(full) : null;
+      $("q").value = reply?.ok ? await reply.text() : caption;
     } else {
       setPart(hit.modality, { name: hit.key, link, preview: hit.modality === "image" ? link : null });
     }
@@ -310,7 +334,9 @@
   function wire() {
     $("search").addEventListener("submit", (e) => { e.preventDefault(); search(); });
     $("q").addEventListener("input", renderSliders);
-    for (const id of ["modality", "space"]) $(id).addEventListener("change", () => { describe(); if (activeParts().length) search(); });
+    for (const id of ["modality", "space"]) {
+      $(id).addEventListener("change", () => { describe(); if (activeParts().length) search(); });
+    }
     $("dataset").addEventListener("change", () => { fillSpaces(); if (activeParts().length) search(); });
     $("file").addEventListener("change", (e) => {
       const [file] = e.target.files;
@@ -343,7 +369,8 @@
       await loadInfo();
     } catch (err) {
       $("info").textContent = "";
-      showError(`Cannot read this server's datasets: ${err instanceof TypeError ? "the server does not answer" : err.message}`);
+      const why = err instanceof TypeError ? "the server does not answer" : err.message;
+      showError(`Cannot read this server's datasets: ${why}`);
       return;
     }
     const params = new URLSearchParams(location.search);
