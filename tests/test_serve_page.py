@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,29 +29,36 @@ ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = '<img src="x" onerror="window.pwned = 1"><b>bold</b> & <script>window.pwned = 2</script>'
 
 
-def find_chromium() -> tuple[str | None, str]:
-    """Debian's chromium and the Playwright driver, or why they cannot be used."""
+def find_chromium(env: Mapping[str, str]) -> tuple[str | None, str]:
+    """Debian's chromium (or MMINDEX_CHROMIUM) and Playwright; else None and why. Fails instead of saying why
+    when MMINDEX_REQUIRE_BROWSER=1 (CI), so a missing browser cannot pass as skipped tests."""
+    path, why = None, ""
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return None, "Playwright for Python is not installed (pip install playwright)"
-    path = os.environ.get("MMINDEX_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        return None, "no chromium executable on PATH (apt-get install chromium, or set MMINDEX_CHROMIUM)"
-    return path, ""
+        why = "Playwright for Python is not installed (pip install playwright)"
+    else:
+        path = env.get("MMINDEX_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+        if not path:
+            why = "no chromium executable on PATH (apt-get install chromium, or set MMINDEX_CHROMIUM)"
+        elif not os.access(path, os.X_OK):
+            path, why = None, f"{path} is not an executable"
+    if not path and env.get("MMINDEX_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"MMINDEX_REQUIRE_BROWSER=1 but {why}", pytrace=False)
+    return path, why
+
+
+# Decided when the module is collected, before the session's fixtures embed anything.
+CHROMIUM, NO_BROWSER = find_chromium(os.environ)
+pytestmark = pytest.mark.skipif(not CHROMIUM, reason=NO_BROWSER)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    path, why = find_chromium()
-    if not path:
-        if os.environ.get("MMINDEX_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"MMINDEX_REQUIRE_BROWSER=1 but {why}")
-        pytest.skip(why)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=path, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield browser
         browser.close()
 
@@ -316,3 +323,10 @@ def test_data_from_the_corpus_and_the_address_bar_is_never_run_as_html(page):
     assert page.page.evaluate("window.pwned") is None
     assert outside == []
     assert page.errors == []
+
+
+def test_without_a_browser_the_page_tests_skip_saying_why_unless_one_is_required(tmp_path):
+    missing = str(tmp_path / "no-chromium")
+    assert find_chromium({"MMINDEX_CHROMIUM": missing}) == (None, f"{missing} is not an executable")
+    with pytest.raises(pytest.fail.Exception, match=f"MMINDEX_REQUIRE_BROWSER=1 but {missing} is not an executable"):
+        find_chromium({"MMINDEX_CHROMIUM": missing, "MMINDEX_REQUIRE_BROWSER": "1"})
