@@ -6,9 +6,11 @@ start for the same queries, in one run.
 The dataset is --dataset, else the demo dataset built under --workdir (with `mmindex demo`) unless it is
 there already. The server runs as `mmindex serve` in its own process. Then:
   1. warm latency: --warm sequential queries of each kind (text, image, audio, fused text+image) from one
-     client; p50 and p99 of the client-side round trip, and the server's own took_ms p50;
-  2. throughput: 1, 4 and 16 clients (threads, one connection each) each sending a mix of the four kinds in
-     a loop for --seconds; requests/s and errors (any status but 200, or a failed connection);
+     client; p50 and p99 of the client-side round trip, the server's own took_ms p50, and the server
+     process's CPU time per query (all its threads: on a machine others load, the steadiest figure);
+  2. throughput: 1, 4 and 16 clients (threads, one connection each) each sending text queries, then a mix
+     of the four kinds, in a loop for --seconds; requests/s and errors (any status but 200, or a failed
+     connection), and the server's RSS after each level;
   3. the server's RSS, sampled every 0.5 s from warm-up to the end: first, peak and last;
   4. the CLI's cold start: `mmindex search` once per kind, the way a user runs it, vs the server's p50.
 Loops are bounded by --warm and --seconds. Run it under `nice` on a shared machine and say so.
@@ -58,6 +60,12 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far: per query, a figure other load on the machine barely moves."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -76,11 +84,11 @@ def start_server(dataset: str, port: int) -> tuple[subprocess.Popen, float]:
     raise SystemExit(f"the server exited with status {process.returncode}")
 
 
-def warm_latency(url: str, bodies: dict[str, dict], count: int) -> dict[str, dict[str, float]]:
+def warm_latency(url: str, bodies: dict[str, dict], count: int, pid: int) -> dict[str, dict[str, float]]:
     session, figures = requests.Session(), {}
     for kind, body in bodies.items():
         session.post(url, json=body, timeout=120).raise_for_status()  # the first of a kind warms caches
-        rounds, took = [], []
+        rounds, took, cpu = [], [], cpu_seconds(pid)
         for _ in range(count):
             started = time.perf_counter()
             response = session.post(url, json=body, timeout=120)
@@ -88,12 +96,11 @@ def warm_latency(url: str, bodies: dict[str, dict], count: int) -> dict[str, dic
             response.raise_for_status()
             took.append(response.json()["took_ms"])
         figures[kind] = {"p50": percentile(rounds, 0.5), "p99": percentile(rounds, 0.99),
-                         "server_p50": statistics.median(took)}
+                         "server_p50": statistics.median(took), "cpu_ms": (cpu_seconds(pid) - cpu) * 1000 / count}
     return figures
 
 
-def throughput(url: str, bodies: dict[str, dict], clients: int, seconds: float) -> dict[str, float]:
-    mix = list(bodies.values())
+def throughput(url: str, mix: list[dict], clients: int, seconds: float) -> dict[str, float]:
     counts = {"ok": 0, "errors": 0}
     lock, deadline = threading.Lock(), time.monotonic() + seconds
     latencies: list[float] = []
@@ -158,19 +165,21 @@ def main() -> None:
     try:
         bodies = queries()
         print(f"server ready in {start_s:.1f} s (models and indexes loaded); RSS {rss_mb(process.pid):.0f} MB")
-        latency = warm_latency(url, bodies, args.warm)
+        latency = warm_latency(url, bodies, args.warm, process.pid)
         sampler = threading.Thread(target=sample_rss)
         sampler.start()
         print(f"\nwarm latency, one client, {args.warm} queries per kind (ms)")
-        print(f"{'query':8} {'p50':>8} {'p99':>8} {'server p50':>11}")
+        print(f"{'query':8} {'p50':>8} {'p99':>8} {'server p50':>11} {'server CPU/query':>16}")
         for kind, row in latency.items():
-            print(f"{kind:8} {row['p50']:8.1f} {row['p99']:8.1f} {row['server_p50']:11.1f}")
-        print(f"\nthroughput, a mix of the four kinds, {args.seconds:g} s per level")
-        print(f"{'clients':>7} {'req/s':>8} {'ok':>7} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8}")
-        for clients in (int(c) for c in args.clients.split(",")):
-            row = throughput(url, bodies, clients, args.seconds)
-            print(f"{clients:7d} {row['requests_per_s']:8.1f} {row['ok']:7d} {row['errors']:7d} "
-                  f"{row['p50_ms']:8.1f} {row['p99_ms']:8.1f}")
+            print(f"{kind:8} {row['p50']:8.1f} {row['p99']:8.1f} {row['server_p50']:11.1f} {row['cpu_ms']:16.1f}")
+        print(f"\nthroughput, {args.seconds:g} s per level; RSS of the server after each level")
+        print(f"{'queries':8} {'clients':>7} {'req/s':>8} {'ok':>7} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'RSS MB':>7}")
+        for name, mix in (("text", [bodies["text"]]), ("mix of 4", list(bodies.values()))):
+            for clients in (int(c) for c in args.clients.split(",")):
+                row = throughput(url, mix, clients, args.seconds)
+                print(f"{name:8} {clients:7d} {row['requests_per_s']:8.1f} {row['ok']:7d} {row['errors']:7d} "
+                      f"{row['p50_ms']:8.1f} {row['p99_ms']:8.1f} {rss_mb(process.pid):7.0f}")
         sampling.set()
         sampler.join()
         print(f"\nserver RSS over the run (MB): first {samples[0]:.0f}, peak {max(samples):.0f}, "

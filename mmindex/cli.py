@@ -291,6 +291,8 @@ def serve(
     = False,
     max_upload: Annotated[str, typer.Option(help="Largest request body (a size).")] = "20MiB",
     timeout: Annotated[float, typer.Option(help="Seconds a request may take before it is answered 503.")] = 30.0,
+    cors: Annotated[list[str] | None, typer.Option(help="A web page's origin allowed to call the API (clip "
+                                                   "front elsewhere, say); repeat for several.")] = None,
 ) -> None:
     """Serve datasets over HTTP: a web page at /, a JSON API (/docs), clip-retrieval's /knn-service."""
     from mmindex.serve.run import serve as run
@@ -300,7 +302,8 @@ def serve(
     console.setup_logging()
     with console.errors():
         limits = ServeLimits(upload_bytes=parse_size(max_upload), timeout_s=timeout)
-        run(ServeSettings(tuple(dataset or [DEFAULT_DATASET]), host, port, token, open_, limits))
+        run(ServeSettings(tuple(dataset or [DEFAULT_DATASET]), host, port, token, open_, limits,
+                          cors_origins=tuple(cors or ())))
 
 
 @app.command()

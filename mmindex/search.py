@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,8 +54,8 @@ class Query:
         for name, weight in self.weights.items():
             if name not in MODALITIES:
                 raise BadQuery(f"weight for {name!r}: a query part is text, image or audio")
-            if isinstance(weight, bool) or not isinstance(weight, int | float):
-                raise BadQuery(f"weight for {name!r} must be a number, not {weight!r}")
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
+                raise BadQuery(f"weight for {name!r} must be a finite number, not {weight!r}")
 
     def parts(self) -> dict[str, str | bytes]:
         parts = {m: v for m in MODALITIES if (v := getattr(self, m))}

@@ -213,6 +213,10 @@ def test_clip_retrieval_client_gets_its_result_shape(server: Server, tmp_path: P
                                        "indice_name": "demo", "include_image": True}, timeout=60).json()
     assert same_id[0]["id"] == by_text[0]["id"]
     assert base64.b64decode(same_id[0]["image"]) == (CORPUS / "photos" / "chelsea_cat.jpg").read_bytes()
+    pages = requests.post(f"{server.url}/metadata?token={TOKEN}", json={"ids": [by_text[0]["id"]],
+                                                                          "indice_name": "demo"}, timeout=10).json()
+    assert pages == [{"id": by_text[0]["id"], "metadata": {"caption": by_text[0]["caption"], "url": by_text[0]["url"],
+                                                          "key": cat}}]
 
 
 def test_a_rebuilt_index_is_served_without_a_restart_and_no_query_fails(server: Server):
@@ -247,6 +251,18 @@ def test_a_rebuilt_index_is_served_without_a_restart_and_no_query_fails(server: 
     assert failures == [] and answered[0] > 0
 
 
+
+def test_samples_ingested_embedded_and_added_with_update_are_found_without_a_restart(server: Server, tmp_path):
+    more = tmp_path / "more"
+    more.mkdir()
+    (more / "lighthouse.txt").write_text("a tall lighthouse on a rocky coast at night")
+    ingest(more, dataset=server.dataset)
+    embed(server.dataset, threads=1)
+    build_indexes(IndexSettings(str(server.dataset), update=True))
+    hits = server.search(text="a lighthouse by the sea", modality="text", k=1).json()["hits"]
+    assert hits[0]["caption"] == "a tall lighthouse on a rocky coast at night"
+    assert server.http.get(server.url + hits[0]["media"]["text"], timeout=10).text == hits[0]["caption"]
+
 def image_index_type(server: Server) -> str:
     server.search(text="anything", k=1)  # a search picks up a newly published build
     space = server.http.get(f"{server.url}/info", timeout=10).json()["datasets"][0]["spaces"][0]
@@ -270,6 +286,9 @@ BAD_REQUESTS = [
     ("k zero", "POST", "/search", {"text": "a cat", "k": 0}, JSON, 422, "k must be"),
     ("text a number", "POST", "/search", {"text": 5}, JSON, 422, "text must be a string"),
     ("weights a list", "POST", "/search", {"text": "a cat", "weights": [1]}, JSON, 422, "weights"),
+    ("weight not finite", "POST", "/search", b'{"text": "a cat", "weights": {"text": NaN}}', JSON, 422, "finite"),
+    ("text too long", "POST", "/search", {"text": "cat " * 20_000}, JSON, 413, "text is over the limit"),
+    ("nested too deep", "POST", "/search", b"[" * 100_000, JSON, 400, "not valid JSON"),
     ("unknown modality", "POST", "/search", {"text": "a cat", "modality": "video"}, JSON, 422, "modality"),
     ("unknown field", "POST", "/search", {"txt": "a cat"}, JSON, 422, "unknown field"),
     ("empty query", "POST", "/search", {"text": "  "}, JSON, 422, "empty query"),
@@ -343,11 +362,40 @@ def test_a_browser_opens_the_page_with_the_token_once_and_keeps_it_in_a_cookie(s
     assert browser.get(f"{server.url}/info", timeout=5).status_code == 200  # the cookie alone now
 
 
+def running(app) -> tuple[object, threading.Thread, str]:
+    """``app`` on a real uvicorn server in a thread, on a free localhost port."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+
+
+def test_only_the_origins_named_with_cors_may_call_the_api_from_their_pages(server: Server):
+    from mmindex.serve.app import create_app
+    from mmindex.serve.settings import ServeSettings
+
+    front, elsewhere = "https://front.example", "https://evil.example"
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    default = requests.get(f"{server.url}/indices-list", headers={"Origin": front, **server.http.headers}, timeout=5)
+    assert "access-control-allow-origin" not in default.headers  # no --cors: no other page may read answers
+    uvicorn_server, thread, url = running(create_app(ServeSettings(("unused",), cors_origins=(front,)), {}))
+    try:
+        allowed = requests.options(f"{url}/knn-service", headers={"Origin": front, **preflight}, timeout=5)
+        assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == front
+        refused = requests.options(f"{url}/knn-service", headers={"Origin": elsewhere, **preflight}, timeout=5)
+        assert "access-control-allow-origin" not in refused.headers
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join()
+
+
 def test_a_request_that_does_not_answer_in_time_gets_503():
     """The timeout guard on a real uvicorn server, in front of an app that never answers."""
     import asyncio
-
-    import uvicorn
 
     from mmindex.serve.guards import Timeout
 
@@ -355,15 +403,9 @@ def test_a_request_that_does_not_answer_in_time_gets_503():
         if scope["type"] == "http":
             await asyncio.sleep(60)
 
-    server = uvicorn.Server(uvicorn.Config(Timeout(never_answers, 0.5), host="127.0.0.1", port=0,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run)
-    thread.start()
+    server, thread, url = running(Timeout(never_answers, 0.5))
     try:
-        while not server.started:
-            time.sleep(0.05)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        response = requests.get(f"http://127.0.0.1:{port}/anything", timeout=30)
+        response = requests.get(f"{url}/anything", timeout=30)
         assert response.status_code == 503 and "longer than 0.5 s" in response.json()["error"]
     finally:
         server.should_exit = True

@@ -1,21 +1,24 @@
 """The HTTP API: routes, and the one error shape every refusal takes ({"error": "..."} with a 4xx status).
 
-Model calls and file reads run in Starlette's thread pool, never on the event loop, so requests are served
-concurrently; each model runs one query at a time (Searcher), so concurrent queries queue per modality.
+Model calls and file reads run in threads, never on the event loop, so requests are served concurrently.
+Each model runs one query at a time (Searcher). Searches take threads from a small pool per kind of query
+(its set of parts): a queue of slow speech queries holds two threads, not every thread a text query needs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from mmindex.search import BadQuery
@@ -30,6 +33,7 @@ from mmindex.serve.thumbnails import Thumbnails
 
 log = logging.getLogger("mmindex")
 STATIC = Path(__file__).parent / "static"
+THREADS_PER_KIND = 2
 IMMUTABLE = "public, max-age=31536000, immutable"   # keys are content digests: a member's bytes never change
 SEARCH_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "properties": {
@@ -49,8 +53,8 @@ SEARCH_BODY = {"requestBody": {"required": True, "content": {
 def create_app(settings: ServeSettings, catalog: dict[str, ServedDataset]) -> FastAPI:
     limits = settings.limits
     app = FastAPI(title="mmindex", description="Search images, audio and text across modalities.")
-    app.state.catalog, app.state.limits = catalog, limits
     thumbnails = Thumbnails(limits.image_pixels)
+    pools: dict[frozenset[str], anyio.CapacityLimiter] = {}
     _errors(app)
 
     @app.get("/healthz")
@@ -59,16 +63,15 @@ def create_app(settings: ServeSettings, catalog: dict[str, ServedDataset]) -> Fa
 
     @app.get("/info")
     def info() -> dict[str, Any]:
-        return {"datasets": [served.info() for served in catalog.values()],
-                "limits": {"upload_bytes": limits.upload_bytes, "image_pixels": limits.image_pixels,
-                           "audio_seconds": limits.audio_seconds, "max_k": limits.max_k,
-                           "timeout_s": limits.timeout_s}}
+        return {"datasets": [served.info() for served in catalog.values()], "limits": dataclasses.asdict(limits)}
 
     @app.post("/search", openapi_extra=SEARCH_BODY)
     async def search(request: Request) -> dict[str, Any]:
         """Text, image and audio parts fused into one query; hits of every modality, or only ``modality``."""
         asked = await read_search(request, limits)
-        return await run_in_threadpool(run_search, catalog, asked)
+        kind = frozenset(asked.query.parts())
+        pool = pools.get(kind) or pools.setdefault(kind, anyio.CapacityLimiter(THREADS_PER_KIND))
+        return await anyio.to_thread.run_sync(run_search, catalog, asked, limiter=pool)
 
     @app.get("/media/{dataset}/{key:path}/{member}")
     def media(dataset: str, key: str, member: str, request: Request) -> Response:
@@ -112,6 +115,9 @@ def create_app(settings: ServeSettings, catalog: dict[str, ServedDataset]) -> Fa
     app.add_middleware(BodyLimit, limit=limits.upload_bytes)
     if settings.token:
         app.add_middleware(TokenAuth, token=settings.token)
+    if settings.cors_origins:  # outermost: a browser's preflight carries no token
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "Range"])
     return app
 
 

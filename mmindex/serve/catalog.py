@@ -53,6 +53,7 @@ class ServedDataset:
                                     f"`mmindex index {root}`")
         self.default_space = DEFAULT_SPACE if DEFAULT_SPACE in self.spaces else sorted(self.spaces)[0]
         self._samples: dict[str, Sample] = {}
+        self._keys: list[str] = []   # by sample id
         self._shards: set[int] = set()
         self._reading = threading.Lock()
         self._read_new_shards()
@@ -74,6 +75,12 @@ class ServedDataset:
             raise NotFound(f"dataset {self.name!r} has no sample with key {key!r}")
         return found
 
+    def key_of(self, sample_id: int) -> str:
+        """The key of the sample with clip-retrieval's ``id``."""
+        if not 0 <= sample_id < len(self._keys):
+            raise NotFound(f"dataset {self.name!r} has no sample with id {sample_id}")
+        return self._keys[sample_id]
+
     def _read_new_shards(self) -> bool:
         """Reads the samples of shards committed since the last read; whether there were any."""
         with self._reading:
@@ -81,8 +88,9 @@ class ServedDataset:
             for number in sorted(new):
                 table = read_parquet(self.dataset.samples_path(number), columns=["key", "members", "caption"])
                 for row in table.to_pylist():
-                    self._samples[row["key"]] = Sample(len(self._samples), number, tuple(row["members"]),
+                    self._samples[row["key"]] = Sample(len(self._keys), number, tuple(row["members"]),
                                                        row["caption"])
+                    self._keys.append(row["key"])
                 self._shards.add(number)
             return bool(new)
 

@@ -4,6 +4,7 @@ POST /knn-service takes ClipClient's JSON (text, image as base64, embedding_inpu
 indice_name; its safety, dedup and aesthetic options are accepted and ignored) and answers a list of
 {id, similarity, url, caption} (plus key and modality; plus image, base64, when ``include_image`` is true).
 ``id`` is the sample's row over the dataset's samples in shard order, stable as shards are added.
+POST /metadata ({ids, indice_name}) gives the same fields by id, as clip front asks for further pages.
 GET /indices-list names the datasets (and DATASET/SPACE for spaces other than each dataset's default).
 image_url is refused: the server never fetches URLs it is given.
 """
@@ -49,16 +50,38 @@ def router(catalog: dict[str, ServedDataset], limits: ServeLimits) -> APIRouter:
         base = str(request.base_url).rstrip("/")
         return await run_in_threadpool(knn, catalog, fields, limits, base)
 
+    @routes.post("/metadata")
+    async def metadata(request: Request) -> list[dict[str, Any]]:
+        fields = await read_json(request)
+        ids, served = fields.get("ids"), index_named(catalog, fields.get("indice_name"))[0]
+        if not isinstance(ids, list) or len(ids) > limits.max_k or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ApiError(422, f"ids must be a list of at most {limits.max_k} whole numbers")
+        base = str(request.base_url).rstrip("/")
+        return [{"id": i, "metadata": described(served, served.key_of(i), None, base)} for i in ids]
+
     return routes
+
+
+def index_named(catalog: dict[str, ServedDataset], indice_name: Any) -> tuple[ServedDataset, str | None]:
+    """The dataset and space an ``indice_name`` (DATASET or DATASET/SPACE) names; the first dataset if none."""
+    name, _, space = str(indice_name or next(iter(catalog))).partition("/")
+    if name not in catalog:
+        raise NotFound(f"no index {name!r} (see /indices-list)")
+    return catalog[name], space or None
+
+
+def described(served: ServedDataset, key: str, modality: str | None, base: str) -> dict[str, Any]:
+    """A sample as clip-retrieval's metadata: caption and url (its image, else the member that was found)."""
+    urls = media_urls(served, key)
+    url = urls.get("image") or urls.get(modality or "", "") or next(iter(urls.values()), "")
+    return {"caption": served.sample(key).caption, "url": base + url, "key": key}
 
 
 def knn(catalog: dict[str, ServedDataset], fields: dict[str, Any], limits: ServeLimits,
         base: str) -> list[dict[str, Any]]:
-    name, _, space = str(fields.get("indice_name") or next(iter(catalog))).partition("/")
-    if name not in catalog:
-        raise NotFound(f"no index {name!r} (see /indices-list)")
-    served = catalog[name]
-    searcher = served.searcher(space or None)
+    served, space = index_named(catalog, fields.get("indice_name"))
+    searcher = served.searcher(space)
     modality = fields.get("modality", "image")
     if modality not in MODALITIES:
         raise ApiError(422, f"modality must be image, text or audio, not {modality!r}")
@@ -75,11 +98,9 @@ def knn(catalog: dict[str, ServedDataset], fields: dict[str, Any], limits: Serve
         hits = searcher.search(query, k, modality, describe=False)
     results = []
     for hit in hits:
-        sample = served.sample(hit["key"])
-        urls = media_urls(served, hit["key"])
-        result = {"id": sample.id, "similarity": hit["score"], "caption": sample.caption, "key": hit["key"],
-                  "modality": hit["modality"], "url": base + urls.get("image", urls.get(hit["modality"], ""))}
-        if fields.get("include_image") is True and "image" in urls:
+        result = {"id": served.sample(hit["key"]).id, "similarity": hit["score"], "modality": hit["modality"],
+                  **described(served, hit["key"], hit["modality"], base)}
+        if fields.get("include_image") is True and "image" in media_urls(served, hit["key"]):
             result["image"] = base64.b64encode(find_member(served, hit["key"], "image").bytes()).decode()
         results.append(result)
     return results

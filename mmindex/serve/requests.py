@@ -96,6 +96,8 @@ def search_request(fields: dict[str, Any], limits: ServeLimits) -> SearchRequest
     for name in ("dataset", "space", "text", "modality"):
         if fields.get(name) is not None and not isinstance(fields[name], str):
             raise ApiError(422, f"{name} must be a string, not {json.dumps(fields[name])[:60]}")
+    if len((fields.get("text") or "").encode()) > limits.text_bytes:
+        raise ApiError(413, f"the text is over the limit of {limits.text_bytes:,} bytes")
     modality = fields.get("modality") or None
     if modality == "all":
         modality = None

@@ -15,6 +15,7 @@ class ServeLimits:
     upload_bytes: int = 20 * 2**20        # a whole request body (JSON with base64, or multipart)
     image_pixels: int = 40_000_000        # a query image's declared size (decompression bombs)
     audio_seconds: float = 120.0          # a query clip's duration
+    text_bytes: int = 64 * 2**10          # a query text (models read the first few hundred tokens anyway)
     timeout_s: float = 30.0               # a request is answered 503 past this
     max_k: int = 1000                     # hits per search
     thumbnail_sizes: tuple[int, int] = (16, 1024)
@@ -29,6 +30,7 @@ class ServeSettings:
     open: bool = False                    # bound to another address without a token, on purpose
     limits: ServeLimits = field(default_factory=ServeLimits)
     device: str = "cpu"
+    cors_origins: tuple[str, ...] = ()    # web pages elsewhere allowed to call the API (clip front, say)
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -38,6 +40,9 @@ class ServeSettings:
                              f"'Authorization: Bearer SECRET') or --open to serve it to anyone who can reach it")
         if self.token is not None and len(self.token) < 8:
             raise ValueError("--token must be at least 8 characters")
+        for origin in self.cors_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"--cors {origin}: give a page's origin, e.g. https://rom1504.github.io")
 
     def named_datasets(self) -> dict[str, str]:
         """Dataset name -> path: NAME=PATH, else the folder's name (its parent's when it is called 'dataset')."""
