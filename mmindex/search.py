@@ -119,6 +119,10 @@ class Searcher:
             self._encoders[modality] = space.query_encoder(modality, self.device)
         return self._encoders[modality]
 
+    def warm(self) -> None:
+        """Loads every query encoder of the space now rather than at its first query (a server's start)."""
+        self._encoders.update(self.store.space.query_encoders(self.device))
+
     def embed(self, query: Query) -> np.ndarray:
         """The query's unit vector: its parts embedded and averaged with their weights."""
         total = None

@@ -56,6 +56,14 @@ class Space:
             return NumpySentenceEncoder(_package_model(self.settings["text"]["package"]))  # type: ignore[return-value]
         return self.load(device, only={modality}).get(modality)
 
+    def query_encoders(self, device: str = "cpu") -> dict[str, Encoder]:
+        """Every query encoder at once, each model loaded once (a server's: query_encoder per modality would
+        load a CLIP, or the offline space's text model under ConSE and speech, once per modality)."""
+        encoders = self.load(device)
+        if self.settings["kind"] == "offline":
+            encoders["text"] = self.query_encoder("text", device)  # type: ignore[assignment]
+        return encoders
+
     def load(self, device: torch.device | str = "cpu", only: set[str] | None = None) -> dict[str, Encoder]:
         """The space's encoders by modality, on ``device`` (``only`` some, where that saves loading models)."""
         import torch

@@ -151,8 +151,11 @@ def test_media_are_the_ingested_bytes_with_their_type_and_byte_ranges(server: Se
         part = server.http.get(url, headers={"Range": asked}, timeout=10)
         assert part.status_code == 206 and part.content == cat[start:end + 1], asked
         assert part.headers["content-range"] == f"bytes {start}-{end}/{size}"
-    beyond = server.http.get(url, headers={"Range": f"bytes={len(cat)}-"}, timeout=10)
-    assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(cat)}"
+    for outside in (f"bytes={size}-", f"bytes={size + 10}-{size + 20}", "bytes=-0"):
+        beyond = server.http.get(url, headers={"Range": outside}, timeout=10)
+        assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{size}", outside
+    for ignored in ("bytes=0-1,5-6", "items=0-5", "bytes=x-y", "bytes=50-10"):  # HTTP lets a server ignore these
+        assert server.http.get(url, headers={"Range": ignored}, timeout=10).content == cat, ignored
     clip = server.http.get(f"{server.url}/media/demo/{server.key('conf_locked')}/audio", timeout=10)
     assert clip.content == (CORPUS / "speech" / "conf_locked.wav").read_bytes()
     assert clip.headers["content-type"] == "audio/wav"
@@ -316,6 +319,7 @@ BAD_REQUESTS = [
     ("clip unknown index", "POST", "/knn-service", {"text": "a", "indice_name": "laion5B"}, JSON, 404, "no index"),
     ("no token", "GET", "/info", None, {"Authorization": ""}, 401, "token is required"),
     ("a wrong token", "GET", "/info", None, {"Authorization": "Bearer wrong-token-99"}, 401, "token is required"),
+    ("a malformed cookie", "GET", "/info", None, {"Authorization": "", "Cookie": "a=b; $$$=1"}, 401, "token is"),
 ]
 
 
@@ -341,6 +345,20 @@ def test_a_chunked_upload_past_the_limit_is_refused(server: Server):
     assert response.status_code == 413 and "over the limit" in response.json()["error"]
     assert server.search(text="still serving", k=1).status_code == 200
 
+
+
+@pytest.mark.parametrize("parts, status, says", [
+    ({"document": ("a.pdf", b"%PDF-1.4", "application/pdf")}, 422, "only image and audio"),
+    ({"text": (None, "a cat"), "k": (None, "many")}, 422, "whole number"),
+    ({"text": (None, "a cat"), "weights": (None, "{not json")}, 422, "weights must be JSON"),
+    ({"image": ("a.png", b"\x89PNG broken", "image/png")}, 422, "the image"),
+    ({"image": ("bomb.png", base64.b64decode(BOMB), "image/png")}, 413, "pixels"),
+    ({"audio": ("a.wav", b"RIFF....WAVE", "audio/wav")}, 422, "unreadable audio"),
+])
+def test_multipart_mistakes_are_named(server: Server, parts, status, says):
+    """Form fields are parts without a file name (None), files have one."""
+    response = server.http.post(f"{server.url}/search", files=parts, timeout=60)
+    assert response.status_code == status and says in response.json()["error"], response.text
 
 @pytest.mark.parametrize("args, says", [
     (["--host", "0.0.0.0"], "--token"),

@@ -45,8 +45,7 @@ class ServedDataset:
         self.spaces: dict[str, Searcher] = {}
         for space in indexed_spaces(self.dataset):
             searcher = Searcher(root, space, device=device)
-            for modality in space.modalities():
-                searcher.encoder(modality)  # every model loads now, not on a user's first query
+            searcher.warm()  # every model loads now, not on a user's first query
             self.spaces[space.name] = searcher
         if not self.spaces:
             raise FileNotFoundError(f"--dataset {root}: nothing indexed yet: run `mmindex embed {root}` and "

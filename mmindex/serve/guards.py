@@ -10,7 +10,7 @@ import contextlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from http.cookies import SimpleCookie
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -49,7 +49,9 @@ class TokenAuth:
             return
         headers = dict(scope["headers"])
         from_query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
-        cookie = SimpleCookie(headers.get(b"cookie", b"").decode("latin-1"))
+        cookie = SimpleCookie()
+        with contextlib.suppress(CookieError):  # a malformed Cookie header offers no token
+            cookie.load(headers.get(b"cookie", b"").decode("latin-1"))
         offered = [headers.get(b"authorization", b"").removeprefix(b"Bearer ").strip(), from_query.encode(),
                    cookie[COOKIE].value.encode() if COOKIE in cookie else b""]
         if not any(hmac.compare_digest(value, self.token) for value in offered if value):

@@ -83,8 +83,8 @@ def _shard_table(path: str) -> dict[str, tuple[int, int]]:
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The inclusive (start, end) a Range header asks for; None to send the whole member (no header, or one
-    this server ignores as HTTP allows: several ranges, another unit, malformed). RangeNotSatisfiable when the
-    range lies outside the member."""
+    HTTP lets a server ignore: several ranges, another unit, malformed). RangeNotSatisfiable when the range
+    lies outside the member."""
     match = _RANGE.fullmatch((header or "").strip())
     if not match or match.groups() == ("", ""):
         return None
@@ -94,6 +94,8 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise RangeNotSatisfiable
         return max(size - int(last), 0), size - 1
     start, end = int(first), min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
+    if last and int(last) < start:  # syntactically invalid (RFC 9110 14.1.1): the header is ignored
+        return None
+    if start >= size:
         raise RangeNotSatisfiable
     return start, end
