@@ -99,6 +99,9 @@
     state.info = await response.json();
     const names = (state.info.datasets || []).map((d) => d.name);
     $("dataset").replaceChildren(...names.map((n) => el("option", { value: n }, n)));
+    const limits = state.info.limits || {};
+    if (Number.isInteger(limits.max_k)) $("k").max = limits.max_k;
+    if (Number.isInteger(limits.text_bytes)) $("q").maxLength = limits.text_bytes;
     fillSpaces();
   }
 
