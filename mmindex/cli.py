@@ -278,6 +278,24 @@ def evaluate(
     (console.print_json if as_json else console.print_eval)(rows)
 
 
+@app.command(name="check")
+def check_dataset(
+    dataset: Annotated[str, typer.Argument(help="A dataset made by `mmindex ingest`.", show_default=False)],
+    repair: Annotated[bool, typer.Option(help="Rebuild what can be rebuilt: shards from their sources, embeddings, "
+                                              "indexes; record checksums of files that have none.")] = False,
+) -> None:
+    """Read every committed file (shards, parquet, vectors, indexes) against its recorded size and sha256; name
+    each one that is missing, changed or unreadable, with the command that repairs it (exit status 1)."""
+    from mmindex.check.run import CheckSettings, check
+
+    console.setup_logging()
+    with console.errors():
+        report = check(CheckSettings(dataset, repair))
+    console.print_dataset_check(report)
+    if report.damaged:
+        raise typer.Exit(1)
+
+
 @app.command()
 def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Where to build the demo dataset.")]
          = Path("mmindex-demo")) -> None:

@@ -15,6 +15,7 @@ import typer
 from mmindex.sizes import format_size
 
 if TYPE_CHECKING:
+    from mmindex.check.run import CheckReport
     from mmindex.embed.run import EmbedReport
     from mmindex.index.run import IndexCheck, IndexReport
     from mmindex.ingest.run import IngestReport
@@ -135,6 +136,24 @@ def print_index(report: IndexReport) -> None:
 def print_check(check: IndexCheck) -> None:
     for built in check.checked:
         typer.echo(f"{built.modality:<6} ok: {built.vectors:,} vectors agree with the embeddings and samples")
+
+
+def print_dataset_check(report: CheckReport) -> None:
+    """One line per file that is not as recorded, what the repair did, then a summary."""
+    for finding in report.found:
+        typer.echo(f"{'damaged' if finding.damaged else 'unrecorded':<10} {finding.path}: {finding.problem}; "
+                   f"repair: {finding.repair}")
+    for done in report.repaired:
+        typer.echo(f"{'repaired':<10} {done}")
+    for lost in report.lost:
+        typer.echo(f"{'lost':<10} shard {lost.shard} sample {lost.key}: {lost.source}")
+    after = report.remaining if report.repaired or report.lost else report.found
+    damaged = sum(f.damaged for f in after)
+    state = f"{damaged} damaged" if damaged else "all committed files as recorded"
+    unrecorded = sum(not f.damaged for f in after)
+    typer.echo(f"Checked {report.files:,} files ({format_size(report.bytes)}) of {report.root}"
+               f"{' (then repaired)' if report.repaired or report.lost else ''}: {state}"
+               + (f"; {unrecorded} unit(s) with no checksums recorded" if unrecorded else ""))
 
 
 def print_json(document: Any) -> None:

@@ -7,6 +7,7 @@
       rejects/*.parquet       every input that was not ingested, with a reason (see REJECTS_SCHEMA)
       embeddings/<space>/     vectors per shard and modality (mmindex.embed.store)
       indexes/<space>/<modality>/  a FAISS index and its id -> key map (mmindex.index.store)
+      checksums/              size and sha256 of every committed file, one record per shard (mmindex.checksums)
 
 Shard members are named by webdataset's rule (mmindex.webdataset): ``KEY.EXT``.
 
@@ -29,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmindex import storage
+from mmindex import checksums, storage
 
 FORMAT = "mmindex-dataset"
 FORMAT_VERSION = 1
@@ -126,6 +127,19 @@ class Dataset:
     def index_path(self, space: str, modality: str) -> str:
         return storage.join(self.root, "indexes", space, modality)
 
+    def record_path(self, number: int) -> str:
+        """The checksum record of a shard's tar and samples parquet (mmindex.checksums)."""
+        return checksums.record_path(self.root, f"shards/{shard_name(number)}")
+
+    def damaged_shard(self, number: int) -> str | None:
+        """What is wrong with a committed shard by the cheap check (files present, sizes as recorded), saying
+        how to repair it; None when it passes."""
+        problem = checksums.unit_problem(self.root, self.record_path(number))
+        if problem is None:
+            return None
+        return (f"shard {shard_name(number)} is damaged ({problem[0]}: {problem[1]}): run `mmindex check {self.root} "
+                f"--repair`, which rebuilds it from its sources")
+
     def scratch_path(self, name: str) -> str:
         return storage.join(self.root, ".scratch", name)
 
@@ -171,7 +185,7 @@ class Dataset:
     def remove_incomplete(self) -> list[str]:
         """Deletes what an interrupted run left: temporary files, run reports, tars with no committed parquet."""
         committed = {shard_name(n) for n in self.committed_shards()}
-        leftovers = [p for folder in ("shards", "samples", "rejects")
+        leftovers = [p for folder in ("shards", "samples", "rejects", "checksums/shards", "checksums/rejects")
                      for p in storage.glob(storage.join(self.root, folder, f"{storage.TEMP_MARK}*"))]
         leftovers += storage.glob(self.scratch_path("*"))
         leftovers += [p for p in storage.glob(storage.join(self.root, "shards", "*.tar"))

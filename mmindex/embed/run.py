@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from mmindex.dataset import shard_name
 from mmindex.embed.store import EmbeddingStore, ShardSummary
-from mmindex.spaces import DEFAULT_SPACE, resolve_space
+from mmindex.spaces import DEFAULT_SPACE, Space, resolve_space
 
 log = logging.getLogger("mmindex")
 
@@ -82,9 +82,10 @@ class EmbedReport:
         return self.embedded[modality] / seconds if seconds else None
 
 
-def embed(settings: EmbedSettings, executor: EmbedExecutor | None = None) -> EmbedReport:
-    """Embeds every committed shard of the dataset that has no committed embeddings in the space yet."""
-    space = resolve_space(settings.model)
+def embed(settings: EmbedSettings, executor: EmbedExecutor | None = None, space: Space | None = None) -> EmbedReport:
+    """Embeds every committed shard of the dataset that has no committed embeddings in the space yet (``space``:
+    the space already resolved, as a repair has it from the dataset's space.json)."""
+    space = space or resolve_space(settings.model)
     store = EmbeddingStore.of(settings.dataset, space)
     space.modalities()  # fails early, before anything is written, if the model cannot be found
     if executor is None:

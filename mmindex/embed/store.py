@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mmindex import storage
+from mmindex import checksums, storage
 from mmindex.dataset import MODALITIES, Dataset, parquet_bytes, read_parquet, shard_name
 from mmindex.spaces import Space
 
@@ -120,6 +120,7 @@ class EmbeddingStore:
         removes the temporary files an interrupted run left."""
         leftovers = [p for folder in ("", *MODALITIES)
                      for p in storage.glob(storage.join(self.root, folder, f"{storage.TEMP_MARK}*"))]
+        leftovers += storage.glob(storage.join(posixpath.dirname(self.record_path(0)), f"{storage.TEMP_MARK}*"))
         storage.delete(leftovers)
         path = storage.join(self.root, "space.json")
         mine = {"name": self.space.name, "fingerprint": self.space.fingerprint, "settings": self.space.settings}
@@ -152,16 +153,24 @@ class EmbeddingStore:
                 bad.append(number)
         return bad
 
+    def record_path(self, number: int) -> str:
+        """The checksum record of a shard's embeddings (mmindex.checksums)."""
+        return checksums.record_path(self.dataset.root, f"embeddings/{self.space.name}/{shard_name(number)}")
+
     def commit(self, shard: ShardEmbeddings) -> None:
+        recorder = checksums.Recorder(self.dataset.root, self.record_path(shard.number))
         for modality, vectors in sorted(shard.vectors.items()):
             buffer = io.BytesIO()
             np.save(buffer, np.stack(vectors).astype(np.float16), allow_pickle=False)
-            storage.write_atomic(self.vectors_path(shard.number, modality), buffer.getvalue())
-        storage.write_atomic(self.parquet_path(shard.number), parquet_bytes(shard.rows, EMBEDDINGS_SCHEMA))
+            recorder.write(self.vectors_path(shard.number, modality), buffer.getvalue())
+        recorder.commit(self.parquet_path(shard.number), parquet_bytes(shard.rows, EMBEDDINGS_SCHEMA))
 
     def read(self, number: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
         """A committed shard's rows and its vectors by modality (memory-mapped where the file is local);
         DamagedEmbeddings, saying how to repair it, when they do not read back as written."""
+        problem = checksums.unit_problem(self.dataset.root, self.record_path(number))
+        if problem:
+            raise self._damaged(number, *problem)
         try:
             table = read_parquet(self.parquet_path(number))
         except (OSError, pa.ArrowException) as err:

@@ -92,13 +92,18 @@ def work(root: str, space: Space, device: str, settings: WorkerSettings, todo, d
         _install_preparers(preparers)
     try:
         while (number := todo.get()) is not None:
+            damaged = store.dataset.damaged_shard(number)
+            if damaged:
+                done.put(ShardSummary(number, failed=damaged))
+                continue
             try:
                 result, seconds = embed_shard(number, store.dataset.shard_path(number), encoders, _prepare,
                                               executor, settings.batch_size, ahead=2 * max(1, settings.decode_workers))
             except (tarfile.TarError, OSError) as err:  # a damaged shard file: the other shards go on
                 path = store.dataset.shard_path(number)
-                done.put(ShardSummary(number, failed=f"shard {shard_name(number)} is damaged ({err}): restore {path} "
-                                                     f"from a copy, or ingest its sources again"))
+                done.put(ShardSummary(number, failed=f"shard {shard_name(number)} is damaged ({err}): run `mmindex "
+                                                     f"check {store.dataset.root} --repair`, which rebuilds {path} "
+                                                     f"from its sources"))
                 continue
             store.commit(result)
             done.put(ShardSummary.of(number, result.rows, seconds=seconds, device=device))

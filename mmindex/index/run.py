@@ -15,7 +15,7 @@ from mmindex.index.build import BuildSettings, build_index
 from mmindex.index.searchable import describe_search
 from mmindex.index.store import IndexFiles, not_embedded
 from mmindex.index.vectors import counts
-from mmindex.spaces import DEFAULT_SPACE, resolve_space
+from mmindex.spaces import DEFAULT_SPACE, Space, resolve_space
 
 log = logging.getLogger("mmindex")
 
@@ -58,9 +58,10 @@ class IndexReport:
     not_embedded: str | None   # what to run when ingested shards have no embeddings yet
 
 
-def build_indexes(settings: IndexSettings) -> IndexReport:
-    """Builds, or with ``update`` extends, the index of every modality with vectors in the space."""
-    store = EmbeddingStore.of(settings.dataset, resolve_space(settings.model))
+def build_indexes(settings: IndexSettings, space: Space | None = None) -> IndexReport:
+    """Builds, or with ``update`` extends, the index of every modality with vectors in the space (``space``: the
+    space already resolved)."""
+    store = EmbeddingStore.of(settings.dataset, space or resolve_space(settings.model))
     built = []
     with store.dataset.exclusive("index"):
         for modality in store.space.modalities():
