@@ -139,21 +139,24 @@ def print_check(check: IndexCheck) -> None:
 
 
 def print_dataset_check(report: CheckReport) -> None:
-    """One line per file that is not as recorded, what the repair did, then a summary."""
-    for finding in report.found:
-        typer.echo(f"{'damaged' if finding.damaged else 'unrecorded':<10} {finding.path}: {finding.problem}; "
-                   f"repair: {finding.repair}")
+    """One line per file that is not as recorded, what a repair did and what is still wrong, then a summary."""
+    def lines(findings: list, still: str = "") -> None:
+        for f in findings:
+            typer.echo(f"{still}{'damaged' if f.damaged else 'unrecorded'} {f.path}: {f.problem}; repair: {f.repair}")
+
+    repaired = bool(report.repaired or report.lost)
+    lines(report.found)
     for done in report.repaired:
-        typer.echo(f"{'repaired':<10} {done}")
+        typer.echo(f"repaired {done}")
     for lost in report.lost:
-        typer.echo(f"{'lost':<10} shard {lost.shard} sample {lost.key}: {lost.source}")
-    after = report.remaining if report.repaired or report.lost else report.found
-    damaged = sum(f.damaged for f in after)
-    state = f"{damaged} damaged" if damaged else "all committed files as recorded"
-    unrecorded = sum(not f.damaged for f in after)
+        typer.echo(f"lost shard {lost.shard} sample {lost.key}: {lost.source} ({lost.why})")
+    after = report.remaining if repaired else report.found
+    if repaired:
+        lines(report.remaining, "still ")
+    damaged, unrecorded = sum(f.damaged for f in after), sum(not f.damaged for f in after)
     typer.echo(f"Checked {report.files:,} files ({format_size(report.bytes)}) of {report.root}"
-               f"{' (then repaired)' if report.repaired or report.lost else ''}: {state}"
-               + (f"; {unrecorded} unit(s) with no checksums recorded" if unrecorded else ""))
+               f"{' and repaired' if repaired else ''}: {f'{damaged} damaged' if damaged else 'all as recorded'}"
+               + (f"; {unrecorded} file(s) with no checksum recorded" if unrecorded else ""))
 
 
 def print_json(document: Any) -> None:

@@ -4,8 +4,7 @@ files that have no record yet, and check again."""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mmindex import checksums, storage
 from mmindex.check.scan import Checked, Finding, scan
@@ -13,8 +12,6 @@ from mmindex.check.shards import LostSample, rebuild_shard
 from mmindex.check.units import Unit
 from mmindex.dataset import Dataset, shard_name
 from mmindex.spaces import Space
-
-log = logging.getLogger("mmindex")
 
 
 @dataclass(frozen=True)
@@ -49,27 +46,31 @@ def check(settings: CheckSettings) -> CheckReport:
                          sum(s.bytes for r in results for s in r.sums.values()),
                          [f for r in results for f in r.findings])
     if settings.repair and report.found:
-        _repair(dataset, results, report)
-        report.remaining = [f for r in scan(dataset) for f in r.findings]
+        unrebuilt = _repair(dataset, results, report)
+        again = f"restore it from a copy, or the sources listed as lost and run `mmindex check {root} --repair` again"
+        report.remaining = [replace(f, repair=f"not rebuilt ({unrebuilt[f.path]}): {again}") if f.path in unrebuilt
+                            else f for r in scan(dataset) for f in r.findings]
     return report
 
 
-def _repair(dataset: Dataset, results: list[Checked], report: CheckReport) -> None:
+def _repair(dataset: Dataset, results: list[Checked], report: CheckReport) -> dict[str, str]:
+    """Repairs what it can, in stage order; returns the shard tars it could not rebuild, and why."""
     def only_unrecorded(result: Checked) -> bool:  # good files, without a (readable) record
         return bool(result.findings) and all(f.path == result.unit.record or not f.damaged for f in result.findings)
 
     damaged = [r for r in results if r.damaged and not only_unrecorded(r)]
+    unrebuilt: dict[str, str] = {}
     with dataset.exclusive("check"):
         for result in filter(only_unrecorded, results):
             checksums.write_record(result.unit.record, result.sums)
-            report.repaired.append(f"recorded checksums of the {result.unit.label}")
+            report.repaired.append(f"recorded checksums: {result.unit.label}")
         for unit in (r.unit for r in damaged if r.unit.kind == "shard"):
             if any(f.path == unit.files[1] for r in damaged if r.unit is unit for f in r.findings):
                 continue  # its samples parquet is damaged: nothing says what the shard held
             rebuilt = rebuild_shard(dataset, unit.number or 0)
             if rebuilt.lost:
                 report.lost += rebuilt.lost
-                log.warning("check: shard %s not rebuilt: %s", rebuilt.shard, rebuilt.reason)
+                unrebuilt[unit.files[0]] = rebuilt.reason
             else:
                 report.repaired.append(f"rebuilt {unit.files[0]} from its sources (byte for byte as recorded)")
         spaces: dict[str, Space] = {}
@@ -79,6 +80,7 @@ def _repair(dataset: Dataset, results: list[Checked], report: CheckReport) -> No
                 storage.delete([unit.store.parquet_path(unit.number or 0)])  # uncommitted: the next embed redoes it
     for space in spaces.values():
         _reembed_and_reindex(dataset, space, [r.unit for r in damaged], report)
+    return unrebuilt
 
 
 def _reembed_and_reindex(dataset: Dataset, space: Space, damaged: list[Unit], report: CheckReport) -> None:

@@ -3,7 +3,6 @@ the command that repairs each."""
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass, field
 
 from mmindex import checksums, storage
@@ -74,9 +73,9 @@ def check_unit(unit: Unit, root: str, progress: Progress, deep: bool = True) -> 
         if problem:
             checked.findings.append(Finding(unit.files[0], problem, repair_of(unit, unit.files[0], root)))
     if recorded is None and not checked.findings:
-        checked.findings.append(Finding(posixpath.dirname(unit.files[0]), f"{unit.label}: no checksums recorded "
-                                        f"(written before mmindex recorded them)",
-                                        f"`mmindex check {root} --repair` records them", damaged=False))
+        checked.findings += [Finding(path, "no checksum recorded (written before mmindex recorded them)",
+                                     f"`mmindex check {root} --repair` records it", damaged=False)
+                             for path in unit.files]
     return checked
 
 

@@ -28,6 +28,14 @@ class LostSample:
     shard: str
     key: str
     source: str
+    why: str    # source gone, source changed, ...
+
+    @classmethod
+    def of(cls, shard: str, row: dict, why: str | None = None) -> LostSample:
+        path = row["source"].split("::")[0].split("#row=")[0]
+        if why is None:
+            why = "source changed" if storage.is_local(path) and os.path.exists(path) else "source gone"
+        return cls(shard, row["key"], row["source"], why)
 
 
 @dataclass(frozen=True)
@@ -93,9 +101,9 @@ def rebuild_shard(dataset: Dataset, number: int) -> Rebuilt:
     name = shard_name(number)
     rows = read_parquet(dataset.samples_path(number)).to_pylist()
     found, why = find_samples(dataset, rows)
-    lost = [LostSample(name, row["key"], row["source"]) for row in rows if row["key"] not in found]
+    lost = [LostSample.of(name, row, why or None) for row in rows if row["key"] not in found]
     if lost:
-        return Rebuilt(name, lost, why or "their sources are gone or have changed since they were ingested")
+        return Rebuilt(name, lost, why or "sources gone or changed since they were ingested")
     path = dataset.shard_path(number)
     recorded = (checksums.read_record(dataset.record_path(number)) or {}).get(checksums.relative(dataset.root, path))
     records = [found[row["key"]] for row in sorted(rows, key=lambda r: r["key"])]
@@ -105,8 +113,8 @@ def rebuild_shard(dataset: Dataset, number: int) -> Rebuilt:
             if recorded and checksums.mismatch(checksums.Sum(out.size, out.sha256.hexdigest()), recorded):
                 raise _Differs
     except _Differs:
-        return Rebuilt(name, [LostSample(name, row["key"], row["source"]) for row in rows],
-                       "rebuilt from its sources, it differs from the recorded tar (a metadata .json changed?)")
+        why = "the tar rebuilt from the sources differs from the recorded one (a metadata .json changed?)"
+        return Rebuilt(name, [LostSample.of(name, row, why) for row in rows], why)
     except SourceChanged as err:
-        return Rebuilt(name, [LostSample(name, row["key"], row["source"]) for row in rows], str(err))
+        return Rebuilt(name, [LostSample.of(name, row, str(err)) for row in rows], str(err))
     return Rebuilt(name, [])
