@@ -90,8 +90,13 @@ def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
 
 
 def sample_keys(samples_parquet: str) -> list[str]:
-    """The keys of one shard's samples."""
-    return read_parquet(samples_parquet, ["key"]).column("key").to_pylist()
+    """The keys of one shard's samples; a damaged samples parquet is an error that says what to do."""
+    try:
+        return read_parquet(samples_parquet, ["key"]).column("key").to_pylist()
+    except (OSError, pa.ArrowException) as err:
+        root = posixpath.dirname(posixpath.dirname(samples_parquet))
+        raise ValueError(f"{samples_parquet} is damaged ({' '.join(str(err).split())[:100]}): restore it from a copy "
+                         f"(`mmindex check {root}` lists every damaged file and what repairs it)") from None
 
 
 @dataclass(frozen=True)
@@ -178,18 +183,18 @@ class Dataset:
 
     def committed_shards(self) -> list[int]:
         """Numbers of the shards whose samples parquet exists."""
-        names = storage.glob(storage.join(self.root, "samples", "*.parquet"))
-        return sorted(int(stem) for stem in (posixpath.basename(n)[: -len(".parquet")] for n in names)
-                      if stem.isdigit())
+        return numbered(storage.join(self.root, "samples", "*.parquet"))
 
     def remove_incomplete(self) -> list[str]:
-        """Deletes what an interrupted run left: temporary files, run reports, tars with no committed parquet."""
+        """Deletes what an interrupted run left: temporary files, run reports, tars (and their checksum records)
+        with no committed parquet."""
         committed = {shard_name(n) for n in self.committed_shards()}
         leftovers = [p for folder in ("shards", "samples", "rejects", "checksums/shards", "checksums/rejects")
                      for p in storage.glob(storage.join(self.root, folder, f"{storage.TEMP_MARK}*"))]
         leftovers += storage.glob(self.scratch_path("*"))
-        leftovers += [p for p in storage.glob(storage.join(self.root, "shards", "*.tar"))
-                      if posixpath.basename(p)[: -len(".tar")] not in committed]
+        leftovers += [p for folder, ext in (("shards", ".tar"), ("checksums/shards", ".json"))
+                      for p in storage.glob(storage.join(self.root, folder, f"*{ext}"))
+                      if posixpath.basename(p)[: -len(ext)] not in committed]
         storage.delete(leftovers)
         return leftovers
 
@@ -238,6 +243,12 @@ class Dataset:
             samples += table.num_rows
             nbytes += tar_bytes
         return {"samples": samples, "bytes": nbytes, "modalities": modalities, "shards": shards}
+
+
+def numbered(pattern: str) -> list[int]:
+    """The numbers of the files matching ``pattern`` whose names are numbers (``000007.parquet``), sorted."""
+    stems = (posixpath.basename(path).rsplit(".", 1)[0] for path in storage.glob(pattern))
+    return sorted(int(stem) for stem in stems if stem.isdigit())
 
 
 def _read_lock(path: str) -> dict[str, Any]:

@@ -80,15 +80,16 @@ def check_unit(unit: Unit, root: str, progress: Progress, deep: bool = True) -> 
 
 
 def scan(dataset: Dataset) -> list[Checked]:
-    """Every committed unit of the dataset, checked. An index is compared with its embeddings only when those
-    are whole (a damaged shard of vectors is reported once, with its own repair)."""
+    """Every committed unit of the dataset, checked. An index is compared with the embeddings and samples only
+    when those are whole (a damaged file is reported once, with its own repair)."""
     progress = Progress("check: read", unit="files")
     results: list[Checked] = []
-    damaged_spaces: set[str] = set()
+    damaged: set[str | None] = set()   # spaces whose embeddings are damaged; None: a shard is
     for unit in units(dataset):
         space = unit.store.space.name if unit.store else None
-        checked = check_unit(unit, dataset.root, progress, deep=not (unit.kind == "index" and space in damaged_spaces))
-        if checked.damaged and unit.kind == "embeddings" and space:
-            damaged_spaces.add(space)
+        upstream = unit.kind == "index" and (None in damaged or space in damaged)
+        checked = check_unit(unit, dataset.root, progress, deep=not upstream)
+        if checked.damaged and unit.kind in ("shard", "embeddings"):
+            damaged.add(space)
         results.append(checked)
     return results

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from mmindex import checksums, storage
-from mmindex.dataset import Dataset, read_parquet, sample_keys, shard_name
+from mmindex.dataset import Dataset, numbered, read_parquet, sample_keys, shard_name
 from mmindex.embed.store import DamagedEmbeddings, EmbeddingStore
 from mmindex.index.generations import published
 from mmindex.index.store import RECORD, IndexFiles, IndexStale
@@ -54,14 +54,18 @@ def spaces(dataset: Dataset) -> list[Space]:
 def units(dataset: Dataset) -> list[Unit]:
     """Every committed unit: shards, rejects, each space's embeddings per shard, each published index."""
     root = dataset.root
+    recorded = numbered(storage.join(root, "checksums", "shards", "*.json"))  # a shard whose parquet is gone, too
     found = [Unit("shard", n, dataset.record_path(n), (dataset.shard_path(n), dataset.samples_path(n)))
-             for n in dataset.committed_shards()]
-    for path in storage.glob(storage.join(root, "rejects", "*.parquet")):
-        stem = posixpath.basename(path)[: -len(".parquet")]
-        found.append(Unit("rejects", None, checksums.record_path(root, f"rejects/{stem}"), (path,)))
+             for n in sorted({*dataset.committed_shards(), *recorded})]
+    rejects = {posixpath.basename(p).rsplit(".", 1)[0] for folder, ext in (("rejects", "parquet"),
+                                                                            ("checksums/rejects", "json"))
+               for p in storage.glob(storage.join(root, folder, f"*.{ext}"))}
+    found += [Unit("rejects", None, checksums.record_path(root, f"rejects/{stem}"), (dataset.rejects_path(stem),))
+              for stem in sorted(rejects)]
     for space in spaces(dataset):
         store = EmbeddingStore(dataset, space)
-        for number in sorted(store.committed()):
+        recorded = numbered(storage.join(posixpath.dirname(store.record_path(0)), "*.json"))
+        for number in sorted({*store.committed(), *recorded}):
             found.append(Unit("embeddings", number, store.record_path(number), _embedding_files(store, number), store))
         for modality in sorted({posixpath.basename(posixpath.dirname(p)) for p in
                                 storage.glob(storage.join(root, "indexes", space.name, "*", "*"))}):

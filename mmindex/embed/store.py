@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from mmindex import checksums, storage
-from mmindex.dataset import MODALITIES, Dataset, parquet_bytes, read_parquet, shard_name
+from mmindex.dataset import MODALITIES, Dataset, numbered, parquet_bytes, read_parquet, shard_name
 from mmindex.spaces import Space
 
 EMBEDDINGS_SCHEMA = pa.schema([
@@ -134,8 +134,7 @@ class EmbeddingStore:
         storage.write_atomic(path, json.dumps(mine, indent=2, sort_keys=True).encode())
 
     def committed(self) -> set[int]:
-        names = (posixpath.basename(p)[: -len(".parquet")] for p in storage.glob(storage.join(self.root, "*.parquet")))
-        return {int(name) for name in names if name.isdigit()}
+        return set(numbered(storage.join(self.root, "*.parquet")))
 
     def pending(self) -> list[int]:
         """Dataset shards whose embeddings are not committed yet."""
@@ -168,9 +167,7 @@ class EmbeddingStore:
     def read(self, number: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
         """A committed shard's rows and its vectors by modality (memory-mapped where the file is local);
         DamagedEmbeddings, saying how to repair it, when they do not read back as written."""
-        problem = checksums.unit_problem(self.dataset.root, self.record_path(number))
-        if problem:
-            raise self._damaged(number, *problem)
+        self._check_sizes(number)
         try:
             table = read_parquet(self.parquet_path(number))
         except (OSError, pa.ArrowException) as err:
@@ -192,6 +189,7 @@ class EmbeddingStore:
         """A committed shard's vectors of one modality, memory-mapped where the file is local. Never unpickled:
         a file that is not a float16 matrix is reported damaged."""
         path = self.vectors_path(number, modality)
+        self._check_sizes(number)
         try:
             if storage.is_local(path):
                 vectors = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -203,6 +201,12 @@ class EmbeddingStore:
         if not isinstance(vectors, np.ndarray) or vectors.dtype != np.float16 or vectors.ndim != 2:
             raise self._damaged(number, path, "not a float16 matrix")
         return vectors
+
+    def _check_sizes(self, number: int) -> None:
+        """The cheap check before reading a shard's files: each is there, of its recorded size."""
+        problem = checksums.unit_problem(self.dataset.root, self.record_path(number))
+        if problem:
+            raise self._damaged(number, *problem)
 
     def _damaged(self, number: int, path: str, what: str) -> DamagedEmbeddings:
         return DamagedEmbeddings(f"{path} is damaged ({what})", f"run `mmindex embed {self.dataset.root} --model "
