@@ -37,7 +37,7 @@ def built(tmp_path_factory, tiny_clip) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("built")
     dataset = root / "dataset"
     ingest(small_corpus(root / "corpus"), dataset=dataset, extra=("--shard-size=2",))
-    embed(dataset, str(tiny_clip))
+    embed(dataset, str(tiny_clip), decode_workers=0)
     build_indexes(IndexSettings(str(dataset), str(tiny_clip)))
     return dataset, tiny_clip.resolve().name
 
@@ -177,7 +177,7 @@ def test_embed_refuses_a_shard_tar_whose_size_is_not_the_recorded_one(built, dat
     shutil.rmtree(dataset / "embeddings")  # so that embed reads every shard again
     tar = dataset / "shards" / "000001.tar"
     tar.write_bytes(tar.read_bytes() + bytes(10240))
-    result = runner.invoke(app, ["embed", str(dataset), "--model", str(tiny_clip)])
+    result = runner.invoke(app, ["embed", str(dataset), "--model", str(tiny_clip), "--decode-workers", "0"])
     assert result.exit_code == 1
     assert f"shard 000001 is damaged ({tar}: {tar.stat().st_size:,} bytes" in result.output
     assert f"run `mmindex check {dataset} --repair`" in result.output

@@ -90,7 +90,8 @@ def _reembed_and_reindex(dataset: Dataset, space: Space, damaged: list[Unit], re
     mine = [u for u in damaged if u.store and u.store.space.name == space.name]
     shards = [u.number for u in mine if u.kind == "embeddings" and u.number is not None]
     if shards:
-        result = embed(EmbedSettings(dataset.root, space.name), space=space)
+        # A repair re-embeds a few shards: decoding in the worker itself spares starting decode processes.
+        result = embed(EmbedSettings(dataset.root, space.name, decode_workers=0), space=space)
         report.repaired.append(f"embedded {result.committed} shard(s) again in space {space.name!r} "
                                f"({', '.join(shard_name(n) for n in shards)})")
     indexed = [p for name in ("CURRENT", "info.json")
