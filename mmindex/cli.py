@@ -279,13 +279,12 @@ def evaluate(
 
 
 @app.command(name="check")
-def check_dataset(
-    dataset: Annotated[str, typer.Argument(help="A dataset made by `mmindex ingest`.", show_default=False)],
-    repair: Annotated[bool, typer.Option(help="Rebuild what can be rebuilt: shards from their sources, embeddings, "
-                                              "indexes; record checksums of files that have none.")] = False,
-) -> None:
-    """Read every committed file (shards, parquet, vectors, indexes) against its recorded size and sha256; name
-    each one that is missing, changed or unreadable, with the command that repairs it (exit status 1)."""
+def check_dataset(dataset: Annotated[str, typer.Argument(help="A dataset.", show_default=False)],
+                  repair: Annotated[bool, typer.Option(help="Rebuild what can be rebuilt; record files unrecorded.")]
+                  = False) -> None:
+    """Read every committed file against its recorded size and sha256; name each one missing, changed or unreadable
+    with the command that repairs it (exit status 1). --repair rebuilds shards from their sources, re-embeds, and
+    rebuilds indexes."""
     from mmindex.check.run import CheckSettings, check
 
     console.setup_logging()

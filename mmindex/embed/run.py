@@ -107,7 +107,11 @@ def embed(settings: EmbedSettings, executor: EmbedExecutor | None = None, space:
             report.add(shard)
             _log_shard(shard)
 
-        report.failures += executor(store, pending, committed)
+        refused = {n: problem for n in pending if (problem := store.dataset.damaged_shard(n))}
+        for number, problem in refused.items():  # a tar not of its recorded size: never embedded as it is
+            committed(ShardSummary(number, failed=problem))
+        rest = [n for n in pending if n not in refused]
+        report.failures += executor(store, rest, committed) if rest else []
         report.wall_seconds = time.monotonic() - started
         store.record_run(_stats(report, executor))
     return report

@@ -92,10 +92,6 @@ def work(root: str, space: Space, device: str, settings: WorkerSettings, todo, d
         _install_preparers(preparers)
     try:
         while (number := todo.get()) is not None:
-            damaged = store.dataset.damaged_shard(number)
-            if damaged:
-                done.put(ShardSummary(number, failed=damaged))
-                continue
             try:
                 result, seconds = embed_shard(number, store.dataset.shard_path(number), encoders, _prepare,
                                               executor, settings.batch_size, ahead=2 * max(1, settings.decode_workers))
