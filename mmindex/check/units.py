@@ -69,13 +69,20 @@ def units(dataset: Dataset) -> list[Unit]:
             found.append(Unit("embeddings", number, store.record_path(number), _embedding_files(store, number), store))
         for modality in sorted({posixpath.basename(posixpath.dirname(p)) for p in
                                 storage.glob(storage.join(root, "indexes", space.name, "*", "*"))}):
-            files = IndexFiles(store, modality)
-            generation = published(files.root)
-            if generation is not None:
-                found.append(Unit("index", None, generation.path(RECORD),
-                                  tuple(generation.path(n) for n in ("index.faiss", "keys.parquet", "info.json")),
-                                  store, modality))
+            unit = index_unit(IndexFiles(store, modality))
+            if unit is not None:
+                found.append(unit)
     return found
+
+
+def index_unit(files: IndexFiles) -> Unit | None:
+    """The published generation of one index, or None when none is built."""
+    generation = published(files.root)
+    if generation is None:
+        return None
+    return Unit("index", None, generation.path(RECORD),
+                tuple(generation.path(n) for n in ("index.faiss", "keys.parquet", "info.json")),
+                files.embeddings, files.modality)
 
 
 def _embedding_files(store: EmbeddingStore, number: int) -> tuple[str, ...]:
