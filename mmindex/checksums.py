@@ -83,7 +83,12 @@ def read_record(path: str) -> dict[str, Sum] | None:
         document = json.loads(storage.read_bytes(path))
         if document.get("format") != FORMAT or document.get("version", 0) > VERSION:
             raise ValueError("not a checksum record of a version this mmindex reads")
-        return {name: Sum(int(s["bytes"]), str(s["sha256"])) for name, s in document["files"].items()}
+        sums = {name: Sum(int(s["bytes"]), str(s["sha256"])) for name, s in document["files"].items()}
+        outside = [name for name in sums if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/")
+                   or "://" in name]
+        if outside:
+            raise ValueError(f"it names a file outside the dataset: {outside[0]!r}")
+        return sums
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise RecordUnreadable(f"unreadable checksum record ({err})") from None
 

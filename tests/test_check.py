@@ -172,6 +172,19 @@ def test_a_damaged_record_is_reported_and_recorded_again(built, dataset):
     assert check(dataset).exit_code == 0
 
 
+def test_a_record_naming_a_file_outside_the_dataset_is_refused_not_followed(built, dataset, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not the dataset's")
+    record = dataset / "checksums" / "shards" / "000001.json"
+    document = json.loads(record.read_text())
+    document["files"]["../../secret"] = {"bytes": 17, "sha256": "0" * 64}
+    record.write_text(json.dumps(document))
+    result = check(dataset)
+    assert result.exit_code == 1
+    assert f"damaged {record}: unreadable checksum record (it names a file outside the dataset" in result.output
+    assert "secret" not in result.output.replace("'../../secret'", "")
+
+
 def test_embed_refuses_a_shard_tar_whose_size_is_not_the_recorded_one(built, dataset, tiny_clip):
     """Damage that still parses: zero blocks appended to a tar leave a valid tar, and embed used it without a word."""
     shutil.rmtree(dataset / "embeddings")  # so that embed reads every shard again

@@ -105,7 +105,11 @@ def rebuild_shard(dataset: Dataset, number: int) -> Rebuilt:
     if lost:
         return Rebuilt(name, lost, why or "sources gone or changed since they were ingested")
     path = dataset.shard_path(number)
-    recorded = (checksums.read_record(dataset.record_path(number)) or {}).get(checksums.relative(dataset.root, path))
+    try:
+        recorded = (checksums.read_record(dataset.record_path(number)) or {}).get(checksums.relative(dataset.root,
+                                                                                                       path))
+    except checksums.RecordUnreadable:  # then each sample's digest and size are all there is to go by
+        recorded = None
     records = [found[row["key"]] for row in sorted(rows, key=lambda r: r["key"])]
     try:
         with storage.atomic_writer(path) as out:
