@@ -89,14 +89,19 @@ def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
     return parquet_file(path).read(columns=columns)
 
 
-def sample_keys(samples_parquet: str) -> list[str]:
-    """The keys of one shard's samples; a damaged samples parquet is an error that says what to do."""
+def read_samples(samples_parquet: str, columns: list[str] | None = None) -> pa.Table:
+    """One shard's samples parquet; a damaged one is an error that says what to do (not Arrow's message alone)."""
     try:
-        return read_parquet(samples_parquet, ["key"]).column("key").to_pylist()
+        return read_parquet(samples_parquet, columns)
     except (OSError, pa.ArrowException) as err:
         root = posixpath.dirname(posixpath.dirname(samples_parquet))
         raise ValueError(f"{samples_parquet} is damaged ({' '.join(str(err).split())[:100]}): restore it from a copy "
                          f"(`mmindex check {root}` lists every damaged file and what repairs it)") from None
+
+
+def sample_keys(samples_parquet: str) -> list[str]:
+    """The keys of one shard's samples."""
+    return read_samples(samples_parquet, ["key"]).column("key").to_pylist()
 
 
 @dataclass(frozen=True)

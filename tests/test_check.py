@@ -207,6 +207,17 @@ def test_eval_and_index_refuse_vectors_with_bytes_appended(built, dataset, tiny_
     assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", ["search", "eval"])
+def test_search_and_eval_name_a_damaged_samples_parquet_and_what_to_do(built, dataset, tiny_clip, command):
+    samples = dataset / "samples" / "000001.parquet"
+    damage(samples, "truncated")
+    args = ["search", "a cat", "--dataset", str(dataset)] if command == "search" else ["eval", str(dataset)]
+    result = runner.invoke(app, [*args, "--model", str(tiny_clip)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: {samples} is damaged (") and f"`mmindex check {dataset}`" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_search_refuses_an_index_file_with_bytes_appended(built, dataset, tiny_clip):
     """FAISS reads such a file without complaint; the size check at load now refuses it, with the repair."""
     index = generation(dataset, built[1], "text") / "index.faiss"
