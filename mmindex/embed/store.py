@@ -117,10 +117,13 @@ class EmbeddingStore:
 
     def claim(self) -> None:
         """Records the space's settings, or refuses if the folder holds vectors made with other settings;
-        removes the temporary files an interrupted run left."""
+        removes the temporary files (and checksum records of uncommitted shards) an interrupted run left."""
         leftovers = [p for folder in ("", *MODALITIES)
                      for p in storage.glob(storage.join(self.root, folder, f"{storage.TEMP_MARK}*"))]
-        leftovers += storage.glob(storage.join(posixpath.dirname(self.record_path(0)), f"{storage.TEMP_MARK}*"))
+        records = posixpath.dirname(self.record_path(0))
+        leftovers += storage.glob(storage.join(records, f"{storage.TEMP_MARK}*"))
+        committed = self.committed()  # a record whose parquet was never written: a run killed in between
+        leftovers += [self.record_path(n) for n in numbered(storage.join(records, "*.json")) if n not in committed]
         storage.delete(leftovers)
         path = storage.join(self.root, "space.json")
         mine = {"name": self.space.name, "fingerprint": self.space.fingerprint, "settings": self.space.settings}
