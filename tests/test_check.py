@@ -125,6 +125,25 @@ def test_repair_restores_shards_byte_for_byte_and_re_embeds_and_rebuilds(built, 
     assert check(dataset).exit_code == 0
 
 
+@pytest.mark.parametrize("source", ["tar", "manifest"])
+def test_shards_ingested_from_tars_and_manifests_are_rebuilt_byte_for_byte(built, tmp_path, source):
+    if source == "tar":
+        src = str(built[0] / "shards" / "*.tar")
+    else:
+        corpus = small_corpus(tmp_path / "corpus")
+        rows = [f"{stem}.jpg,{(corpus / f'{stem}.txt').read_text().strip()}" for stem in PHOTOS]
+        (corpus / "photos.csv").write_text("image,caption\n" + "\n".join(rows) + "\n")
+        src = str(corpus / "photos.csv")
+    dataset = tmp_path / "dataset"
+    ingest(src, dataset=dataset, extra=("--shard-size=2",))
+    before = file_digests(dataset / "shards")
+    damage(dataset / "shards" / "000001.tar", "bit-flipped")
+    damage(dataset / "shards" / "000000.tar", "missing")
+    result = check(dataset, "--repair")
+    assert result.exit_code == 0, result.output
+    assert file_digests(dataset / "shards") == before
+
+
 def test_sources_gone_or_changed_are_listed_as_lost_samples(tmp_path):
     corpus = small_corpus(tmp_path / "corpus")
     dataset = tmp_path / "dataset"
