@@ -280,19 +280,17 @@ def evaluate(
 
 @app.command(name="check")
 def check_dataset(dataset: Annotated[str, typer.Argument(help="A dataset.", show_default=False)],
-                  repair: Annotated[bool, typer.Option(help="Rebuild what can be rebuilt; record files unrecorded.")]
+                  repair: Annotated[bool, typer.Option(help="Rebuild what can be rebuilt; record what is not.")]
                   = False) -> None:
-    """Read every committed file against its recorded size and sha256; name each one missing, changed or unreadable
-    with the command that repairs it (exit status 1). --repair rebuilds shards from their sources, re-embeds, and
-    rebuilds indexes."""
+    """Read every committed file against its recorded size and sha256; name each one that is damaged with what
+    repairs it (exit status 1). --repair rebuilds shards from their sources, embeddings and indexes."""
     from mmindex.check.run import CheckSettings, check
 
     console.setup_logging()
     with console.errors():
         report = check(CheckSettings(dataset, repair))
     console.print_dataset_check(report)
-    if report.damaged:
-        raise typer.Exit(1)
+    raise typer.Exit(1 if report.damaged else 0)
 
 
 @app.command()
