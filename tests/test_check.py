@@ -47,7 +47,7 @@ def dataset(built, tmp_path) -> Path:
     return Path(shutil.copytree(built[0], tmp_path / "dataset"))
 
 
-def check(dataset: Path, *extra: str):
+def check(dataset: Path | str, *extra: str):
     return runner.invoke(app, ["check", str(dataset), *extra])
 
 
@@ -246,3 +246,25 @@ def test_search_refuses_an_index_file_with_bytes_appended(built, dataset, tiny_c
     size = index.stat().st_size
     assert result.output.strip() == (f"Error: {index} is damaged ({size:,} bytes, {size - 8:,} recorded): rebuild it "
                                      f"with `mmindex index {dataset} --model {built[1]}`")
+
+
+def test_check_and_repair_on_an_object_store(tmp_path):
+    """The paths gs:// and s3:// users take: records, digests and a shard rebuilt from its sources through Beam's
+    file systems (``mem://``)."""
+    from memfs import MemoryFileSystem, upload
+
+    MemoryFileSystem.objects.clear()
+    try:
+        upload(small_corpus(tmp_path / "corpus"), "mem://bucket/raw")
+        ingest("mem://bucket/raw", dataset="mem://bucket/ds", extra=("--shard-size=2",))
+        objects = MemoryFileSystem.objects
+        assert "mem://bucket/ds/checksums/shards/000001.json" in objects
+        assert check("mem://bucket/ds").exit_code == 0
+        intact = objects["mem://bucket/ds/shards/000001.tar"]
+        objects["mem://bucket/ds/shards/000001.tar"] = intact[:-1] + b"x"
+        found = check("mem://bucket/ds")
+        assert found.exit_code == 1 and "damaged mem://bucket/ds/shards/000001.tar: wrong sha256" in found.output
+        assert check("mem://bucket/ds", "--repair").exit_code == 0
+        assert objects["mem://bucket/ds/shards/000001.tar"] == intact
+    finally:
+        MemoryFileSystem.objects.clear()
