@@ -278,6 +278,21 @@ def evaluate(
     (console.print_json if as_json else console.print_eval)(rows)
 
 
+@app.command(name="check")
+def check_dataset(dataset: Annotated[str, typer.Argument(help="A dataset.", show_default=False)],
+                  repair: Annotated[bool, typer.Option(help="Rebuild what can be rebuilt; record what is not.")]
+                  = False) -> None:
+    """Read every committed file against its recorded size and sha256; name each one that is damaged with what
+    repairs it (exit status 1). --repair rebuilds shards from their sources, embeddings and indexes."""
+    from mmindex.check.run import CheckSettings, check
+
+    console.setup_logging()
+    with console.errors():
+        report = check(CheckSettings(dataset, repair))
+    console.print_dataset_check(report)
+    raise typer.Exit(1 if report.damaged else 0)
+
+
 @app.command()
 def serve(
     dataset: Annotated[list[str] | None, typer.Option("--dataset", "-d", help="A dataset to serve, as PATH or "

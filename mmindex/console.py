@@ -15,6 +15,7 @@ import typer
 from mmindex.sizes import format_size
 
 if TYPE_CHECKING:
+    from mmindex.check.run import CheckReport
     from mmindex.embed.run import EmbedReport
     from mmindex.index.run import IndexCheck, IndexReport
     from mmindex.ingest.run import IngestReport
@@ -135,6 +136,27 @@ def print_index(report: IndexReport) -> None:
 def print_check(check: IndexCheck) -> None:
     for built in check.checked:
         typer.echo(f"{built.modality:<6} ok: {built.vectors:,} vectors agree with the embeddings and samples")
+
+
+def print_dataset_check(report: CheckReport) -> None:
+    """One line per file that is not as recorded, what a repair did and what is still wrong, then a summary."""
+    def lines(findings: list, still: str = "") -> None:
+        for f in findings:
+            typer.echo(f"{still}{'damaged' if f.damaged else 'unrecorded'} {f.path}: {f.problem}; repair: {f.repair}")
+
+    repaired = bool(report.repaired or report.lost)
+    lines(report.found)
+    for done in report.repaired:
+        typer.echo(f"repaired {done}")
+    for lost in report.lost:
+        typer.echo(f"lost shard {lost.shard} sample {lost.key}: {lost.source} ({lost.why})")
+    after = report.remaining if repaired else report.found
+    if repaired:
+        lines(report.remaining, "still ")
+    damaged, unrecorded = sum(f.damaged for f in after), sum(not f.damaged for f in after)
+    typer.echo(f"Checked {report.files:,} files ({format_size(report.bytes)}) of {report.root}"
+               f"{' and repaired' if repaired else ''}: {f'{damaged} damaged' if damaged else 'all as recorded'}"
+               + (f"; {unrecorded} file(s) with no checksum recorded" if unrecorded else ""))
 
 
 def print_json(document: Any) -> None:

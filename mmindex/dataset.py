@@ -7,6 +7,7 @@
       rejects/*.parquet       every input that was not ingested, with a reason (see REJECTS_SCHEMA)
       embeddings/<space>/     vectors per shard and modality (mmindex.embed.store)
       indexes/<space>/<modality>/  a FAISS index and its id -> key map (mmindex.index.store)
+      checksums/              size and sha256 of every committed file, one record per shard (mmindex.checksums)
 
 Shard members are named by webdataset's rule (mmindex.webdataset): ``KEY.EXT``.
 
@@ -29,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmindex import storage
+from mmindex import checksums, storage
 
 FORMAT = "mmindex-dataset"
 FORMAT_VERSION = 1
@@ -88,9 +89,19 @@ def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
     return parquet_file(path).read(columns=columns)
 
 
+def read_samples(samples_parquet: str, columns: list[str] | None = None) -> pa.Table:
+    """One shard's samples parquet; a damaged one is an error that says what to do (not Arrow's message alone)."""
+    try:
+        return read_parquet(samples_parquet, columns)
+    except (OSError, pa.ArrowException) as err:
+        root = posixpath.dirname(posixpath.dirname(samples_parquet))
+        raise ValueError(f"{samples_parquet} is damaged ({' '.join(str(err).split())[:100]}): restore it from a copy "
+                         f"(`mmindex check {root}` lists every damaged file and what repairs it)") from None
+
+
 def sample_keys(samples_parquet: str) -> list[str]:
     """The keys of one shard's samples."""
-    return read_parquet(samples_parquet, ["key"]).column("key").to_pylist()
+    return read_samples(samples_parquet, ["key"]).column("key").to_pylist()
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,19 @@ class Dataset:
 
     def index_path(self, space: str, modality: str) -> str:
         return storage.join(self.root, "indexes", space, modality)
+
+    def record_path(self, number: int) -> str:
+        """The checksum record of a shard's tar and samples parquet (mmindex.checksums)."""
+        return checksums.record_path(self.root, f"shards/{shard_name(number)}")
+
+    def damaged_shard(self, number: int) -> str | None:
+        """What is wrong with a committed shard by the cheap check (files present, sizes as recorded), saying
+        how to repair it; None when it passes."""
+        problem = checksums.unit_problem(self.root, self.record_path(number))
+        if problem is None:
+            return None
+        return (f"shard {shard_name(number)} is damaged ({problem[0]}: {problem[1]}): run `mmindex check {self.root} "
+                f"--repair`, which rebuilds it from its sources")
 
     def scratch_path(self, name: str) -> str:
         return storage.join(self.root, ".scratch", name)
@@ -164,18 +188,18 @@ class Dataset:
 
     def committed_shards(self) -> list[int]:
         """Numbers of the shards whose samples parquet exists."""
-        names = storage.glob(storage.join(self.root, "samples", "*.parquet"))
-        return sorted(int(stem) for stem in (posixpath.basename(n)[: -len(".parquet")] for n in names)
-                      if stem.isdigit())
+        return numbered(storage.join(self.root, "samples", "*.parquet"))
 
     def remove_incomplete(self) -> list[str]:
-        """Deletes what an interrupted run left: temporary files, run reports, tars with no committed parquet."""
+        """Deletes what an interrupted run left: temporary files, run reports, tars (and their checksum records)
+        with no committed parquet."""
         committed = {shard_name(n) for n in self.committed_shards()}
-        leftovers = [p for folder in ("shards", "samples", "rejects")
+        leftovers = [p for folder in ("shards", "samples", "rejects", "checksums/shards", "checksums/rejects")
                      for p in storage.glob(storage.join(self.root, folder, f"{storage.TEMP_MARK}*"))]
         leftovers += storage.glob(self.scratch_path("*"))
-        leftovers += [p for p in storage.glob(storage.join(self.root, "shards", "*.tar"))
-                      if posixpath.basename(p)[: -len(".tar")] not in committed]
+        leftovers += [p for folder, ext in (("shards", ".tar"), ("checksums/shards", ".json"))
+                      for p in storage.glob(storage.join(self.root, folder, f"*{ext}"))
+                      if posixpath.basename(p)[: -len(ext)] not in committed]
         storage.delete(leftovers)
         return leftovers
 
@@ -224,6 +248,12 @@ class Dataset:
             samples += table.num_rows
             nbytes += tar_bytes
         return {"samples": samples, "bytes": nbytes, "modalities": modalities, "shards": shards}
+
+
+def numbered(pattern: str) -> list[int]:
+    """The numbers of the files matching ``pattern`` whose names are numbers (``000007.parquet``), sorted."""
+    stems = (posixpath.basename(path).rsplit(".", 1)[0] for path in storage.glob(pattern))
+    return sorted(int(stem) for stem in stems if stem.isdigit())
 
 
 def _read_lock(path: str) -> dict[str, Any]:

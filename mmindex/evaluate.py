@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mmindex.dataset import MODALITIES, read_parquet
+from mmindex.dataset import MODALITIES, read_samples
 from mmindex.embed.store import EmbeddingStore
 from mmindex.index.searchable import SearchableIndex
 from mmindex.index.store import IndexFiles
@@ -41,7 +41,7 @@ def load_items(store: EmbeddingStore, modality: str) -> Items:
 def captions(store: EmbeddingStore) -> dict[str, str]:
     out = {}
     for number in store.dataset.committed_shards():
-        table = read_parquet(store.dataset.samples_path(number), columns=["key", "caption"])
+        table = read_samples(store.dataset.samples_path(number), columns=["key", "caption"])
         for key, caption in zip(table.column("key").to_pylist(), table.column("caption").to_pylist(), strict=True):
             if caption and caption.strip():
                 out[key] = " ".join(caption.split()).lower()

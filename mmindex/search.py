@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mmindex.dataset import MODALITIES, read_parquet
+from mmindex.dataset import MODALITIES, read_samples
 from mmindex.embed.store import EmbeddingStore
 from mmindex.encoders.base import Encoder
 from mmindex.index.generations import published
@@ -171,7 +171,7 @@ class Searcher:
         """Adds each hit's caption and source from the samples parquet of its shard."""
         dataset = self.store.dataset
         for shard in sorted({h["shard"] for h in hits}):
-            table = read_parquet(dataset.samples_path(int(shard)), columns=["key", "caption", "source"])
+            table = read_samples(dataset.samples_path(int(shard)), columns=["key", "caption", "source"])
             rows = {r["key"]: r for r in table.to_pylist()}
             for hit in hits:
                 if hit["shard"] == shard:

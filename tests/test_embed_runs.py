@@ -107,7 +107,7 @@ def test_a_damaged_shard_file_fails_alone_and_is_retried_by_the_next_run(demo_da
     tar.write_bytes(intact[:700])  # cut inside the first member's data
     result = CliRunner().invoke(app, ["embed", str(dataset), "--model", str(tiny_clip)])
     assert result.exit_code == 1
-    assert "shard 000002 is damaged" in result.output and f"restore {tar} from a copy" in result.output
+    assert "shard 000002 is damaged" in result.output and f"mmindex check {dataset} --repair" in result.output
     out = dataset / "embeddings" / "tiny-clip"
     assert sorted(p.stem for p in out.glob("*.parquet")) == ["000000", "000001", "000003", "000004", "000005"]
     tar.write_bytes(intact)

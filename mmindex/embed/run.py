@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from mmindex.dataset import shard_name
 from mmindex.embed.store import EmbeddingStore, ShardSummary
-from mmindex.spaces import DEFAULT_SPACE, resolve_space
+from mmindex.spaces import DEFAULT_SPACE, Space, resolve_space
 
 log = logging.getLogger("mmindex")
 
@@ -82,9 +82,10 @@ class EmbedReport:
         return self.embedded[modality] / seconds if seconds else None
 
 
-def embed(settings: EmbedSettings, executor: EmbedExecutor | None = None) -> EmbedReport:
-    """Embeds every committed shard of the dataset that has no committed embeddings in the space yet."""
-    space = resolve_space(settings.model)
+def embed(settings: EmbedSettings, executor: EmbedExecutor | None = None, space: Space | None = None) -> EmbedReport:
+    """Embeds every committed shard of the dataset that has no committed embeddings in the space yet (``space``:
+    the space already resolved, as a repair has it from the dataset's space.json)."""
+    space = space or resolve_space(settings.model)
     store = EmbeddingStore.of(settings.dataset, space)
     space.modalities()  # fails early, before anything is written, if the model cannot be found
     if executor is None:
@@ -106,7 +107,11 @@ def embed(settings: EmbedSettings, executor: EmbedExecutor | None = None) -> Emb
             report.add(shard)
             _log_shard(shard)
 
-        report.failures += executor(store, pending, committed)
+        refused = {n: problem for n in pending if (problem := store.dataset.damaged_shard(n))}
+        for number, problem in refused.items():  # a tar not of its recorded size: never embedded as it is
+            committed(ShardSummary(number, failed=problem))
+        rest = [n for n in pending if n not in refused]
+        report.failures += executor(store, rest, committed) if rest else []
         report.wall_seconds = time.monotonic() - started
         store.record_run(_stats(report, executor))
     return report

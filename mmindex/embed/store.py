@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mmindex import storage
-from mmindex.dataset import MODALITIES, Dataset, parquet_bytes, read_parquet, shard_name
+from mmindex import checksums, storage
+from mmindex.dataset import MODALITIES, Dataset, numbered, parquet_bytes, read_parquet, shard_name
 from mmindex.spaces import Space
 
 EMBEDDINGS_SCHEMA = pa.schema([
@@ -117,9 +117,13 @@ class EmbeddingStore:
 
     def claim(self) -> None:
         """Records the space's settings, or refuses if the folder holds vectors made with other settings;
-        removes the temporary files an interrupted run left."""
+        removes the temporary files (and checksum records of uncommitted shards) an interrupted run left."""
         leftovers = [p for folder in ("", *MODALITIES)
                      for p in storage.glob(storage.join(self.root, folder, f"{storage.TEMP_MARK}*"))]
+        records = posixpath.dirname(self.record_path(0))
+        leftovers += storage.glob(storage.join(records, f"{storage.TEMP_MARK}*"))
+        committed = self.committed()  # a record whose parquet was never written: a run killed in between
+        leftovers += [self.record_path(n) for n in numbered(storage.join(records, "*.json")) if n not in committed]
         storage.delete(leftovers)
         path = storage.join(self.root, "space.json")
         mine = {"name": self.space.name, "fingerprint": self.space.fingerprint, "settings": self.space.settings}
@@ -133,8 +137,7 @@ class EmbeddingStore:
         storage.write_atomic(path, json.dumps(mine, indent=2, sort_keys=True).encode())
 
     def committed(self) -> set[int]:
-        names = (posixpath.basename(p)[: -len(".parquet")] for p in storage.glob(storage.join(self.root, "*.parquet")))
-        return {int(name) for name in names if name.isdigit()}
+        return set(numbered(storage.join(self.root, "*.parquet")))
 
     def pending(self) -> list[int]:
         """Dataset shards whose embeddings are not committed yet."""
@@ -152,16 +155,22 @@ class EmbeddingStore:
                 bad.append(number)
         return bad
 
+    def record_path(self, number: int) -> str:
+        """The checksum record of a shard's embeddings (mmindex.checksums)."""
+        return checksums.record_path(self.dataset.root, f"embeddings/{self.space.name}/{shard_name(number)}")
+
     def commit(self, shard: ShardEmbeddings) -> None:
+        recorder = checksums.Recorder(self.dataset.root, self.record_path(shard.number))
         for modality, vectors in sorted(shard.vectors.items()):
             buffer = io.BytesIO()
             np.save(buffer, np.stack(vectors).astype(np.float16), allow_pickle=False)
-            storage.write_atomic(self.vectors_path(shard.number, modality), buffer.getvalue())
-        storage.write_atomic(self.parquet_path(shard.number), parquet_bytes(shard.rows, EMBEDDINGS_SCHEMA))
+            recorder.write(self.vectors_path(shard.number, modality), buffer.getvalue())
+        recorder.commit(self.parquet_path(shard.number), parquet_bytes(shard.rows, EMBEDDINGS_SCHEMA))
 
     def read(self, number: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
         """A committed shard's rows and its vectors by modality (memory-mapped where the file is local);
         DamagedEmbeddings, saying how to repair it, when they do not read back as written."""
+        self._check_sizes(number)
         try:
             table = read_parquet(self.parquet_path(number))
         except (OSError, pa.ArrowException) as err:
@@ -183,6 +192,7 @@ class EmbeddingStore:
         """A committed shard's vectors of one modality, memory-mapped where the file is local. Never unpickled:
         a file that is not a float16 matrix is reported damaged."""
         path = self.vectors_path(number, modality)
+        self._check_sizes(number)
         try:
             if storage.is_local(path):
                 vectors = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -194,6 +204,12 @@ class EmbeddingStore:
         if not isinstance(vectors, np.ndarray) or vectors.dtype != np.float16 or vectors.ndim != 2:
             raise self._damaged(number, path, "not a float16 matrix")
         return vectors
+
+    def _check_sizes(self, number: int) -> None:
+        """The cheap check before reading a shard's files: each is there, of its recorded size."""
+        problem = checksums.unit_problem(self.dataset.root, self.record_path(number))
+        if problem:
+            raise self._damaged(number, *problem)
 
     def _damaged(self, number: int, path: str, what: str) -> DamagedEmbeddings:
         return DamagedEmbeddings(f"{path} is damaged ({what})", f"run `mmindex embed {self.dataset.root} --model "

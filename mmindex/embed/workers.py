@@ -97,8 +97,9 @@ def work(root: str, space: Space, device: str, settings: WorkerSettings, todo, d
                                               executor, settings.batch_size, ahead=2 * max(1, settings.decode_workers))
             except (tarfile.TarError, OSError) as err:  # a damaged shard file: the other shards go on
                 path = store.dataset.shard_path(number)
-                done.put(ShardSummary(number, failed=f"shard {shard_name(number)} is damaged ({err}): restore {path} "
-                                                     f"from a copy, or ingest its sources again"))
+                done.put(ShardSummary(number, failed=f"shard {shard_name(number)} is damaged ({err}): run `mmindex "
+                                                     f"check {store.dataset.root} --repair`, which rebuilds {path} "
+                                                     f"from its sources"))
                 continue
             store.commit(result)
             done.put(ShardSummary.of(number, result.rows, seconds=seconds, device=device))

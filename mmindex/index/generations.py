@@ -1,7 +1,7 @@
 """Index generations: every build writes a complete new folder, and one atomic rename publishes it.
 
     indexes/<space>/<modality>/CURRENT    the name of the published generation (written whole, then renamed)
-    indexes/<space>/<modality>/gNNNNNN/   one build: index.faiss, keys.parquet, info.json, .readers
+    indexes/<space>/<modality>/gNNNNNN/   one build: index.faiss, keys.parquet, info.json, checksums.json, .readers
 
 A reader resolves CURRENT once and reads every file of one build from that folder, so an index and the
 settings it was tuned with never come from two builds. Readers hold a shared lock on the generation's

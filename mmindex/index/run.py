@@ -13,9 +13,9 @@ from typing import Any
 from mmindex.embed.store import EmbeddingStore
 from mmindex.index.build import BuildSettings, build_index
 from mmindex.index.searchable import describe_search
-from mmindex.index.store import IndexFiles, not_embedded
+from mmindex.index.store import IndexFiles, IndexStale, not_embedded
 from mmindex.index.vectors import counts
-from mmindex.spaces import DEFAULT_SPACE, resolve_space
+from mmindex.spaces import DEFAULT_SPACE, Space, resolve_space
 
 log = logging.getLogger("mmindex")
 
@@ -58,9 +58,10 @@ class IndexReport:
     not_embedded: str | None   # what to run when ingested shards have no embeddings yet
 
 
-def build_indexes(settings: IndexSettings) -> IndexReport:
-    """Builds, or with ``update`` extends, the index of every modality with vectors in the space."""
-    store = EmbeddingStore.of(settings.dataset, resolve_space(settings.model))
+def build_indexes(settings: IndexSettings, space: Space | None = None) -> IndexReport:
+    """Builds, or with ``update`` extends, the index of every modality with vectors in the space (``space``: the
+    space already resolved)."""
+    store = EmbeddingStore.of(settings.dataset, space or resolve_space(settings.model))
     built = []
     with store.dataset.exclusive("index"):
         for modality in store.space.modalities():
@@ -86,15 +87,24 @@ class IndexCheck:
 
 
 def check_indexes(settings: IndexSettings) -> IndexCheck:
-    """Checks every built index, id by id, against the embeddings and the samples; raises IndexStale (saying
-    what to run) at the first disagreement."""
+    """Checks every built index: each file against its recorded size and sha256 and parsed, then id by id against
+    the embeddings and the samples; raises IndexStale (saying what to run) at the first problem."""
     store = EmbeddingStore.of(settings.dataset, resolve_space(settings.model))
     built = [files for files in (IndexFiles(store, m) for m in store.space.modalities()) if files.exists()]
     if not built:
         raise FileNotFoundError(f"no index built for space {store.space.name!r}: run `mmindex index "
                                 f"{settings.dataset}`")
+    from mmindex.check.scan import check_unit
+    from mmindex.check.units import index_unit
+    from mmindex.progress import Progress
+
     checked = []
-    for files in built:
+    for files in built:  # every file read against its record and parsed, then compared with the embeddings
+        unit = index_unit(files)
+        found = check_unit(unit, store.dataset.root, Progress("check"), deep=False).findings if unit else []
+        damaged = [f for f in found if f.damaged]
+        if damaged:
+            raise IndexStale(f"{damaged[0].path} is damaged ({damaged[0].problem}): {files.rebuild}")
         files.check(keys=True)
         checked.append(BuiltIndex.of(files, files.info()))
     return IndexCheck(checked, not_embedded(store))

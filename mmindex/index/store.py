@@ -6,6 +6,7 @@ Each build is a generation (generations.py) holding:
     keys.parquet  id -> key, shard
     info.json     type, search parameters (nprobe or efSearch, re-rank depth), measured recall, build time,
                   bytes, vectors per shard
+    checksums.json  size and sha256 of the three (mmindex.checksums)
 
 info.json is written last. Its per-shard counts are what the consistency check compares with the committed
 embeddings. Every read below resolves the published generation once and reads all its files from it.
@@ -14,7 +15,6 @@ embeddings. Every read below resolves the published generation once and reads al
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from mmindex import storage
+from mmindex.checksums import Recorder, unit_problem
 from mmindex.dataset import parquet_bytes, read_parquet, shard_name
 from mmindex.embed.store import EmbeddingStore
 from mmindex.index.generations import Generation, new_generation, publish, published, reading
@@ -32,6 +33,7 @@ from mmindex.index.searchable import ExactVectors, SearchableIndex
 from mmindex.index.vectors import counts, embedded_keys
 
 T = TypeVar("T")
+RECORD = "checksums.json"  # a generation's checksum record (mmindex.checksums)
 KEYS_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("shard", pa.string(), nullable=False)])
 
 
@@ -67,6 +69,10 @@ class IndexFiles:
     def exists(self) -> bool:
         return published(self.root) is not None
 
+    @property
+    def rebuild(self) -> str:
+        return f"rebuild it with `mmindex index {self.embeddings.dataset.root} --model {self.embeddings.space.name}`"
+
     def _pinned(self, read: Callable[[Generation], T]) -> T:
         """``read`` over the files of the published generation, held against removal while it reads; again
         with the new one if a build replaced and removed it in between."""
@@ -98,16 +104,12 @@ class IndexFiles:
     def save(self, index: faiss.Index, rows: list[dict[str, str]], info: dict[str, Any]) -> None:
         """Writes a new generation and publishes it; returns once readers get it."""
         generation = new_generation(self.root)
-        path = generation.path("index.faiss")
-        if storage.is_local(path):  # straight to disk: a serialized copy would double the memory of a large index
-            temp = storage.temp_name(path)
-            faiss.write_index(index, temp)
-            os.replace(temp, path)
-        else:
-            storage.write_atomic(path, faiss.serialize_index(index).tobytes())
-        info["bytes"] = storage.size(path)
-        storage.write_atomic(generation.path("keys.parquet"), parquet_bytes(rows, KEYS_SCHEMA))
-        storage.write_atomic(generation.path("info.json"), json.dumps(info, indent=2).encode())
+        recorder = Recorder(self.embeddings.dataset.root, generation.path(RECORD))
+        with recorder.writer(generation.path("index.faiss")) as out:  # streamed: no serialized copy in memory
+            faiss.write_index(index, faiss.PyCallbackIOWriter(out.write))
+        info["bytes"] = out.size
+        recorder.write(generation.path("keys.parquet"), parquet_bytes(rows, KEYS_SCHEMA))
+        recorder.commit(generation.path("info.json"), json.dumps(info, indent=2).encode())
         publish(self.root, generation)
 
     def load(self) -> tuple[SearchableIndex, list[str], list[str]]:
@@ -152,6 +154,9 @@ class IndexFiles:
         """The FAISS index as saved (``mmap``: a local file mapped, read-only); IndexStale, saying to rebuild,
         when the file is damaged or does not hold the vectors its info records."""
         path = generation.path("index.faiss")
+        problem = unit_problem(self.embeddings.dataset.root, generation.path(RECORD))
+        if problem:
+            raise IndexStale(f"{problem[0]} is damaged ({problem[1]}): {self.rebuild}")
         try:
             if not storage.is_local(path):
                 index = faiss.deserialize_index(storage.read_bytes(path))
@@ -159,13 +164,11 @@ class IndexFiles:
                 index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
         except RuntimeError as err:  # FAISS's read errors: a truncated or overwritten file
             reason = str(err).strip().splitlines()[-1][:120]
-            raise IndexStale(f"{path} is damaged ({reason}): rebuild it with `mmindex index "
-                             f"{self.embeddings.dataset.root} --model {self.embeddings.space.name}`") from None
+            raise IndexStale(f"{path} is damaged ({reason}): {self.rebuild}") from None
         recorded = sum(info["shards"].values())
         if index.ntotal != recorded:
             raise IndexStale(f"{path} is damaged (it holds {index.ntotal:,} vectors, its info.json {recorded:,}): "
-                             f"rebuild it with `mmindex index {self.embeddings.dataset.root} --model "
-                             f"{self.embeddings.space.name}`")
+                             f"{self.rebuild}")
         return index
 
     def _check(self, generation: Generation, keys: bool) -> None:

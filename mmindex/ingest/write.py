@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 
 from mmindex import storage
+from mmindex.checksums import Recorder, record_path
 from mmindex.dataset import REJECTS_SCHEMA, SAMPLES_SCHEMA, Dataset, parquet_bytes, shard_name
 from mmindex.ingest.records import Reject, SampleRecord, ShardWritten
 from mmindex.ingest.validate import load_member
@@ -34,14 +36,20 @@ def _member_bytes(record: SampleRecord, limits: Limits) -> dict[str, bytes]:
     return members
 
 
+def tar_samples(records: list[SampleRecord], limits: Limits) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, members) of each record, in the order given: what a shard tar holds."""
+    return ((r.key, _member_bytes(r, limits)) for r in records)
+
+
 def write_shard(number: int, records: list[SampleRecord], dataset: Dataset, limits: Limits) -> ShardWritten:
     """Writes one shard and then its samples parquet (the commit); returns the shard's summary."""
     records = list({r.key: r for r in sorted(records, key=lambda r: r.key)}.values())  # a SRC given twice
     name = shard_name(number)
-    with storage.atomic_writer(dataset.shard_path(number)) as out:
-        write_tar(out, ((r.key, _member_bytes(r, limits)) for r in records))
+    recorder = Recorder(dataset.root, dataset.record_path(number))
+    with recorder.writer(dataset.shard_path(number)) as out:
+        write_tar(out, tar_samples(records, limits))
     rows = [{**r.row, "key": r.key, "shard": name} for r in records]
-    storage.write_atomic(dataset.samples_path(number), parquet_bytes(rows, SAMPLES_SCHEMA))
+    recorder.commit(dataset.samples_path(number), parquet_bytes(rows, SAMPLES_SCHEMA))
     log.info("ingest: wrote shard %s (%s samples, %s)", name, f"{len(records):,}", format_size(out.size))
     return ShardWritten(name, len(records), out.size, out.sha256.hexdigest())
 
@@ -56,5 +64,5 @@ def write_rejects(rejects: list[Reject], dataset: Dataset) -> str | None:
     name = hashlib.sha256(data).hexdigest()[:16]
     path = dataset.rejects_path(name)
     if not storage.exists(path):
-        storage.write_atomic(path, data)
+        Recorder(dataset.root, record_path(dataset.root, f"rejects/{name}")).commit(path, data)
     return path

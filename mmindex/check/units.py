@@ -1,0 +1,153 @@
+"""What a dataset has committed, unit by unit (the files written and recorded together), and how each kind of
+file is checked to parse."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from mmindex import checksums, storage
+from mmindex.dataset import Dataset, numbered, read_parquet, sample_keys, shard_name
+from mmindex.embed.store import DamagedEmbeddings, EmbeddingStore
+from mmindex.index.generations import published
+from mmindex.index.store import RECORD, IndexFiles, IndexStale
+from mmindex.spaces import Space
+from mmindex.webdataset import split_key
+
+PARSE_ERRORS = (OSError, ValueError, EOFError, RuntimeError, tarfile.TarError, pa.ArrowException)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Files committed together under one checksum record."""
+
+    kind: str                 # shard, rejects, embeddings, index
+    number: int | None        # the shard, for shard and embeddings units
+    record: str
+    files: tuple[str, ...]
+    store: EmbeddingStore | None = None   # embeddings and index units
+    modality: str | None = None           # index units
+
+    @property
+    def label(self) -> str:
+        space = self.store.space.name if self.store else ""
+        return {"shard": f"shard {shard_name(self.number or 0)}",
+                "rejects": f"rejects {posixpath.basename(self.files[0])}",
+                "embeddings": f"embeddings of shard {shard_name(self.number or 0)} in space {space!r}",
+                "index": f"{self.modality} index of space {space!r}"}[self.kind]
+
+
+def spaces(dataset: Dataset) -> list[Space]:
+    """The spaces the dataset holds embeddings of, as their space.json recorded them."""
+    found = []
+    for path in storage.glob(storage.join(dataset.root, "embeddings", "*", "space.json")):
+        recorded = json.loads(storage.read_bytes(path))
+        found.append(Space(recorded["name"], recorded["settings"]))
+    return found
+
+
+def units(dataset: Dataset) -> list[Unit]:
+    """Every committed unit: shards, rejects, each space's embeddings per shard, each published index."""
+    root = dataset.root
+    recorded = numbered(storage.join(root, "checksums", "shards", "*.json"))  # a shard whose parquet is gone, too
+    found = [Unit("shard", n, dataset.record_path(n), (dataset.shard_path(n), dataset.samples_path(n)))
+             for n in sorted({*dataset.committed_shards(), *recorded})]
+    rejects = {posixpath.basename(p).rsplit(".", 1)[0] for folder, ext in (("rejects", "parquet"),
+                                                                            ("checksums/rejects", "json"))
+               for p in storage.glob(storage.join(root, folder, f"*.{ext}"))}
+    found += [Unit("rejects", None, checksums.record_path(root, f"rejects/{stem}"), (dataset.rejects_path(stem),))
+              for stem in sorted(rejects)]
+    for space in spaces(dataset):
+        store = EmbeddingStore(dataset, space)
+        recorded = numbered(storage.join(posixpath.dirname(store.record_path(0)), "*.json"))
+        for number in sorted({*store.committed(), *recorded}):
+            found.append(Unit("embeddings", number, store.record_path(number), _embedding_files(store, number), store))
+        for modality in sorted({posixpath.basename(posixpath.dirname(p)) for p in
+                                storage.glob(storage.join(root, "indexes", space.name, "*", "*"))}):
+            unit = index_unit(IndexFiles(store, modality))
+            if unit is not None:
+                found.append(unit)
+    return found
+
+
+def index_unit(files: IndexFiles) -> Unit | None:
+    """The published generation of one index, or None when none is built."""
+    generation = published(files.root)
+    if generation is None:
+        return None
+    return Unit("index", None, generation.path(RECORD),
+                tuple(generation.path(n) for n in ("index.faiss", "keys.parquet", "info.json")),
+                files.embeddings, files.modality)
+
+
+def _embedding_files(store: EmbeddingStore, number: int) -> tuple[str, ...]:
+    """The recorded files of a shard's embeddings; without a record, its parquet and the vector files there."""
+    try:
+        recorded = checksums.read_record(store.record_path(number))
+    except checksums.RecordUnreadable:
+        recorded = None
+    if recorded is not None:
+        names = [storage.join(store.dataset.root, name) for name in recorded]
+    else:
+        names = storage.glob(storage.join(store.root, "*", f"{shard_name(number)}.npy"))
+    return tuple(sorted({store.parquet_path(number), *names}))
+
+
+def parse_problem(path: str) -> str | None:
+    """Whether a file reads as what its name says it is; how it fails, in words, or None. (A shard tar is read
+    whole with its samples parquet, by unit_problem.)"""
+    try:
+        if path.endswith(".parquet"):
+            read_parquet(path)
+        elif path.endswith(".npy"):
+            _vectors(path)
+        elif path.endswith(".faiss"):
+            import faiss
+
+            if storage.is_local(path):
+                faiss.read_index(path)
+            else:
+                faiss.deserialize_index(np.frombuffer(storage.read_bytes(path), dtype=np.uint8))
+        elif path.endswith(".json"):
+            json.loads(storage.read_bytes(path))
+    except PARSE_ERRORS as err:
+        return f"unreadable ({' '.join(str(err).split())[:120] or type(err).__name__})"
+    return None
+
+
+def tar_keys(path: str) -> set[str]:
+    """The sample keys of a shard tar, reading every header (tarfile notices data cut short; the digest, the
+    data's bytes)."""
+    with storage.open_read(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+        return {split_key(member.name)[0] for member in tar}
+
+
+def _vectors(path: str) -> None:
+    with storage.open_read(path) as f:
+        vectors = np.load(f, allow_pickle=False)
+    if vectors.dtype != np.float16 or vectors.ndim != 2:
+        raise ValueError(f"not a float16 matrix ({vectors.dtype}, {vectors.ndim}-d)")
+
+
+def unit_problem(unit: Unit) -> str | None:
+    """What disagrees between a unit's files, once each parses: a tar and its samples parquet, a shard's
+    vectors and its embeddings parquet, an index and the embeddings it was built from."""
+    try:
+        if unit.kind == "shard":
+            listed = set(sample_keys(unit.files[1]))
+            if tar_keys(unit.files[0]) != listed:
+                return f"{unit.files[0]} holds other samples than {unit.files[1]} lists"
+        elif unit.kind == "embeddings" and unit.store is not None and unit.number is not None:
+            unit.store.read(unit.number)
+        elif unit.kind == "index" and unit.store is not None and unit.modality is not None:
+            IndexFiles(unit.store, unit.modality).check(keys=True)
+    except (DamagedEmbeddings, IndexStale) as err:
+        return str(err)
+    except PARSE_ERRORS as err:
+        return f"unreadable ({' '.join(str(err).split())[:120]})"
+    return None
