@@ -118,9 +118,7 @@ class EmbeddingStore:
     def claim(self) -> None:
         """Records the space's settings, or refuses if the folder holds vectors made with other settings;
         removes the temporary files an interrupted run left."""
-        leftovers = [p for folder in ("", *MODALITIES)
-                     for p in storage.glob(storage.join(self.root, folder, f"{storage.TEMP_MARK}*"))]
-        storage.delete(leftovers)
+        self.remove_incomplete()
         path = storage.join(self.root, "space.json")
         mine = {"name": self.space.name, "fingerprint": self.space.fingerprint, "settings": self.space.settings}
         if storage.exists(path):
@@ -131,6 +129,11 @@ class EmbeddingStore:
                                     f"settings another name")
             return
         storage.write_atomic(path, json.dumps(mine, indent=2, sort_keys=True).encode())
+
+    def remove_incomplete(self) -> None:
+        """Deletes temporary files: an interrupted run's, or those of tasks a cluster ran again."""
+        storage.delete([p for folder in ("", *MODALITIES)
+                        for p in storage.glob(storage.join(self.root, folder, f"{storage.TEMP_MARK}*"))])
 
     def committed(self) -> set[int]:
         names = (posixpath.basename(p)[: -len(".parquet")] for p in storage.glob(storage.join(self.root, "*.parquet")))
