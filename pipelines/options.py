@@ -115,8 +115,9 @@ def run_to_completion(pipeline: Any) -> None:
     try:
         result.wait_until_finish()
     except _lost_workers() as err:
-        raise RuntimeError(f"the cluster lost the workers running this job ({err}); nothing half-written is "
-                           f"kept: check the cluster and run the same command again") from None
+        raise RuntimeError(f"a cluster worker died running this job ({type(err).__name__}: the cluster gave up "
+                           f"on its task); what was committed is whole: check the workers (memory, logs) and run "
+                           f"the same command again") from None
     finally:
         client = getattr(result, "client", None)  # DaskRunner's connection to the scheduler
         if client is not None:

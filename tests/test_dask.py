@@ -1,7 +1,7 @@
 """Ingest and embed on a real Dask cluster (Beam's DaskRunner, `--profile dask`): a scheduler and two worker
-processes on localhost, in a folder of their own. The runs give the same shards, rows and vectors as Beam's
-in-process runner, and a worker killed with SIGKILL in the middle of a run loses nothing: the cluster re-runs its
-tasks, or gives up with one plain line and the next run completes."""
+processes on localhost, in a folder of their own. The runs give the same shards, rows and vectors as a local run
+(and so as Beam's in-process runner), and a worker killed with SIGKILL in the middle of a run loses nothing: the
+cluster re-runs its tasks, or gives up with one plain line and the next run completes."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_dataset, embeddings, file_digests, ingest
+from conftest import copy_dataset, embed, embeddings, file_digests, ingest
 from mmindex.demo import CORPUS
-from pipelines.embed.pipeline import run as run_beam_embed
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout under test: the cluster's processes import it
 SHARDS = "--shard-size=4"
@@ -46,11 +45,38 @@ class Cluster:
         self.client = Client(self.address, timeout=60)
         self.client.wait_for_workers(2, timeout=120)
 
-    def run(self, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    def start(self, *argv: str, cwd: Path) -> subprocess.Popen:
         """`mmindex ARGV --profile dask` in ``cwd``, as a user runs it."""
-        return subprocess.run([sys.executable, "-m", "mmindex", *argv, "--profile", "dask"], cwd=cwd,
-                              env={**os.environ, "PYTHONPATH": str(ROOT), "DASK_SCHEDULER": self.address},
-                              capture_output=True, text=True, timeout=600)
+        return subprocess.Popen([sys.executable, "-m", "mmindex", *argv, "--profile", "dask"], cwd=cwd,
+                                env={**os.environ, "PYTHONPATH": str(ROOT), "DASK_SCHEDULER": self.address},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def run(self, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
+        process = self.start(*argv, cwd=cwd)
+        out, err = process.communicate(timeout=600)
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+    def kill_a_busy_worker(self, run: subprocess.Popen) -> str:
+        """SIGKILLs the worker process running a task of the job, once another of its tasks has finished (the
+        middle of the run); says when. The worker's nanny starts a new one."""
+        deadline = time.monotonic() + 300
+        while run.poll() is None and time.monotonic() < deadline:
+            tasks = self.client.run_on_scheduler(lambda dask_scheduler: [
+                (ts.key, ts.state, ts.processing_on.address if ts.processing_on else None)
+                for ts in dask_scheduler.tasks.values()])
+            finished = sum(state == "memory" for _, state, _ in tasks)
+            busy = [(key, worker) for key, state, worker in tasks if state == "processing"]
+            if finished and busy:
+                key, worker = busy[0]
+                os.kill(self.client.run(os.getpid, workers=[worker])[worker], signal.SIGKILL)
+                return f"after {finished} of {len(tasks)} tasks, while task {key} ran"
+            time.sleep(0.05)
+        raise AssertionError(f"the run ended before a worker could be killed: {run.communicate()}")
+
+    def retries(self, allowed_failures: int) -> None:
+        """How many times the scheduler runs a task again whose worker died (Dask's default: 3)."""
+        self.client.run_on_scheduler(lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures",
+                                                                   allowed_failures))
 
     def close(self) -> None:
         self.client.close()
@@ -85,10 +111,11 @@ def small_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(small_corpus: Path, tiny_clip: Path, tmp_path_factory) -> Path:
-    """The small corpus ingested and embedded on Beam's in-process runner: what the cluster must reproduce."""
+    """The small corpus ingested and embedded by the local executors, which give what Beam's in-process runner
+    gives (tests/test_ingest_runs.py, tests/test_embed_runs.py): what the cluster must reproduce."""
     dataset = tmp_path_factory.mktemp("reference") / "dataset"
-    ingest(small_corpus, dataset=dataset, extra=(SHARDS,), beam=True)
-    run_beam_embed([str(dataset), f"--model={tiny_clip}", "--batch-size=4", "--threads=1"])
+    ingest(small_corpus, dataset=dataset, extra=(SHARDS,))
+    embed(dataset, str(tiny_clip), batch_size=4, threads=1, decode_workers=0)
     return dataset
 
 
@@ -115,3 +142,35 @@ def test_ingest_and_embed_on_a_dask_cluster_match_the_in_process_runner(cluster,
     assert done.returncode == 0, done.stderr
     assert "Embedded 3 of 3 pending shard(s)" in done.stdout
     assert embeddings(tmp_path / "ds", "tiny-clip") == embeddings(reference, "tiny-clip")
+
+
+def test_a_worker_killed_mid_ingest_is_replaced_and_the_run_completes_the_same(cluster, small_corpus, reference,
+                                                                               tmp_path):
+    run = cluster.start("ingest", str(small_corpus), "--out", str(tmp_path / "ds"), SHARDS, cwd=tmp_path)
+    when = cluster.kill_a_busy_worker(run)
+    _, err = run.communicate(timeout=600)
+    print(f"ingest: worker killed {when}")
+    assert run.returncode == 0, err  # the scheduler ran the dead worker's tasks again
+    assert committed(tmp_path / "ds") == committed(reference)
+    assert not list((tmp_path / "ds").rglob(".tmp-*")), "no temporary file of the killed task is left behind"
+    cluster.client.wait_for_workers(2, timeout=120)
+
+
+def test_a_cluster_that_gives_up_after_a_killed_worker_fails_in_one_line_and_the_next_run_completes(
+        cluster, reference, tiny_clip, tmp_path):
+    dataset = copy_dataset(reference, tmp_path)
+    shutil.rmtree(dataset / "embeddings")
+    cluster.retries(0)
+    try:
+        run = cluster.start(*embed_args(str(dataset), tiny_clip), cwd=tmp_path)
+        when = cluster.kill_a_busy_worker(run)
+        _, err = run.communicate(timeout=600)
+    finally:
+        cluster.retries(3)
+    print(f"embed: worker killed {when}")
+    assert run.returncode != 0
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("Error: a cluster worker died"), err
+    cluster.client.wait_for_workers(2, timeout=120)
+    done = cluster.run(*embed_args(str(dataset), tiny_clip), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert embeddings(dataset, "tiny-clip") == embeddings(reference, "tiny-clip")
