@@ -18,6 +18,7 @@ import pytest
 
 from conftest import copy_dataset, embed, embeddings, file_digests, ingest
 from mmindex.demo import CORPUS
+from pipelines.options import profile_args
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout under test: the cluster's processes import it
 SHARDS = "--shard-size=4"
@@ -126,6 +127,16 @@ def committed(dataset: Path) -> dict[str, str]:
 
 def embed_args(dataset: str, tiny_clip: Path) -> tuple[str, ...]:
     return "embed", dataset, f"--model={tiny_clip}", "--batch-size=4", "--threads=1"
+
+
+def test_the_dask_profile_names_a_runner_beam_creates_and_the_scheduler_from_the_environment(monkeypatch):
+    from apache_beam.runners.dask.dask_runner import DaskRunner
+    from apache_beam.runners.runner import create_runner
+
+    monkeypatch.setenv("DASK_SCHEDULER", "tcp://scheduler.example:8786")
+    options = dict(arg[2:].split("=", 1) for arg in profile_args("dask"))
+    assert options["dask_client_address"] == "tcp://scheduler.example:8786"
+    assert isinstance(create_runner(options["runner"]), DaskRunner)
 
 
 def test_ingest_and_embed_on_a_dask_cluster_match_the_in_process_runner(cluster, small_corpus, reference, tiny_clip,
