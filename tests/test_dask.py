@@ -25,26 +25,35 @@ SHARDS = "--shard-size=4"
 
 
 class Cluster:
-    """A dask.distributed scheduler and two worker processes (each under a nanny that restarts it)."""
+    """A dask.distributed scheduler and two worker processes (each under a nanny that restarts it), started in
+    ``folder``, where their logs go."""
 
     def __init__(self, folder: Path):
         from distributed import Client
 
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.processes: list[subprocess.Popen] = []
+        self.client = None
         address_file = folder / "scheduler.json"
-        self.processes = [subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-             "--dashboard-address", ":0", "--scheduler-file", str(address_file)],
-            cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-        deadline = time.monotonic() + 120
-        while not address_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        self.address = json.loads(address_file.read_text())["address"]
-        self.processes.append(subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nworkers", "2", "--nthreads", "1",
-             "--dashboard-address", ":0"], cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        self.client = Client(self.address, timeout=60)
-        self.client.wait_for_workers(2, timeout=120)
+        try:
+            self._start(folder, "scheduler", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                        "--dashboard-address", ":0", "--scheduler-file", str(address_file))
+            deadline = time.monotonic() + 120
+            while not address_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            self.address = json.loads(address_file.read_text())["address"]
+            self._start(folder, "workers", "distributed.cli.dask_worker", self.address, "--nworkers", "2",
+                        "--nthreads", "1", "--dashboard-address", ":0")
+            self.client = Client(self.address, timeout=60)
+            self.client.wait_for_workers(2, timeout=120)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, folder: Path, name: str, module: str, *argv: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with open(folder / f"{name}.log", "wb") as log:
+            self.processes.append(subprocess.Popen([sys.executable, "-m", module, *argv], cwd=folder, env=env,
+                                                   stdout=log, stderr=subprocess.STDOUT))
 
     def start(self, *argv: str, cwd: Path) -> subprocess.Popen:
         """`mmindex ARGV --profile dask` in ``cwd``, as a user runs it."""
@@ -80,7 +89,8 @@ class Cluster:
                                                                    allowed_failures))
 
     def close(self) -> None:
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
         for process in reversed(self.processes):
             process.terminate()
             try:

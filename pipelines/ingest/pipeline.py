@@ -133,7 +133,7 @@ def build(p: beam.Pipeline, job: IngestJob, outcome_path: str) -> None:
                | "Join" >> beam.CoGroupByKey()
                | "ChooseWinners" >> beam.FlatMap(choose_winners))
     plan = (choices
-            | "Winners" >> beam.Filter(isinstance, tuple)
+            | "Winners" >> beam.Filter(isinstance, tuple)  # a Winner is a tuple; Reject and Counted are not
             | "OneGroup" >> beam.Map(lambda winner: (None, winner))
             | "AllWinners" >> beam.GroupByKey()
             | "PlanShards" >> beam.FlatMap(plan_entries, job.first_shard, job.shard_size))
