@@ -1,8 +1,18 @@
-"""Pipeline options shared by mmindex's pipelines, the choice of runner, and runner profiles.
+"""Pipeline options shared by mmindex's pipelines, the choice of runner, runner profiles, and running a job.
 
 With no ``--runner``, pipelines run on Beam's in-process FnApiRunner, named explicitly so that Beam
 never tries to download a runner binary. ``workers`` > 1 uses that many processes on this machine
 (multi_processing; multi_threading was seen to lose records). Any other Beam option passes through.
+
+Both pipelines keep to what every runner runs, Beam's DaskRunner (2.77) included, which translates a pipeline
+into Dask bags and is narrower than the others:
+- a side input of a computed PCollection fails (the runner puts a Dask collection into the task graph, which
+  cannot be serialised), so steps meet through CoGroupByKey or a GroupByKey into one group instead;
+- every output of a multi-output ParDo lands in one bag, so each step has one output and consumers tell the
+  kinds of element apart by type (beam.Filter);
+- what a DoFn emits in finish_bundle is dropped, which drops BatchElements' last batch of each bundle, so the
+  embed pipeline forms its own batches;
+- only the last transform applied is computed, so every branch must flow into it.
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from mmindex import storage
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -88,3 +100,33 @@ def main(run: Callable[[], Any]) -> None:
         usage.show()  # type: ignore[attr-defined]
         sys.exit(usage.exit_code)  # type: ignore[attr-defined]
     print(json.dumps(asdict(report), indent=2, default=str))
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (a cluster's workers do not run in the driver's folder); URLs as they are."""
+    return os.path.abspath(path) if storage.is_local(path) else path
+
+
+def run_to_completion(pipeline: Any) -> None:
+    """Runs a pipeline and waits for it: leaving a ``with`` block does not wait on every runner (DaskRunner's
+    run returns at once). A job the cluster gave up on, after losing the workers that ran its tasks more times
+    than it retries, is one plain line; what the job committed stays committed, and a new run completes it."""
+    result = pipeline.run()
+    try:
+        result.wait_until_finish()
+    except _lost_workers() as err:
+        raise RuntimeError(f"a cluster worker died running this job ({type(err).__name__}: the cluster gave up "
+                           f"on its task); what was committed is whole: check the workers (memory, logs) and run "
+                           f"the same command again") from None
+    finally:
+        client = getattr(result, "client", None)  # DaskRunner's connection to the scheduler
+        if client is not None:
+            client.close()
+
+
+def _lost_workers() -> tuple[type[BaseException], ...]:
+    try:
+        from distributed import KilledWorker
+    except ImportError:  # no Dask installed: no Dask job to lose
+        return ()
+    return (KilledWorker,)

@@ -11,7 +11,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -136,19 +135,12 @@ def test_damaged_embeddings_are_reported_with_the_repair_and_embed_repairs_them(
 
 def test_the_beam_pipeline_gives_the_worker_pools_vectors(demo_dataset, tiny_clip, tmp_path):
     pool = copy_dataset(demo_dataset, tmp_path / "pool")
-    embed(pool, str(tiny_clip))
+    embed(pool, str(tiny_clip), batch_size=8, threads=1, decode_workers=0)
     beam = copy_dataset(demo_dataset, tmp_path / "beam")
-    result = run_beam_embed([str(beam), f"--model={tiny_clip}", "--batch-size=8"])
+    result = run_beam_embed([str(beam), f"--model={tiny_clip}", "--batch-size=8", "--threads=1"])
     assert result.pending == 6
-    ours, theirs = embeddings(beam, "tiny-clip"), embeddings(pool, "tiny-clip")
-    assert sorted(ours) == sorted(theirs)
-    for name in ours:
-        if name.endswith(".parquet"):
-            assert ours[name] == theirs[name]
-        else:  # batches differ between RunInference and the pool: float16 rounding may differ in the last bit
-            a = np.load(beam / "embeddings" / "tiny-clip" / name).astype(np.float32)
-            b = np.load(pool / "embeddings" / "tiny-clip" / name).astype(np.float32)
-            np.testing.assert_allclose(a, b, atol=2e-3)
+    # The same batches and torch threads: the same bytes, vectors included.
+    assert embeddings(beam, "tiny-clip") == embeddings(pool, "tiny-clip")
     assert run_beam_embed([str(beam), f"--model={tiny_clip}"]).pending == 0
 
 

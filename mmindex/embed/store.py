@@ -117,14 +117,8 @@ class EmbeddingStore:
 
     def claim(self) -> None:
         """Records the space's settings, or refuses if the folder holds vectors made with other settings;
-        removes the temporary files (and checksum records of uncommitted shards) an interrupted run left."""
-        leftovers = [p for folder in ("", *MODALITIES)
-                     for p in storage.glob(storage.join(self.root, folder, f"{storage.TEMP_MARK}*"))]
-        records = posixpath.dirname(self.record_path(0))
-        leftovers += storage.glob(storage.join(records, f"{storage.TEMP_MARK}*"))
-        committed = self.committed()  # a record whose parquet was never written: a run killed in between
-        leftovers += [self.record_path(n) for n in numbered(storage.join(records, "*.json")) if n not in committed]
-        storage.delete(leftovers)
+        removes what an interrupted run left."""
+        self.remove_incomplete()
         path = storage.join(self.root, "space.json")
         mine = {"name": self.space.name, "fingerprint": self.space.fingerprint, "settings": self.space.settings}
         if storage.exists(path):
@@ -135,6 +129,17 @@ class EmbeddingStore:
                                     f"settings another name")
             return
         storage.write_atomic(path, json.dumps(mine, indent=2, sort_keys=True).encode())
+
+    def remove_incomplete(self) -> None:
+        """Deletes temporary files (an interrupted run's, or those of tasks a cluster ran again) and the checksum
+        records of shards never committed."""
+        leftovers = [p for folder in ("", *MODALITIES)
+                     for p in storage.glob(storage.join(self.root, folder, f"{storage.TEMP_MARK}*"))]
+        records = posixpath.dirname(self.record_path(0))
+        leftovers += storage.glob(storage.join(records, f"{storage.TEMP_MARK}*"))
+        committed = self.committed()  # a record whose parquet was never written: a run killed in between
+        leftovers += [self.record_path(n) for n in numbered(storage.join(records, "*.json")) if n not in committed]
+        storage.delete(leftovers)
 
     def committed(self) -> set[int]:
         return set(numbered(storage.join(self.root, "*.parquet")))

@@ -2,9 +2,16 @@
 
     python -m pipelines.embed DATASET [--model offline] [--batch-size 64] [--device cpu] [Beam options]
 
-Same encoders, same preparation and the same per-shard commits as the local worker pool (mmindex.embed),
-so a dataset can be embedded partly on a laptop and partly on a cluster. Each worker loads the space once;
-shards already committed are skipped.
+Same encoders, same preparation, the same batches and the same per-shard commits as the local worker pool
+(mmindex.embed), so a dataset can be embedded partly on a laptop and partly on a cluster, and the vectors do not
+depend on where they were made. Each worker loads the space once; shards already committed are skipped.
+
+    Pending shards -> ListBatches (a shard's batches, as the pool forms them) -> Spread -> Prepare
+        -> per modality: RunInference (one prepared batch per element) -> ByShard
+        + items that could not be prepared -> GroupByShard -> CommitShard
+
+The batches are formed here, not by RunInference's BatchElements: Beam's DaskRunner drops what a DoFn emits in
+finish_bundle, which is where BatchElements emits the last batch of a bundle (see pipelines.options).
 """
 
 from __future__ import annotations
@@ -12,116 +19,133 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from mmindex.dataset import Dataset, shard_name
 from mmindex.embed.run import EmbedReport, EmbedSettings, OnShard, embed
-from mmindex.embed.shard import Chunk, Item, encode_robustly, prepare_chunk, shard_items
+from mmindex.embed.shard import Chunk, chunks, encode_robustly, prepare_chunk, shard_items
 from mmindex.embed.store import EmbeddingStore, ShardEmbeddings, ShardSummary
 from mmindex.encoders.base import Encoder
 from mmindex.media import Rejected
 from mmindex.spaces import Space
-from pipelines.options import runner_and_options
+from pipelines.options import absolute, run_to_completion, runner_and_options
 
 log = logging.getLogger("mmindex")
 REJECTED = "rejected"
 
+# An item's place in its shard's results: (shard number, batch number, position in the batch, modality, key).
+# Results are committed in this order, which is the worker pool's (modality, then position in the tar).
+Ident = tuple[int, int, int, str, str]
 
 _loaded: dict[tuple[str, str], dict[str, Encoder]] = {}
 
 
-def _encoders(space: Space, device: str) -> dict[str, Encoder]:
-    """The space's encoders, loaded once per worker process (preparation and inference share them)."""
+def _encoders(space: Space, device: str, threads: int | None) -> dict[str, Encoder]:
+    """The space's encoders, loaded once per worker process (preparation and inference share them).
+    ``threads`` (``--threads``) sets the worker's torch threads, as it does the pool's: it changes float rounding."""
     ident = (space.fingerprint, device)
     if ident not in _loaded:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         _loaded[ident] = space.load(device)
     return _loaded[ident]
 
 
 class EncoderHandler(ModelHandler):
-    """RunInference's view of one encoder of a space: batches of prepared items -> (vector, skipped, note)."""
+    """RunInference's view of one encoder of a space: a prepared batch, [(ident, input)...], per element ->
+    (ident, (vector, skipped, note)) per item."""
 
-    def __init__(self, space: Space, modality: str, device: str, batch_size: int):
+    def __init__(self, space: Space, modality: str, device: str, threads: int | None):
         super().__init__()
-        self.space, self.modality, self.device, self.batch_size = space, modality, device, batch_size
+        self.space, self.modality, self.device, self.threads = space, modality, device, threads
 
     def load_model(self) -> Encoder:
-        return _encoders(self.space, self.device)[self.modality]
+        return _encoders(self.space, self.device, self.threads)[self.modality]
+
+    def should_skip_batching(self) -> bool:
+        return True  # each element is already a batch (see the module's docstring)
 
     def run_inference(self, batch: Sequence[Any], model: Encoder, inference_args=None) -> Iterable[PredictionResult]:
-        encoded = encode_robustly(model, list(batch))
-        for i, example in enumerate(batch):
-            vector = encoded.vectors[i]
-            yield PredictionResult(example, (None if vector is None else vector.copy(), encoded.skipped[i],
-                                             encoded.notes[i]))
-
-    def batch_elements_kwargs(self) -> dict[str, int]:
-        return {"min_batch_size": 1, "max_batch_size": self.batch_size}
+        idents, inputs = zip(*batch, strict=True)
+        encoded = encode_robustly(model, list(inputs))
+        for i, ident in enumerate(idents):
+            skipped = encoded.skipped[i]
+            vector = None if skipped or encoded.vectors[i] is None else encoded.vectors[i].copy()
+            yield PredictionResult(ident, (vector, skipped, encoded.notes[i]))
 
 
 class PrepareFn(beam.DoFn):
-    """Reads and prepares one item: main output ((shard, position, key), input), or the reason it has none."""
+    """Reads and prepares one batch: (modality, [(ident, input)...]) for the items that have an input, and
+    (REJECTED, (shard, (ident, result))) for each that has none, with the reason."""
 
-    def __init__(self, space: Space, device: str):
-        self.space, self.device = space, device
+    def __init__(self, space: Space, device: str, threads: int | None):
+        self.space, self.device, self.threads = space, device, threads
 
     def setup(self) -> None:
-        self.preparers = {m: e.preparer() for m, e in _encoders(self.space, self.device).items()}
+        self.preparers = {m: e.preparer() for m, e in _encoders(self.space, self.device, self.threads).items()}
 
-    def process(self, element: tuple[int, str, int, Item]) -> Iterator:
-        number, path, position, item = element
-        (prepared,) = prepare_chunk(Chunk(path, item.modality, [item]), self.preparers)
-        ident = (number, item.modality, position, item.key)
-        if isinstance(prepared, Rejected):
-            yield beam.pvalue.TaggedOutput(REJECTED, (number, (ident, (None, f"{prepared.reason}: {prepared.detail}",
-                                                                       None))))
-        else:
-            yield ident, prepared
+    def process(self, element: tuple[int, int, Chunk]) -> Iterator[tuple[str, Any]]:
+        number, batch, chunk = element
+        ready = []
+        for position, (item, prepared) in enumerate(zip(chunk.items, prepare_chunk(chunk, self.preparers),
+                                                        strict=True)):
+            ident = (number, batch, position, chunk.modality, item.key)
+            if isinstance(prepared, Rejected):
+                yield REJECTED, (number, (ident, (None, f"{prepared.reason}: {prepared.detail}", None)))
+            else:
+                ready.append((ident, prepared))
+        if ready:
+            yield chunk.modality, ready
 
 
-def list_items(number: int, dataset: Dataset, modalities: list[str]) -> Iterator[tuple[int, str, int, Item]]:
+def list_batches(number: int, dataset: Dataset, modalities: list[str], batch_size: int) -> Iterator[tuple]:
+    """(shard, batch number, batch) for each of a shard's batches, formed as the worker pool forms them."""
     path = dataset.shard_path(number)
-    for position, item in enumerate(shard_items(path)):
-        if item.modality in modalities:
-            yield number, path, position, item
+    for batch, chunk in enumerate(chunks(path, shard_items(path), modalities, batch_size)):
+        yield number, batch, chunk
 
 
 def commit_shard(element: tuple[int, Iterable], store: EmbeddingStore) -> int:
-    """Writes a shard's results in the worker pool's order (modality, then position in the tar)."""
+    """Writes a shard's results in the worker pool's order."""
     number, results = element
     shard = ShardEmbeddings(number)
-    for (_, modality, _, key), (vector, skipped, note) in sorted((r for r in results if r is not None),
-                                                                 key=lambda r: r[0][1:3]):
+    for (_, _, _, modality, key), (vector, skipped, note) in sorted((r for r in results if r is not None),
+                                                                    key=lambda r: r[0][:3]):
         shard.add(key, modality, vector, skipped, note)
     store.commit(shard)
     return number
 
 
-def build(pipeline: beam.Pipeline, store: EmbeddingStore, pending: list[int], device: str,
-          batch_size: int) -> beam.PCollection:
-    space, dataset = store.space, store.dataset
+def build(pipeline: beam.Pipeline, store: EmbeddingStore, pending: list[int], settings: EmbedSettings) -> None:
+    space, dataset, device, threads = store.space, store.dataset, settings.device, settings.threads
     modalities = space.modalities()
     prepared = (pipeline
                 | "Pending shards" >> beam.Create(pending)
-                | "List items" >> beam.FlatMap(list_items, dataset, modalities)
-                | "Spread items" >> beam.Reshuffle()
-                | "Prepare" >> beam.ParDo(PrepareFn(space, device)).with_outputs(REJECTED, main="ready"))
-    results = [prepared[REJECTED],
+                | "List batches" >> beam.FlatMap(list_batches, dataset, modalities, settings.batch_size)
+                | "Spread batches" >> beam.Reshuffle()
+                | "Prepare" >> beam.ParDo(PrepareFn(space, device, threads)))
+    results = [prepared
+               | "Only rejected" >> beam.Filter(lambda element: element[0] == REJECTED)
+               | "Rejected items" >> beam.Map(lambda element: element[1]),
                pipeline | "Every pending shard" >> beam.Create([(n, None) for n in pending])]
     for modality in modalities:
         results.append(
-            prepared.ready
-            | f"Only {modality}" >> beam.Filter(lambda element, m=modality: element[0][1] == m)
-            | f"Embed {modality}" >> RunInference(KeyedModelHandler(EncoderHandler(space, modality, device,
-                                                                                   batch_size)))
-            | f"By shard ({modality})" >> beam.Map(lambda kv: (kv[0][0], (kv[0], kv[1].inference))))
-    return (results
-            | "All results" >> beam.Flatten()
-            | "Group by shard" >> beam.GroupByKey()
-            | "Commit shard" >> beam.Map(commit_shard, store))
+            prepared
+            | f"Only {modality}" >> beam.Filter(lambda element, m=modality: element[0] == m)
+            | f"Batches ({modality})" >> beam.Map(lambda element: element[1])
+            | f"Embed {modality}" >> RunInference(EncoderHandler(space, modality, device, threads))
+            | f"By shard ({modality})" >> beam.Map(lambda result: (result.example[0],
+                                                                   (result.example, result.inference))))
+    _ = (results
+         | "All results" >> beam.Flatten()
+         | "Group by shard" >> beam.GroupByKey()
+         | "Commit shard" >> beam.Map(commit_shard, store))
 
 
 class BeamExecutor:
@@ -137,8 +161,9 @@ class BeamExecutor:
     def __call__(self, store: EmbeddingStore, pending: list[int], on_shard: OnShard) -> list[str]:
         runner, options = runner_and_options(self.beam_args, self.settings.workers)
         pipeline = self.test_pipeline or beam.Pipeline(runner=runner, options=options)
-        build(pipeline, store, pending, self.settings.device, self.settings.batch_size)
-        pipeline.run().wait_until_finish()
+        build(pipeline, replace(store, dataset=Dataset(absolute(store.dataset.root))), pending, self.settings)
+        run_to_completion(pipeline)
+        store.remove_incomplete()  # the temporary files of tasks that a cluster ran again after losing a worker
         committed = store.committed()  # the workers wrote them: read back what each holds
         for number in pending:
             on_shard(store.summary(number) if number in committed else
