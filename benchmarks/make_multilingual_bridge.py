@@ -35,6 +35,7 @@ from real_data import catalogue_translations, desktop_translations, wordnet_glos
 SHIPPED = Path(__file__).resolve().parents[1] / "mmindex" / "bridge" / MultilingualSettings().mapping
 TEXTS = SHIPPED.with_name(WORDNET)
 LOCALES = ("zh_CN", "ru", "es", "ja", "de")
+SHIPPED_TEXTS = 4000
 
 
 def cached(work: Path, encoder: str, texts: list[str], embed) -> np.ndarray:
@@ -58,13 +59,15 @@ def encoders():
 
 
 def training_texts(work: Path, count: int, write: bool) -> list[str]:
-    """The shipped WordNet sample (written first with --write) and the ImageNet label names."""
-    wordnet = wordnet_texts(work, count)
+    """A fixed random ``count`` of the shipped WordNet sample (written first with --write), and the ImageNet
+    label names."""
+    wordnet = wordnet_texts(work, SHIPPED_TEXTS)
     if write:
         TEXTS.write_bytes(gzip.compress("\n".join(wordnet).encode(), mtime=0))
         print(f"wrote {TEXTS} ({len(wordnet)} texts, {TEXTS.stat().st_size:,} bytes)")
-    labels = sorted({f"a photo of a {label.split(', ')[0]}" for label in imagenet_labels()})
-    return sorted(set(wordnet) | set(labels))
+    chosen = np.random.default_rng(0).choice(len(wordnet), size=min(count, len(wordnet)), replace=False)
+    labels = {f"a photo of a {label.split(', ')[0]}" for label in imagenet_labels()}
+    return sorted({wordnet[i] for i in chosen} | labels)
 
 
 def recall(queries: np.ndarray, targets: np.ndarray, k: int = 5) -> float:
@@ -73,8 +76,8 @@ def recall(queries: np.ndarray, targets: np.ndarray, k: int = 5) -> float:
     return round(float(np.mean((scores > own[:, None]).sum(axis=1) < k)), 4)
 
 
-def translations(work: Path, locale: str) -> list[tuple[str, str]]:
-    pairs = dict(catalogue_translations(work, locale))
+def translations(work: Path, locale: str, limit: int) -> list[tuple[str, str]]:
+    pairs = dict(catalogue_translations(work, locale, limit))
     for english, translated in desktop_translations(work, locale):
         pairs.setdefault(english, translated)
     return sorted(pairs.items())
@@ -85,7 +88,7 @@ def english_check(work: Path, learned: list[str], mapping, minilm, e5, pairs) ->
     against the routed encoder at several thresholds; and how often foreign queries are routed to the bridge."""
     seen = set(learned)
     glosses = [(w, g) for w, g in wordnet_glosses(work, limit=40000) if w not in seen and g not in seen]
-    glosses = [glosses[i] for i in np.random.default_rng(1).choice(len(glosses), 500, replace=False)]
+    glosses = [glosses[i] for i in np.random.default_rng(1).choice(len(glosses), 300, replace=False)]
     words, definitions = [w for w, _ in glosses], [g for _, g in glosses]
     own, targets = cached(work, "minilm", words, minilm), cached(work, "minilm", definitions, minilm)
     bridged = mapping(cached(work, "e5", words, e5))
@@ -104,7 +107,8 @@ def english_check(work: Path, learned: list[str], mapping, minilm, e5, pairs) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="scratch folder (downloads, embedding cache)")
-    parser.add_argument("--texts", type=int, default=4000, help="WordNet texts to learn from")
+    parser.add_argument("--texts", type=int, default=1500, help="WordNet texts to learn from (of the shipped 4000)")
+    parser.add_argument("--per-locale", type=int, default=200, help="catalogue sentences per locale to measure")
     parser.add_argument("--write", action="store_true", help=f"write the chosen mapping to {SHIPPED}")
     args = parser.parse_args()
     minilm, e5 = encoders()
@@ -118,7 +122,7 @@ def main() -> None:
     for name, settings in candidates.items():
         mappings[name] = learn(source[~test], target[~test], settings)
         print(f"  {name:24s} held-out English e5 -> MiniLM: {recall_at(mappings[name], source[test], target[test])}")
-    pairs = {locale: translations(args.work, locale) for locale in LOCALES}
+    pairs = {locale: translations(args.work, locale, args.per_locale) for locale in LOCALES}
     print("\nheld-out translations (Debian .desktop files and .mo catalogues): query in LOCALE -> its English "
           "text among all the locale's English texts, recall@5")
     for locale, found in pairs.items():

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import copy_dataset, embed, read_table
+from conftest import embed, ingest, read_table
 from mmindex.bridge.learn import LearnSettings, held_out, learn, recall_at, ridge_map
 from mmindex.bridge.mapping import BadMapping, Mapping
+from mmindex.demo import CORPUS
 from mmindex.embed.store import SpaceMismatch
 from mmindex.spaces import resolve_space
 
@@ -43,11 +44,29 @@ def cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def bridged(demo_dataset, tiny_clip, tiny_clap, tmp_path_factory) -> tuple[Path, Path]:
-    """The demo dataset embedded with `--model clip+clap` (the tiny models standing in for the real ones)."""
+def sounds_and_photos(tmp_path_factory) -> Path:
+    """The demo corpus's 10 animal sounds and 4 of its photos, with their captions, ingested into 2 shards."""
+    corpus = tmp_path_factory.mktemp("corpus")
+    shutil.copytree(CORPUS / "sounds", corpus / "sounds")
+    (corpus / "photos").mkdir()
+    for name in ("chelsea_cat", "coffee", "rocket", "astronaut"):
+        for file in (CORPUS / "photos").glob(f"{name}.*"):
+            shutil.copy(file, corpus / "photos")
+    dataset = corpus.parent / "dataset"
+    ingest(corpus, dataset=dataset, extra=("--shard-size=8",))
+    return dataset
+
+
+def copy_dataset(dataset: Path, folder: Path) -> Path:
+    return Path(shutil.copytree(dataset, folder / "dataset"))
+
+
+@pytest.fixture(scope="module")
+def bridged(sounds_and_photos, tiny_clip, tiny_clap, tmp_path_factory) -> tuple[Path, Path]:
+    """The dataset embedded with `--model clip+clap` (the tiny models standing in for the real ones)."""
     folder = tmp_path_factory.mktemp("bridge")
     cache = hub_cache(folder / "hub", {CLIP: tiny_clip, CLAP: tiny_clap})
-    dataset = copy_dataset(demo_dataset, folder)
+    dataset = copy_dataset(sounds_and_photos, folder)
     done = cli("embed", str(dataset), "--model", "clip+clap", cache=cache)
     assert done.returncode == 0, done.stderr
     return dataset, cache
@@ -84,7 +103,7 @@ def test_clip_clap_holds_clip_images_and_text_and_clap_audio_mapped_into_clips_s
     assert digest((root / "bridge.npz").read_bytes()) == record["mapping"]["digest"]
     samples = {r["key"]: r for r in read_table(dataset / "samples")}
     audio = stored(dataset, "clip+clap", "audio")
-    assert len(audio) == sum("audio" in s["modalities"] for s in samples.values()) == 40
+    assert len(audio) == sum("audio" in s["modalities"] for s in samples.values()) == 10
     clap = resolve_space(str(tiny_clap)).load("cpu")["audio"]
     clip = resolve_space(str(tiny_clip)).load("cpu")["image"]
     key = sorted(audio)[0]
@@ -111,12 +130,12 @@ def test_index_search_audio_with_an_image_eval_and_resume(bridged):
     rows = {(r["query"], r["target"]): r for r in json.loads(report.stdout)}
     assert rows["caption", "audio"]["through_bridge"] and not rows["caption", "image"]["through_bridge"]
     held = sum(held_out(r["key"]) for r in read_table(dataset / "samples") if "audio" in r["modalities"])
-    assert rows["caption", "audio"]["exact"]["queries"] == held and 0 < held < 40
+    assert rows["caption", "audio"]["exact"]["queries"] == held and 0 < held < 10
     assert "held-out" in rows["caption", "audio"]["queries_from"]
     table = cli("eval", str(dataset), "--model", "clip+clap", cache=cache)
     assert "held-out samples only" in table.stdout and "(bridged)" in table.stdout
     before = {p.name: p.read_bytes() for p in (dataset / "embeddings/clip+clap").rglob("*.np[yz]")}
-    (dataset / "embeddings/clip+clap/000002.parquet").unlink()
+    (dataset / "embeddings/clip+clap/000001.parquet").unlink()
     resumed = cli("embed", str(dataset), "--model", "clip+clap", cache=cache)
     assert resumed.returncode == 0 and "learning" not in resumed.stderr, resumed.stderr
     after = {p.name: p.read_bytes() for p in (dataset / "embeddings/clip+clap").rglob("*.np[yz]")}
@@ -124,14 +143,16 @@ def test_index_search_audio_with_an_image_eval_and_resume(bridged):
 
 
 def bridge_file(folder: Path, tiny_clip: Path, tiny_clap: Path, **extra) -> str:
+    folder.mkdir(exist_ok=True)
     path = folder / "tinybridge.yaml"
     path.write_text(yaml.safe_dump({"kind": "bridge", "base": str(tiny_clip), "bridged": str(tiny_clap),
-                                    "texts": ["captions", "wordnet"], "learn": FAST, **extra}))
+                                    "texts": ["captions", "wordnet"], "max_texts": 500, "learn": FAST, **extra}))
     return str(path)
 
 
-def test_a_changed_mapping_or_bridge_setting_is_refused_never_mixed(demo_dataset, tiny_clip, tiny_clap, tmp_path):
-    dataset = copy_dataset(demo_dataset, tmp_path)
+def test_a_changed_mapping_or_bridge_setting_is_refused_never_mixed(sounds_and_photos, tiny_clip, tiny_clap,
+                                                                   tmp_path):
+    dataset = copy_dataset(sounds_and_photos, tmp_path)
     space = bridge_file(tmp_path, tiny_clip, tiny_clap)
     embed(dataset, space)
     mapping_file = dataset / "embeddings/tinybridge/bridge.npz"
@@ -145,7 +166,7 @@ def test_a_changed_mapping_or_bridge_setting_is_refused_never_mixed(demo_dataset
     with pytest.raises(SpaceMismatch, match="missing"):
         embed(dataset, space)
     mapping_file.write_bytes(original)
-    changed = bridge_file(tmp_path, tiny_clip, tiny_clap, learn={**FAST, "seed": 1})
+    changed = bridge_file(tmp_path / "changed", tiny_clip, tiny_clap, learn={**FAST, "seed": 1})
     with pytest.raises(SpaceMismatch, match="other settings"):
         embed(dataset, changed)
     assert embed(dataset, space).committed == 1  # the right mapping back: the missing shard, nothing else

@@ -38,7 +38,10 @@ class MultilingualSettings:
             return cls()
         if not isinstance(section, dict):
             raise ValueError(f"queries.multilingual must be true or a mapping of settings, not {section!r}")
-        return cls(**section)
+        try:
+            return cls(**section)
+        except TypeError as err:
+            raise ValueError(f"queries.multilingual: {err}") from None
 
 
 def shipped_mapping(name: str) -> Mapping:

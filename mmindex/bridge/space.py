@@ -44,6 +44,9 @@ def check_settings(settings: dict[str, Any], origin: str) -> None:
     texts = settings.get("texts")
     if not texts or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise ValueError(f"{origin}: a bridge space needs 'texts', a list of captions, wordnet or text files")
+    limit = settings.get("max_texts", DEFAULT_LIMIT)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
+        raise ValueError(f"{origin}: max_texts must be a whole number of at least 2, not {limit!r}")
     try:
         LearnSettings(**settings.get("learn", {}))
     except TypeError as err:
