@@ -64,9 +64,8 @@ def test_queries_in_five_languages_find_the_english_text_they_translate(texts):
     assert sum(first_hit(english_only, q) == word for q, word in QUERIES.items()) < len(QUERIES) / 2
 
 
-def test_english_queries_keep_the_english_encoders_own_vectors(texts):
-    dataset, folder = texts
-    space = resolve_space(str(folder / "multilingual" / "texts.yaml"))
+def test_english_queries_keep_the_english_encoders_own_vectors(tmp_path):
+    space = resolve_space(space_file(tmp_path, multilingual=True))
     encoder = space.query_encoder("text")
     assert isinstance(encoder, MultilingualTextEncoder)
     english = ["a photo of a cat", "an aircraft with a fixed wing", "rock fragments and pebbles"]
