@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -185,11 +187,20 @@ def test_bad_bridge_files_and_mappings_are_refused_with_a_reason(tmp_path, tiny_
     refused({"base": "clip+clap", "bridged": str(tiny_clap), "texts": ["wordnet"]}, "itself a bridge")
     refused({"base": str(tiny_clip), "bridged": str(tiny_clap), "texts": ["wordnet"], "learn": {"method": "svd"}},
             "method")
-    with pytest.raises(BadMapping):
-        Mapping.from_bytes(b"PK\x03\x04 not an npz")
+    for hostile in (b"PK\x03\x04 not an npz", pickle.dumps({"weight": np.eye(2)}), object_arrays()):
+        with pytest.raises(BadMapping):
+            Mapping.from_bytes(hostile)
     good = ridge_map(np.eye(4), np.eye(4), 0.1)
     with pytest.raises(BadMapping, match="expected finite floats"):
         Mapping(good.mean, good.weight[:, :2], *list(vars(good).values())[2:])
+
+
+def object_arrays() -> bytes:
+    """An .npz whose arrays are pickled objects: loading them would run code, so it must be refused unread."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.array([None, "x"], dtype=object) for name in ("mean", "weight", "bias", "hidden_in",
+                                                                              "hidden_bias", "hidden_out")})
+    return buffer.getvalue()
 
 
 def test_the_contrastive_bridge_beats_the_ridge_floor_on_held_out_pairs():

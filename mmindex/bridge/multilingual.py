@@ -103,6 +103,7 @@ class MultilingualTextEncoder:
         self.english, self.settings = english, settings
         self.mapping = shipped_mapping(settings.mapping)
         self.dim = english.dim
+        self.vocabulary = english.tokenizer.get_vocab()
         if self.mapping.dims[1] != self.dim:
             raise ValueError(f"{settings.mapping} maps into {self.mapping.dims[1]}-d vectors, but the space's "
                              f"text vectors are {self.dim}-d")
@@ -114,7 +115,7 @@ class MultilingualTextEncoder:
         """(vectors, True where the bridged vector was used)."""
         own = self.english.encode(texts).vectors
         bridged = self.mapping(multilingual_vectors(texts))
-        language = languages(texts, own, bridged, self.english.tokenizer.get_vocab(), self.settings.route_below)
+        language = languages(texts, own, bridged, self.vocabulary, self.settings.route_below)
         return routed(own, bridged, language, self.settings.latin_own_weight), language != ENGLISH
 
     def encode(self, prepared: list[str]):
