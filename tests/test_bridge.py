@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from conftest import embed, ingest, read_table
 from mmindex.bridge.learn import LearnSettings, held_out, learn, ridge_map
 from mmindex.bridge.mapping import BadMapping, Mapping
+from mmindex.cli import app
 from mmindex.demo import CORPUS
 from mmindex.embed.store import SpaceMismatch
 from mmindex.spaces import resolve_space
@@ -165,6 +167,9 @@ def test_a_changed_mapping_or_bridge_setting_is_refused_never_mixed(sounds_and_p
     (dataset / "embeddings/tinybridge/000001.parquet").unlink()
     with pytest.raises(SpaceMismatch, match="not the mapping"):
         embed(dataset, space)
+    for command in ("eval", "index"):  # every stage refuses it, in one line that says what to do
+        result = CliRunner().invoke(app, [command, str(dataset), "--model", space])
+        assert result.exit_code == 2 and "not the mapping" in result.output and "Traceback" not in result.output
     mapping_file.unlink()
     with pytest.raises(SpaceMismatch, match="missing"):
         embed(dataset, space)
