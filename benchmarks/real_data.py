@@ -131,3 +131,90 @@ def openclipart_drawings(workdir: Path, folders: list[str]) -> list[tuple[Path, 
             if match:
                 drawings.append((svg, " ".join(match.group(1).split())))
     return drawings
+
+
+# Packages whose .desktop files carry human translations of short English descriptions (Comment=, GenericName=).
+DESKTOP_PACKAGES = [
+    "gnome-calculator", "gedit", "eog", "evince", "totem", "rhythmbox", "gnome-terminal", "baobab", "gnome-clocks",
+    "gnome-weather", "gnome-maps", "gnome-contacts", "cheese", "simple-scan", "file-roller", "gnome-font-viewer",
+    "gnome-characters", "gnome-logs", "seahorse", "transmission-gtk", "gnome-sound-recorder", "shotwell", "brasero",
+    "gnome-disk-utility", "gnome-system-monitor", "xfce4-terminal", "thunar", "mousepad", "ristretto", "parole",
+    "xfce4-taskmanager", "xfburn", "xfce4-screenshooter", "xfce4-settings", "pluma", "atril", "caja", "eom",
+    "engrampa", "lxterminal", "pcmanfm", "dolphin", "konsole", "kate", "okular", "gwenview", "ark", "kcalc",
+    "aisleriot", "gnome-control-center-data", "mate-control-center-common", "lxde-common", "gnome-mines",
+    "gnome-sudoku", "gnome-chess", "quadrapassel", "hitori", "gnome-robots", "iagno", "lightsoff", "tali",
+    "five-or-more", "four-in-a-row", "gnome-klotski", "gnome-mahjongg", "gnome-nibbles", "gnome-taquin",
+    "gnome-tetravex", "swell-foop", "xterm", "meld", "gnome-dictionary", "gucharmap", "gnome-calendar",
+]
+
+
+def desktop_translations(workdir: Path, locale: str, packages: list[str] = DESKTOP_PACKAGES
+                         ) -> list[tuple[str, str]]:
+    """(English, translation into ``locale``) of the Comment= and GenericName= lines of the packages' .desktop
+    files, one pair per distinct English text (human translations, held out from any learning)."""
+    root = _debian_each(packages, workdir)
+    pairs: dict[str, str] = {}
+    for desktop in sorted(root.rglob("*.desktop")):
+        entries: dict[str, str] = {}
+        for line in desktop.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("[") and entries:
+                break  # only the main [Desktop Entry] group
+            name, sep, value = line.partition("=")
+            if sep and value.strip():
+                entries[name.strip()] = " ".join(value.split())
+        for field in ("Comment", "GenericName"):
+            english, translated = entries.get(field), entries.get(f"{field}[{locale}]")
+            if english and translated and translated != english and english not in pairs:
+                pairs[english] = translated
+    return sorted(pairs.items())
+
+
+def _debian_each(packages: list[str], workdir: Path) -> Path:
+    """Like _debian, skipping packages this release does not have."""
+    for package in packages:
+        try:
+            _debian([package], workdir)
+        except subprocess.CalledProcessError:
+            print(f"(package {package} not available: skipped)", file=sys.stderr)
+    return workdir / "root"
+
+
+def wordnet_texts(workdir: Path, count: int, seed: int = 0) -> list[str]:
+    """English training texts from WordNet nouns, verbs and adjectives: a random sample of short lemma phrases
+    and of glosses (definitions, with their examples), the way captions are both short and long."""
+    texts: set[str] = set()
+    for part in ("noun", "verb", "adj"):
+        data = _debian(["wordnet-base"], workdir) / f"usr/share/wordnet/data.{part}"
+        for line in data.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith(" ") or "|" not in line:
+                continue
+            fields, gloss = line.split("|", 1)
+            texts.add(fields.split()[4].replace("_", " "))
+            texts.add(gloss.strip().split("; \"")[0])
+    ordered = sorted(t for t in texts if 2 < len(t) < 200)
+    chosen = np.random.default_rng(seed).choice(len(ordered), size=min(count, len(ordered)), replace=False)
+    return [ordered[i] for i in sorted(chosen)]
+
+
+def catalogue_translations(workdir: Path, locale: str, limit: int = 500, packages: list[str] = DESKTOP_PACKAGES,
+                           seed: int = 0) -> list[tuple[str, str]]:
+    """(English, translation) from the compiled gettext catalogues (.mo) of the same packages: a fixed random
+    sample of plain English sentences of 3 to 12 words (letters and punctuation only: no format codes, markup or
+    keyboard mnemonics)."""
+    import gettext
+
+    root = _debian_each(packages, workdir)
+    pairs: dict[str, str] = {}
+    for mo in sorted((root / "usr/share/locale" / locale / "LC_MESSAGES").glob("*.mo")):
+        with mo.open("rb") as file:
+            catalogue = gettext.GNUTranslations(file)._catalog  # type: ignore[attr-defined]
+        for english, translated in catalogue.items():
+            if not isinstance(english, str) or not isinstance(translated, str) or not translated.strip():
+                continue
+            if (re.search(r"[%{}<>_&\\|\n\t@/]", translated) or not re.fullmatch(r"[A-Za-z][A-Za-z ,.'!?-]*", english)
+                    or not 3 <= len(english.split()) <= 12):
+                continue
+            pairs.setdefault(" ".join(english.split()), " ".join(translated.split()))
+    ordered = sorted(pairs.items())
+    chosen = np.random.default_rng(seed).choice(len(ordered), size=min(limit, len(ordered)), replace=False)
+    return [ordered[i] for i in sorted(chosen)]

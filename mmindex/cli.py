@@ -25,8 +25,8 @@ app = typer.Typer(help="Make a multimodal corpus (images, audio, text) searchabl
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 DEFAULT_DATASET = os.environ.get("MMINDEX_DATASET", "mmindex-demo/dataset")
-MODEL_HELP = ("Model space: a preset (offline, clip, siglip, clap: see configs/spaces/), a space YAML file, or a "
-              "Hugging Face id / local folder of a CLIP, SigLIP or CLAP model.")
+MODEL_HELP = ("Model space: a preset (offline, clip, siglip, clap, clip+clap: see configs/spaces/), a space YAML "
+              "file, or a Hugging Face id / local folder of a CLIP, SigLIP or CLAP model.")
 PROFILE_HELP = ("Run on Beam with a runner profile: flink, spark, dataflow, dask, portable (configs/runners/) or a "
                 "YAML file of Beam options.")
 SOURCES_HELP = ("Folders (files sharing a stem form one sample: cat.jpg + cat.txt + cat.json), manifests "

@@ -195,8 +195,12 @@ def print_eval(rows: list[dict[str, Any]]) -> None:
                 f"{m['recall@5']:>7.3f}{m['recall@10']:>7.3f}{median:>8}{m['queries']:>9}")
 
     _table(f"{'query -> target':<20}{'search':<22}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'median':>8}{'queries':>9}",
-           [line(row, kind) for row in rows for kind in ("exact", "index") if kind in row],
+           [line(row, kind) + (" (bridged)" if row.get("through_bridge") else "")
+            for row in rows for kind in ("exact", "index") if kind in row],
            "No pairs to evaluate: no sample has a caption and a vector in two modalities.")
+    if any("queries_from" in row for row in rows):
+        typer.echo("Bridge space: queries are the held-out samples only (20% of keys, whose captions the mapping "
+                   "never learned from); (bridged) marks pairs through the bridge.")
 
 
 def print_samples(dataset: str, rows: list[dict[str, Any]], metadata: dict[str, Any]) -> None:

@@ -3,6 +3,9 @@
 For each ordered pair of modalities, every sample with both is a query (its vector of the first modality);
 the correct answers are the second modality's items of all samples that share its caption (so duplicates
 of a caption count as correct). Ranks come from exact search over all vectors, and from the built index.
+
+In a bridge space, only the held-out samples (a fixed 20% of keys, whose captions the mapping never learned
+from) are queries, and pairs with a modality that came through the bridge are marked as such.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mmindex.bridge.learn import held_out
 from mmindex.dataset import MODALITIES, read_samples
 from mmindex.embed.store import EmbeddingStore
 from mmindex.index.searchable import SearchableIndex
@@ -69,6 +73,7 @@ def evaluate(store: EmbeddingStore, with_index: bool = True) -> list[dict[str, A
     """One row per (query modality, target modality) pair the data has, exact and (if built) indexed."""
     text_of = captions(store)
     items = {m: load_items(store, m) for m in MODALITIES}
+    bridged = _bridged_modalities(store)
     rows: list[dict[str, Any]] = []
     built: dict[str, SearchableIndex | None] = {}
     for source, target in permutations(items, 2):
@@ -78,13 +83,16 @@ def evaluate(store: EmbeddingStore, with_index: bool = True) -> list[dict[str, A
             if key in text_of:
                 by_caption.setdefault(text_of[key], set()).add(i)
         asked = [(i, by_caption[text_of[key]]) for i, key in enumerate(queries.keys)
-                 if key in text_of and text_of[key] in by_caption]
+                 if key in text_of and text_of[key] in by_caption and (bridged is None or held_out(key))]
         if not asked:
             continue
         query_vectors = queries.vectors[[i for i, _ in asked]]
         exact = np.argsort(-(query_vectors @ targets.vectors.T), axis=1, kind="stable")
         row = {"query": "caption" if source == "text" else source, "target": "caption" if target == "text" else target,
                "exact": summarise([first_correct(r, c) for r, (_, c) in zip(exact, asked, strict=True)])}
+        if bridged is not None:
+            row["queries_from"] = "held-out keys"
+            row["through_bridge"] = source in bridged or target in bridged
         if target not in built:
             built[target] = _checked_index(store, target) if with_index else None
         index = built[target]
@@ -94,6 +102,14 @@ def evaluate(store: EmbeddingStore, with_index: bool = True) -> list[dict[str, A
             row["index_type"] = IndexFiles(store, target).info()["type"]
         rows.append(row)
     return rows
+
+
+def _bridged_modalities(store: EmbeddingStore) -> set[str] | None:
+    """The modalities a bridge space maps in from its bridged space; None for other spaces."""
+    if store.space.settings["kind"] != "bridge":
+        return None
+    base, bridged = store.space.joined()
+    return set(bridged.modalities()) - set(base.modalities())
 
 
 def _checked_index(store: EmbeddingStore, modality: str) -> SearchableIndex | None:

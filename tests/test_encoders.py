@@ -152,7 +152,7 @@ def test_the_numpy_query_encoder_gives_the_torch_encoders_vectors():
     texts = ["a photo of a cat", "This conference is locked!", "word " * 400, "Ünïcödé – naïve café"]
     np.testing.assert_allclose(NumpySentenceEncoder(folder).encode(texts).vectors,
                                SentenceEncoder(folder, torch.device("cpu")).embed(texts), atol=1e-5)
-    assert type(resolve_space().query_encoder("text")) is NumpySentenceEncoder
+    assert type(resolve_space().query_encoder("text").english) is NumpySentenceEncoder  # behind the multilingual router
 
 
 def test_spaces_resolve_presets_files_and_folders(tmp_path, tiny_clip):

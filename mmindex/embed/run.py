@@ -93,6 +93,10 @@ def embed(settings: EmbedSettings, executor: EmbedExecutor | None = None, space:
 
         executor = WorkerPool.for_settings(settings)
     with store.dataset.exclusive("embed"):
+        if space.settings["kind"] == "bridge" and store.space.mapping is None:  # learned once, before any vector
+            from mmindex.bridge.space import learn_bridge
+
+            store = EmbeddingStore(store.dataset, learn_bridge(store))
         store.claim()
         pending = sorted({*store.pending(), *store.damaged()})
         report = EmbedReport(space.name, store.root, len(store.dataset.committed_shards()), len(pending))

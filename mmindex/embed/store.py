@@ -103,6 +103,10 @@ class EmbeddingStore:
         if not dataset.committed_shards():
             raise FileNotFoundError(f"{root} has no ingested shards: run `mmindex ingest SOURCES --out {root}` "
                                     f"first")
+        if space.settings["kind"] == "bridge":  # its vectors need the mapping they were made with
+            from mmindex.bridge.space import bound
+
+            space = bound(space, dataset.embeddings_path(space.name))
         return cls(dataset, space)
 
     @property
