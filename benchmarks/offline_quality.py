@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The offline space's retrieval quality before and after each of its settings, on public data, held out.
 
-    python benchmarks/offline_quality.py [--workdir DIR] [--part images|speech|all]
+    python benchmarks/offline_quality.py [--workdir DIR] [--part images|speech|all] [--images 800] [--clips 160]
 
 Images: the public-domain drawings of Debian's openclipart-svg (rendered with rsvg-convert, transparent
 canvas composited on white), each titled in its metadata; caption -> image recall@5 with the title as the
@@ -46,8 +46,17 @@ DECODING = ((1, 0.0), (1, 0.5), (5, 0.0), (5, 0.5))  # (beam size, seconds of si
 BEFORE = ConseSettings()  # the space as it was: centre crop, t = 1, top 10, first lemma
 
 
+def digest(name: str) -> int:
+    return int(hashlib.sha256(name.encode()).hexdigest(), 16)
+
+
 def half(name: str) -> str:
-    return "choose" if int(hashlib.sha256(name.encode()).hexdigest(), 16) % 2 == 0 else "report"
+    return "choose" if digest(name) % 2 == 0 else "report"
+
+
+def sample(items: list[tuple[Path, str]], limit: int) -> list[tuple[Path, str]]:
+    """At most ``limit`` items, picked by a hash of their file names (the same ones every run)."""
+    return sorted(items, key=lambda item: digest("sample:" + item[0].name))[:limit]
 
 
 def normal(text: str) -> str:
@@ -83,8 +92,8 @@ def caption_recall(captions: list[str], vectors: np.ndarray, text: np.ndarray, k
 
 
 # ---------------------------------------------------------------------------------------------------- images
-def drawings(workdir: Path) -> list[tuple[Path, str]]:
-    """(png, title) of every openclipart drawing with a plain title, rendered once to 256 px."""
+def drawings(workdir: Path, limit: int) -> list[tuple[Path, str]]:
+    """(png, title) of openclipart drawings with a plain title, rendered once to 256 px."""
     root = real_data._debian(["openclipart-svg"], workdir) / "usr/share/openclipart/svg"
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
     out, pngs = [], workdir / "openclipart-png"
@@ -101,11 +110,11 @@ def drawings(workdir: Path) -> list[tuple[Path, str]]:
                 png.unlink(missing_ok=True)
                 continue
         out.append((png, normal(title)))
-    return out
+    return sample(out, limit)
 
 
-def images(workdir: Path, text: SentenceEncoder, folder: Path) -> None:
-    items = drawings(workdir)
+def images(workdir: Path, text: SentenceEncoder, folder: Path, limit: int) -> None:
+    items = drawings(workdir, limit)
     captions = [c for _, c in items]
     split = {h: [i for i, (png, _) in enumerate(items) if half(png.name) == h] for h in ("choose", "report")}
     print(f"\n## caption -> image recall@5: {len(items)} openclipart drawings, "
@@ -163,7 +172,7 @@ def images(workdir: Path, text: SentenceEncoder, folder: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- speech
-def speech(workdir: Path, text: SentenceEncoder) -> None:
+def speech(workdir: Path, text: SentenceEncoder, limit: int) -> None:
     from mmindex.encoders.inputs import load_mono
 
     seen, clips = set(), []
@@ -172,6 +181,7 @@ def speech(workdir: Path, text: SentenceEncoder) -> None:
         if 1 <= len(words.split()) <= 3 and not any(c in transcript for c in "[]<>") and words not in seen:
             seen.add(words)
             clips.append((wav, words))
+    clips = sample(clips, limit)
     captions = [c for _, c in clips]
     split = {h: [i for i, (wav, _) in enumerate(clips) if half(wav.name) == h] for h in ("choose", "report")}
     print(f"\n## caption -> speech recall@1: {len(clips)} recordings of one to three words, "
@@ -204,6 +214,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mmindex-real-data")
     parser.add_argument("--part", choices=("images", "speech", "all"), default="all")
+    parser.add_argument("--images", type=int, default=800, help="drawings at most (each embedded 3 times)")
+    parser.add_argument("--clips", type=int, default=160, help="speech clips at most (each transcribed 4 times)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault(CACHE_ENV, str(args.workdir / "cache"))
@@ -213,9 +225,9 @@ def main() -> None:
     text = SentenceEncoder(folder, torch.device("cpu"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.part in ("images", "all"):
-        images(args.workdir, text, folder)
+        images(args.workdir, text, folder, args.images)
     if args.part in ("speech", "all"):
-        speech(args.workdir, text)
+        speech(args.workdir, text, args.clips)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from conftest import read_table
 from mmindex.dataset import Dataset
@@ -139,11 +139,10 @@ def png(image: Image.Image) -> bytes:
 
 
 def cat_at_the_edge() -> Image.Image:
-    """The cat photo at the right edge of a transparent canvas three times as wide as it is high."""
-    cat = Image.open(CORPUS / "photos" / "chelsea_cat.jpg").convert("RGBA")
-    cat.thumbnail((224, 224))
-    canvas = Image.new("RGBA", (3 * cat.height, cat.height), (0, 0, 0, 0))
-    canvas.paste(cat, (canvas.width - cat.width, 0))
+    """The cat photo (a square of it) at the right edge of a transparent canvas three times as wide."""
+    cat = ImageOps.fit(Image.open(CORPUS / "photos" / "chelsea_cat.jpg").convert("RGBA"), (224, 224))
+    canvas = Image.new("RGBA", (3 * 224, 224), (0, 0, 0, 0))
+    canvas.paste(cat, (2 * 224, 0))
     return canvas
 
 
