@@ -207,6 +207,15 @@ def test_label_vectors_are_cached_by_text_model_and_label_texts(minilm, minilm_f
     assert np.array_equal(label_vectors(minilm_folder, groups, embed), first) and len(calls) == 4  # rewritten
 
 
+def test_a_cache_that_cannot_be_written_only_costs_time(minilm, minilm_folder, tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder should be")
+    monkeypatch.setenv(CACHE_ENV, str(not_a_folder))
+    vectors = label_vectors(minilm_folder, [["a photo of a cat"]], minilm.embed)
+    np.testing.assert_allclose(vectors[0], minilm.embed(["a photo of a cat"])[0], atol=1e-6)
+    assert not_a_folder.read_text() == "a file where the cache folder should be"
+
+
 def test_each_label_setting_makes_other_label_texts():
     texts = {mode: ConseSettings(labels=mode).label_groups()[281] for mode in ("first", "lemmas", "average")}
     assert texts == {"first": ["a photo of a tabby"], "lemmas": ["a photo of a tabby, a tabby cat"],
