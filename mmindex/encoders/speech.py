@@ -6,8 +6,9 @@ judges must agree that a stretch is speech: a voice activity detector (shipped w
 whisper itself (its no-speech probability at most whisper's default threshold; the VAD alone let a horse's
 whinny through as "Oh"). Long clips are transcribed window by window, as whisper does.
 
-Short clips (one to three words) lose words to greedy decoding: ``pad_seconds`` of silence on each side and
-a beam search (``beam_size``) recover them, at the cost of decoding time (see benchmarks/offline_quality.py).
+``pad_seconds`` of silence on each side and a wider beam (``beam_size``) are for clips trimmed tight around
+one to three words, which greedy decoding may cut short; on public recordings that already have silence
+around the words neither helped (benchmarks/offline_quality.py), so the offline preset leaves both off.
 """
 
 from __future__ import annotations
