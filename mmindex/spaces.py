@@ -9,6 +9,7 @@ pivot) and ``bridge`` (two spaces sharing text, joined by a learned mapping: see
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from mmindex.encoders.base import Encoder
+    from mmindex.encoders.sentence import SentenceEncoder
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "spaces"
 DEFAULT_SPACE = "offline"
@@ -148,20 +150,28 @@ def _package_model(package: str) -> Path:
 
 
 def _offline_encoders(settings: dict[str, Any], device: torch.device, only: set[str] | None) -> dict[str, Encoder]:
+    """The text model loads only where something needs it: an image query whose label vectors are cached
+    needs just the classifier."""
     import torch
 
-    from mmindex.encoders.conse import ConseImageEncoder
-    from mmindex.encoders.sentence import SentenceEncoder
+    from mmindex.encoders.conse import ConseImageEncoder, ConseSettings
     from mmindex.encoders.speech import SpeechEncoder
 
-    text = SentenceEncoder(_package_model(settings["text"]["package"]), device)
-    encoders: dict[str, Encoder] = {"text": text}
-    wanted = {"image", "audio"} if only is None else only
+    folder = _package_model(settings["text"]["package"])
+
+    @functools.cache
+    def text() -> SentenceEncoder:
+        from mmindex.encoders.sentence import SentenceEncoder  # imports transformers: seconds
+
+        return SentenceEncoder(folder, device)
+
+    wanted = set(MODALITIES) if only is None else only
+    encoders: dict[str, Encoder] = {"text": text()} if "text" in wanted else {}
     if (image := settings.get("image")) and "image" in wanted:
-        encoders["image"] = ConseImageEncoder(text, device, top_labels=image.get("top_labels", 10),
-                                              template=image.get("template", "a photo of a {label}"))
+        encoders["image"] = ConseImageEncoder(folder, lambda texts: text().embed(texts), device,
+                                              ConseSettings.from_section(image))
     if (audio := settings.get("audio")) and "audio" in wanted:
-        encoders["audio"] = SpeechEncoder(text, _package_model(audio["package"]), device,
+        encoders["audio"] = SpeechEncoder(text(), _package_model(audio["package"]), device,
                                           beam_size=audio.get("beam_size", 1), language=audio.get("language", "en"),
-                                          threads=torch.get_num_threads())
+                                          pad_seconds=audio.get("pad_seconds", 0.0), threads=torch.get_num_threads())
     return encoders

@@ -5,19 +5,26 @@ with the reason "no speech detected" rather than given the vector of whatever wh
 judges must agree that a stretch is speech: a voice activity detector (shipped with faster-whisper), then
 whisper itself (its no-speech probability at most whisper's default threshold; the VAD alone let a horse's
 whinny through as "Oh"). Long clips are transcribed window by window, as whisper does.
+
+``pad_seconds`` of silence on each side and a wider beam (``beam_size``) are for clips trimmed tight around
+one to three words, which greedy decoding may cut short; on public recordings that already have silence
+around the words neither helped (benchmarks/offline_quality.py), so the offline preset leaves both off.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from mmindex.encoders.base import Encoded, Encoder
 from mmindex.encoders.inputs import load_mono
-from mmindex.encoders.sentence import SentenceEncoder
+
+if TYPE_CHECKING:
+    from mmindex.encoders.sentence import SentenceEncoder
 
 WHISPER_RATE = 16_000
 NO_SPEECH = "no speech detected"
@@ -34,9 +41,12 @@ class SpeechEncoder(Encoder):
     modality = "audio"
 
     def __init__(self, text: SentenceEncoder, whisper_folder: Path, device: torch.device, beam_size: int = 1,
-                 language: str = "en", threads: int = 0):
+                 language: str = "en", pad_seconds: float = 0.0, threads: int = 0):
         from faster_whisper import WhisperModel
 
+        if beam_size < 1 or pad_seconds < 0:
+            raise ValueError(f"audio beam_size must be 1 or more and pad_seconds 0 or more, not {beam_size} "
+                             f"and {pad_seconds}")
         super().__init__(device)
         on_gpu = device.type == "cuda"
         self.whisper = WhisperModel(str(whisper_folder), device="cuda" if on_gpu else "cpu",
@@ -44,11 +54,14 @@ class SpeechEncoder(Encoder):
                                     cpu_threads=threads)
         self.text, self.dim = text, text.dim
         self.beam_size, self.language = beam_size, language
+        self.pad = round(pad_seconds * WHISPER_RATE)
 
     def preparer(self):
         return _SpeechInput()
 
     def transcribe(self, samples: np.ndarray) -> str:
+        if self.pad:
+            samples = np.pad(samples, self.pad)
         segments, _ = self.whisper.transcribe(samples, language=self.language, beam_size=self.beam_size,
                                               vad_filter=True, condition_on_previous_text=False)
         return " ".join(segment.text.strip() for segment in segments
