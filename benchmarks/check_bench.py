@@ -57,7 +57,7 @@ def index_write(folder: Path, vectors: int, dim: int) -> None:
 
 def check_rate(folder: Path, copies: int) -> None:
     from mmindex.check.run import CheckSettings, check
-    from mmindex.cli import ingest_settings, parse
+    from mmindex.cli_options import ingest_settings, parse
     from mmindex.ingest.run import ingest
 
     corpus = folder / "corpus"

@@ -6,80 +6,29 @@ same way: an error the user can act on is one line on stderr and exit status 2 (
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
 from mmindex import console
+from mmindex.cli_options import (
+    DEFAULT_DATASET,
+    EXTRA_ARGS,
+    SOURCES_HELP,
+    Model,
+    Profile,
+    Verbose,
+    embed_settings,
+    ingest_settings,
+    on_beam,
+)
 from mmindex.ingest.plan import DEFAULT_SHARD_SIZE
 from mmindex.media import Limits
 from mmindex.sizes import HELP as SIZES
 
-if TYPE_CHECKING:
-    from mmindex.embed.run import EmbedSettings
-    from mmindex.ingest.run import IngestSettings
-
 app = typer.Typer(help="Make a multimodal corpus (images, audio, text) searchable across modalities.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
-DEFAULT_DATASET = os.environ.get("MMINDEX_DATASET", "mmindex-demo/dataset")
-MODEL_HELP = ("Model space: a preset (offline, clip, siglip, clap, clip+clap: see configs/spaces/), a space YAML "
-              "file, or a Hugging Face id / local folder of a CLIP, SigLIP or CLAP model.")
-PROFILE_HELP = ("Run on Beam with a runner profile: flink, spark, dataflow, dask, portable (configs/runners/) or a "
-                "YAML file of Beam options.")
-SOURCES_HELP = ("Folders (files sharing a stem form one sample: cat.jpg + cat.txt + cat.json), manifests "
-                "(.csv .tsv .jsonl .parquet) and webdataset tars (.tar, .tar.gz, or a glob such as 'shards/*.tar'). "
-                "Paths may be on any file system Beam has installed (gs://, s3://, ...). Arguments of the form "
-                "--name=value are Apache Beam options and run the job on Beam (e.g. --runner=FlinkRunner).")
-Model = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
-Profile = Annotated[str | None, typer.Option(help=PROFILE_HELP)]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show the libraries' own log.")]
-
-
-def parse(command: str, argv: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """argv read as `mmindex COMMAND` reads it: its options and the arguments left over. The pipelines' own
-    ``run(argv)`` use this too, so every option is declared once, here."""
-    click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
-    context = click_command.make_context(command, list(argv))
-    return context.params, context.args
-
-
-def ingest_settings(options: dict[str, Any]) -> tuple[IngestSettings, list[str]]:
-    """`mmindex ingest`'s options as settings, and the Beam options (which run the job on Beam)."""
-    from mmindex.ingest.discover import ManifestColumns
-    from mmindex.ingest.run import IngestSettings
-    from mmindex.sizes import parse_size
-    from pipelines.options import split_options
-
-    paths, beam_args = split_options(options["sources"], options["profile"])
-    limits = Limits(parse_size(options["max_file_bytes"]), options["max_image_pixels"],
-                    parse_size(options["max_text_bytes"]), options["max_audio_seconds"])
-    columns = ManifestColumns.choose(options["image_column"], options["audio_column"], options["caption_column"])
-    return IngestSettings(tuple(paths), options["out"], options["shard_size"], options["workers"], limits,
-                          columns), beam_args
-
-
-def embed_settings(options: dict[str, Any], extra: list[str]) -> tuple[EmbedSettings, list[str]]:
-    """`mmindex embed`'s options as settings, and the Beam options (which run the encoders on Beam)."""
-    from mmindex.embed.run import EmbedSettings
-    from pipelines.options import split_options
-
-    unexpected, beam_args = split_options(extra, options["profile"])
-    if unexpected:
-        raise typer.BadParameter(f"unexpected arguments: {' '.join(unexpected)}")
-    names = ("dataset", "model", "gpus", "device", "workers", "batch_size", "decode_workers", "threads")
-    return EmbedSettings(*(options[name] for name in names)), beam_args
-
-
-def _on_beam(stage: str, beam_args: list[str], *settings: Any) -> Any:
-    """The stage's Beam executor when Beam options were given (None: its local executor)."""
-    if not beam_args:
-        return None
-    import importlib
-
-    return importlib.import_module(f"pipelines.{stage}.pipeline").BeamExecutor(beam_args, *settings)
 
 
 def _version(value: bool) -> None:
@@ -128,7 +77,7 @@ def ingest(
     console.setup_logging(verbose)
     with console.errors():
         settings, beam_args = ingest_settings(ctx.params)
-        console.print_ingest(run(settings, _on_beam("ingest", beam_args)), out)
+        console.print_ingest(run(settings, on_beam("ingest", beam_args)), out)
 
 
 @app.command(context_settings=EXTRA_ARGS)
@@ -164,7 +113,7 @@ def embed(
     console.setup_logging(verbose)
     with console.errors():
         settings, beam_args = embed_settings(ctx.params, ctx.args)
-        report = run(settings, _on_beam("embed", beam_args, settings))
+        report = run(settings, on_beam("embed", beam_args, settings))
     console.print_embed(report)
     if report.failures:
         raise typer.Exit(1)

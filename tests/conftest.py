@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from mmindex.cli import ingest_settings, parse
+from mmindex.cli_options import ingest_settings, parse
 from mmindex.demo import CORPUS
 from mmindex.ingest.run import IngestReport
 from mmindex.ingest.run import ingest as run_ingest

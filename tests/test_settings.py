@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from mmindex.cli import embed_settings, ingest_settings, parse
+from mmindex.cli_options import embed_settings, ingest_settings, parse
 from mmindex.demo import CORPUS
 from mmindex.ingest.plan import ShardSize
 from mmindex.sizes import format_size, parse_size
