@@ -171,7 +171,7 @@ class Dataset:
     def remove_incomplete(self) -> list[str]:
         """Deletes what an interrupted run left: temporary files, run reports, tars with no committed parquet."""
         committed = {shard_name(n) for n in self.committed_shards()}
-        leftovers = [p for folder in ("shards", "samples", "rejects")
+        leftovers = [p for folder in ("", "shards", "samples", "rejects")  # "": mmindex.json's temporary copies
                      for p in storage.glob(storage.join(self.root, folder, f"{storage.TEMP_MARK}*"))]
         leftovers += storage.glob(self.scratch_path("*"))
         leftovers += [p for p in storage.glob(storage.join(self.root, "shards", "*.tar"))
@@ -197,6 +197,12 @@ class Dataset:
         metadata["sources"] = sorted(set(metadata.get("sources", [])) | set(sources))
         metadata["runs"].append(run)
         self.write_metadata(metadata)
+
+    def metadata_behind(self) -> bool:
+        """Whether mmindex.json does not list the committed shards: it was deleted, or a run was stopped between
+        committing its last shard and recording itself."""
+        recorded = [shard["name"] for shard in self.read_metadata().get("shards", [])]
+        return recorded != [shard_name(n) for n in self.committed_shards()]
 
     def write_metadata(self, metadata: dict[str, Any]) -> None:
         storage.write_atomic(self.metadata_path, json.dumps(metadata, indent=2, sort_keys=True).encode())
