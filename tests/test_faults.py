@@ -68,8 +68,8 @@ def snapshot(dataset: Path) -> dict[str, str]:
     """sha256 of every file of a dataset, by path. Left out: what records a run rather than its result, namely
     the runs listed in mmindex.json (ids, times, and what each found to do: an interrupted run may be recorded
     or not), embeddings' stats.json (each run's times) and an index's build_seconds. The published index
-    generation is compared as ``published`` (its number counts builds, killed ones too); any other is a
-    leftover and stays under its own name, so it shows up as a difference."""
+    generation is compared as ``published`` (its number counts builds, killed ones too; CURRENT, which holds
+    that number, is left out); any other is a leftover and stays under its own name, so it shows up."""
     digests = {}
     for path in sorted(p for p in dataset.rglob("*") if p.is_file()):
         parts = list(path.relative_to(dataset).parts)
@@ -78,6 +78,8 @@ def snapshot(dataset: Path) -> dict[str, str]:
             data = _without(data, "runs")
         elif parts[0] == "embeddings" and parts[-1] == "stats.json":
             continue
+        elif parts[0] == "indexes" and parts[-1] == "CURRENT":
+            continue  # it names the published generation, compared as such
         elif parts[0] == "indexes" and len(parts) == 5:
             if (path.parent.parent / "CURRENT").read_text() == parts[3]:
                 parts[3] = "published"
