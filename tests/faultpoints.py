@@ -1,10 +1,10 @@
 """Fault points, for the fault-injection tests (tests/test_faults.py).
 
 Every file operation a process makes inside one folder is a numbered point: creating a file, its first and
-second write, closing it, a rename, a delete, a new folder. At a chosen point the operation is replaced by a
-crash (SIGKILL, as a killed process or a machine that loses power) or by the error a full or failing disk
-gives (ENOSPC, EIO), raised where the operating system raises it: a write's error carries no file name, an
-open's does.
+second write, closing it (when it was written to), a rename, a delete, a new folder. At a chosen point the
+operation is replaced by a crash (SIGKILL, as a killed process or a machine that loses power) or by the error
+a full or failing disk gives (ENOSPC, EIO), raised where the operating system raises it: a write's error
+carries no file name, an open's does.
 
 In a test's own process: ``with inject(Points(root, ...)):`` (to count the points, or for a disk error). A
 crash needs a process of its own: ``python -m faultpoints ARGS`` runs ``mmindex ARGS`` with the points that
@@ -84,7 +84,8 @@ class _Watched:
         if self._raw.closed:
             return
         try:
-            self._points.hit("close", self._path)
+            if self._writes:  # closing flushes what was written (an empty file has nothing to flush)
+                self._points.hit("close", self._path)
         finally:  # as a real close: the file is closed even when flushing it failed
             self._raw.close()
 

@@ -59,7 +59,7 @@ def point_of(passed: list[tuple[str, str]], kind: str, name: str) -> int:
 
 def why(what: str, at: int, passed: list[tuple[str, str]], kinds: tuple[str, ...] = KINDS) -> str:
     kind, path = [p for p in passed if p[0] in kinds][at - 1]
-    return f"{what}: seed {SEED}, point {at} ({kind} {path})"
+    return f"{what}: seed {SEED}, point {at} (in the clean run: {kind} {path})"
 
 
 # ---- what a dataset holds, and what must hold after a fault ---------------------------------------------
@@ -378,5 +378,5 @@ def test_the_fault_points_fail_where_the_system_would(tmp_path: Path):
         f.write(b"x")
     assert err.value.errno == errno.ENOSPC and err.value.filename is None
     with inject(Points(str(tmp_path), 1, "EIO")), pytest.raises(OSError) as err:
-        open(target, "wb")
+        open(target, "wb")  # noqa: SIM115 (it fails)
     assert err.value.errno == errno.EIO and err.value.filename == str(target)

@@ -36,14 +36,25 @@ def _member_bytes(record: SampleRecord, limits: Limits) -> dict[str, bytes]:
 
 def write_shard(number: int, records: list[SampleRecord], dataset: Dataset, limits: Limits) -> ShardWritten:
     """Writes one shard and then its samples parquet (the commit); returns the shard's summary."""
+    shard, samples = write_shard_tar(number, records, dataset, limits)
+    commit_shard(shard, samples, dataset)
+    return shard
+
+
+def write_shard_tar(number: int, records: list[SampleRecord], dataset: Dataset, limits: Limits
+                    ) -> tuple[ShardWritten, bytes]:
+    """Writes one shard's tar; returns its summary and the samples parquet that commits it."""
     records = list({r.key: r for r in sorted(records, key=lambda r: r.key)}.values())  # a SRC given twice
     name = shard_name(number)
     with storage.atomic_writer(dataset.shard_path(number)) as out:
         write_tar(out, ((r.key, _member_bytes(r, limits)) for r in records))
     rows = [{**r.row, "key": r.key, "shard": name} for r in records]
-    storage.write_atomic(dataset.samples_path(number), parquet_bytes(rows, SAMPLES_SCHEMA))
-    log.info("ingest: wrote shard %s (%s samples, %s)", name, f"{len(records):,}", format_size(out.size))
-    return ShardWritten(name, len(records), out.size, out.sha256.hexdigest())
+    return ShardWritten(name, len(records), out.size, out.sha256.hexdigest()), parquet_bytes(rows, SAMPLES_SCHEMA)
+
+
+def commit_shard(shard: ShardWritten, samples: bytes, dataset: Dataset) -> None:
+    storage.write_atomic(dataset.samples_path(int(shard.name)), samples)
+    log.info("ingest: wrote shard %s (%s samples, %s)", shard.name, f"{shard.samples:,}", format_size(shard.bytes))
 
 
 def write_rejects(rejects: list[Reject], dataset: Dataset) -> str | None:
