@@ -155,9 +155,9 @@ class Dataset:
                                    f"delete {path}") from None
         else:
             raise DatasetBusy(f"could not lock {self.root}")
-        with os.fdopen(fd, "w") as f:
-            f.write(mine)
-        try:
+        try:  # a lock that cannot be written (a full disk) is removed, or it would turn the next run away
+            with storage.naming(path), os.fdopen(fd, "w") as f:
+                f.write(mine)
             yield
         finally:
             os.unlink(path)

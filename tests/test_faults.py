@@ -286,7 +286,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
                       capture_output=True).returncode:
         pytest.skip("cannot mount a small tmpfs here (not root)")
     yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)  # lazy: a memory-mapped index may still be open
 
 
 def fill(disk: Path, leave: int) -> Path:
@@ -300,15 +300,16 @@ def fill(disk: Path, leave: int) -> Path:
 
 @pytest.mark.parametrize("stage", ["ingest", "embed", "index"])
 def test_a_disk_that_fills_up_mid_run_loses_nothing(stage: str, stages, small_disk: Path):
-    """A real full disk, from full already to almost enough room (seeded): one line, exit 1, what was committed
-    is whole and nothing half-written stays; the next run, with room, gives the clean run's dataset."""
+    """A real full disk: full already, one page left, and seeded amounts short of enough room. One line, exit 1,
+    what was committed is whole and nothing half-written stays; the next run, with room, gives the clean run's
+    dataset."""
     references, args = stages
     reference = references[stage]
     before = {p.relative_to(reference.before): p.stat().st_size for p in reference.before.rglob("*") if p.is_file()}
     needed = sum(p.stat().st_size for p in reference.after.rglob("*")
                  if p.is_file() and before.get(p.relative_to(reference.after)) != p.stat().st_size)
-    for leave in [0, *sorted(random.Random(f"{SEED}:{stage}:disk").sample(range(4096, max(needed, 4097)),
-                                                                          min(POINTS - 1, 2)))]:
+    seeded = random.Random(f"{SEED}:{stage}:disk").sample(range(8192, max(needed, 8193)), max(1, POINTS - 2))
+    for leave in [0, 4096, *sorted(seeded)]:  # full; one page (the lock takes it); seeded
         dataset = copy(reference.before, small_disk / "ds")
         filler = fill(small_disk, leave)
         full = runner.invoke(app, args(stage, dataset))
@@ -321,6 +322,29 @@ def test_a_disk_that_fills_up_mid_run_loses_nothing(stage: str, stages, small_di
         assert again.exit_code == 0, f"{where}: {again.output}"
         assert snapshot(dataset) == snapshot(reference.after), where
         shutil.rmtree(dataset)
+
+
+def test_an_index_that_does_not_fit_on_the_disk_is_one_line_and_the_old_build_stays_published(small_disk: Path):
+    """FAISS wrote the index file itself: a full disk was its own error (exit 2, FAISS's message), and a failed
+    close was only printed, so a truncated file could be renamed into place."""
+    import numpy as np
+
+    vectors = np.random.default_rng(SEED).standard_normal((3_000, 32)).astype(np.float32)
+    shards = [[(f"k{i:05d}", None, {"image": vectors[i]}) for i in range(s, s + 1_000)] for s in (0, 1_000, 2_000)]
+    store = synthetic_dataset(small_disk / "ds", shards)
+    command = ["index", str(small_disk / "ds"), "--model", synthetic_space_file(small_disk.parent)]
+    assert runner.invoke(app, command).exit_code == 0
+    files = IndexFiles(store, "image")
+    published = Path(files.root, (Path(files.root) / "CURRENT").read_text())
+    filler = fill(small_disk, 64 * 1024)  # the index takes 384 KB
+    full = runner.invoke(app, command)
+    assert_one_line_exit_1(full, small_disk / "ds", SAYS["ENOSPC"])
+    assert "index.faiss" in full.output
+    assert sorted(p.name for p in Path(files.root).iterdir()) == ["CURRENT", published.name], "nothing else is left"
+    assert files.load()[0].ntotal == 3_000
+    filler.unlink()
+    assert runner.invoke(app, command).exit_code == 0
+    files.check(keys=True)
 
 
 # ---- searches while the index is rebuilt -------------------------------------------------------------------

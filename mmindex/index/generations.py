@@ -82,6 +82,14 @@ def publish(root: str, generation: Generation) -> None:
         storage.delete([p for name in names[:-1] for p in storage.glob(storage.join(root, name, "*"))])
 
 
+def discard(generation: Generation) -> None:
+    """Removes a generation that was never published (its build failed)."""
+    if storage.is_local(generation.folder):
+        shutil.rmtree(generation.folder, ignore_errors=True)
+    else:
+        storage.delete(storage.glob(storage.join(generation.folder, "*")))
+
+
 def _remove_unread(folder: str) -> None:
     """Removes a generation's folder unless a reader holds it (then a later build removes it)."""
     try:

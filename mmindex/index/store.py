@@ -14,7 +14,6 @@ embeddings. Every read below resolves the published generation once and reads al
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import pyarrow as pa
 from mmindex import storage
 from mmindex.dataset import parquet_bytes, read_parquet, shard_name
 from mmindex.embed.store import EmbeddingStore
-from mmindex.index.generations import Generation, new_generation, publish, published, reading
+from mmindex.index.generations import Generation, discard, new_generation, publish, published, reading
 from mmindex.index.searchable import ExactVectors, SearchableIndex
 from mmindex.index.vectors import counts, embedded_keys
 
@@ -84,18 +83,20 @@ class IndexFiles:
         return self._pinned(read)
 
     def save(self, index: faiss.Index, rows: list[dict[str, str]], info: dict[str, Any]) -> None:
-        """Writes a new generation and publishes it; returns once readers get it."""
+        """Writes a new generation and publishes it; returns once readers get it. A generation that cannot be
+        written whole (a full disk) is removed, and the published one stays."""
         generation = new_generation(self.root)
-        path = generation.path("index.faiss")
-        if storage.is_local(path):  # straight to disk: a serialized copy would double the memory of a large index
-            temp = storage.temp_name(path)
-            faiss.write_index(index, temp)
-            os.replace(temp, path)
-        else:
-            storage.write_atomic(path, faiss.serialize_index(index).tobytes())
-        info["bytes"] = storage.size(path)
-        storage.write_atomic(generation.path("keys.parquet"), parquet_bytes(rows, KEYS_SCHEMA))
-        storage.write_atomic(generation.path("info.json"), json.dumps(info, indent=2).encode())
+        try:
+            # FAISS writes through our writer (in 1 MB pieces, never a whole copy in memory), so a failed write
+            # raises the system's error, naming the file, where FAISS's own file writer only printed a failed close
+            with storage.atomic_writer(generation.path("index.faiss")) as out:
+                faiss.write_index(index, faiss.PyCallbackIOWriter(out.write))
+            info["bytes"] = out.size
+            storage.write_atomic(generation.path("keys.parquet"), parquet_bytes(rows, KEYS_SCHEMA))
+            storage.write_atomic(generation.path("info.json"), json.dumps(info, indent=2).encode())
+        except BaseException:
+            discard(generation)
+            raise
         publish(self.root, generation)
 
     def load(self) -> tuple[SearchableIndex, list[str], list[str]]:
