@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import ingest, synthetic_dataset, synthetic_space_file
+from conftest import ingest, read_shards, synthetic_dataset, synthetic_space_file
 from faultpoints import DISK_FULL, KINDS, Points, inject
 from mmindex.cli import app
 from mmindex.demo import CORPUS
@@ -345,6 +345,21 @@ def test_an_index_that_does_not_fit_on_the_disk_is_one_line_and_the_old_build_st
     filler.unlink()
     assert runner.invoke(app, command).exit_code == 0
     files.check(keys=True)
+
+
+def test_a_full_disk_under_beam_is_one_line_too(sources, ingested, small_disk: Path):
+    """Beam retried the failing shard writes, logged every try with a traceback, and reported the disk error as
+    text inside its own exception: exit 2 and dozens of lines."""
+    dataset = copy(ingested.before, small_disk / "ds")
+    command = [*stage_args("ingest", sources, "", dataset), "--runner=BundleBasedDirectRunner"]
+    filler = fill(small_disk, 8192)  # the lock takes a page, the first shard needs more than the other
+    full = runner.invoke(app, command)
+    assert_one_line_exit_1(full, dataset, SAYS["ENOSPC"])
+    assert not temporary_files(dataset) and not (dataset / ".lock").exists()
+    assert_whole(dataset)
+    filler.unlink()
+    assert runner.invoke(app, command).exit_code == 0
+    assert set(read_shards(dataset)) == set(read_shards(ingested.after)), "the same samples (in shards Beam chose)"
 
 
 # ---- searches while the index is rebuilt -------------------------------------------------------------------

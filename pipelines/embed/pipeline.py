@@ -24,6 +24,7 @@ from mmindex.embed.store import EmbeddingStore, ShardEmbeddings, ShardSummary
 from mmindex.encoders.base import Encoder
 from mmindex.media import Rejected
 from mmindex.spaces import Space
+from pipelines.failures import worker_errors
 from pipelines.options import runner_and_options
 
 log = logging.getLogger("mmindex")
@@ -138,7 +139,8 @@ class BeamExecutor:
         runner, options = runner_and_options(self.beam_args, self.settings.workers)
         pipeline = self.test_pipeline or beam.Pipeline(runner=runner, options=options)
         build(pipeline, store, pending, self.settings.device, self.settings.batch_size)
-        pipeline.run().wait_until_finish()
+        with worker_errors():
+            pipeline.run().wait_until_finish()
         committed = store.committed()  # the workers wrote them: read back what each holds
         for number in pending:
             on_shard(store.summary(number) if number in committed else

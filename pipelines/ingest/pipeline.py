@@ -34,6 +34,7 @@ from mmindex.ingest.validate import check
 from mmindex.ingest.write import write_shard
 from mmindex.media import Limits
 from mmindex.progress import Progress
+from pipelines.failures import worker_errors
 from pipelines.options import runner_and_options
 
 
@@ -135,7 +136,8 @@ class BeamExecutor:
         pipeline = self.test_pipeline or beam.Pipeline(runner=runner, options=options)
         outcome_path = f"{job.scratch}-outcome.json"
         build(pipeline, job, outcome_path)
-        pipeline.run().wait_until_finish()
+        with worker_errors():
+            pipeline.run().wait_until_finish()
         return read_outcome(outcome_path)
 
 
