@@ -402,6 +402,7 @@ def test_searches_in_other_processes_during_rebuilds_never_fail_or_abort(tmp_pat
     finally:
         for thread in searchers:
             thread.join()
+    print(f"{len(outcomes)} searches during {builds} rebuilds")  # for the record (pytest -s)
     failures = [(code, err[-500:]) for code, _, err in outcomes if code != 0]
     assert failures == [], f"{len(failures)} of {len(outcomes)} searches failed during {builds} rebuilds"
     for _, out, _ in outcomes:
