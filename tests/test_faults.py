@@ -157,7 +157,9 @@ def sources(tmp_path_factory) -> tuple[Path, Path]:
     (second / "broken.jpg").write_bytes(b"not a jpeg")
     png = (CORPUS / "clipart" / "bus.png").read_bytes()
     (second / "truncated.png").write_bytes(png[: len(png) // 2])
-    shutil.copy(CORPUS / "photos" / "coffee.jpg", second / "coffee-again.jpg")
+    (second / "again").mkdir()
+    for ext in ("jpg", "txt", "json"):  # the whole sample: its key is that of its members' content
+        shutil.copy(CORPUS / "photos" / f"coffee.{ext}", second / "again" / f"coffee.{ext}")
     return first, second
 
 
@@ -174,7 +176,9 @@ def ingested(sources, tmp_path_factory) -> Reference:
     ingest(sources[0], dataset=root / "before", extra=SHARDS_A)
     after = copy(root / "before", root / "after")
     with inject(Points(str(after))) as points:
-        ingest(sources[1], dataset=after, extra=SHARDS_B)
+        report = ingest(sources[1], dataset=after, extra=SHARDS_B)
+    assert report.counts.rejected_by_reason == {"truncated image": 1, "unreadable image": 1}
+    assert report.counts.already_present == 1
     assert_whole(after)
     return Reference(root / "before", after, points.seen)
 
