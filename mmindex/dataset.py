@@ -179,9 +179,9 @@ class Dataset:
                                    f"delete {path}") from None
         else:
             raise DatasetBusy(f"could not lock {self.root}")
-        with os.fdopen(fd, "w") as f:
-            f.write(mine)
-        try:
+        try:  # a lock that cannot be written (a full disk) is removed, or it would turn the next run away
+            with storage.naming(path), os.fdopen(fd, "w") as f:
+                f.write(mine)
             yield
         finally:
             os.unlink(path)
@@ -194,7 +194,7 @@ class Dataset:
         """Deletes what an interrupted run left: temporary files, run reports, tars (and their checksum records)
         with no committed parquet."""
         committed = {shard_name(n) for n in self.committed_shards()}
-        leftovers = [p for folder in ("shards", "samples", "rejects", "checksums/shards", "checksums/rejects")
+        leftovers = [p for folder in ("", "shards", "samples", "rejects", "checksums/shards", "checksums/rejects")
                      for p in storage.glob(storage.join(self.root, folder, f"{storage.TEMP_MARK}*"))]
         leftovers += storage.glob(self.scratch_path("*"))
         leftovers += [p for folder, ext in (("shards", ".tar"), ("checksums/shards", ".json"))
@@ -221,6 +221,12 @@ class Dataset:
         metadata["sources"] = sorted(set(metadata.get("sources", [])) | set(sources))
         metadata["runs"].append(run)
         self.write_metadata(metadata)
+
+    def metadata_behind(self) -> bool:
+        """Whether mmindex.json does not list the committed shards: it was deleted, or a run was stopped between
+        committing its last shard and recording itself."""
+        recorded = [shard["name"] for shard in self.read_metadata().get("shards", [])]
+        return recorded != [shard_name(n) for n in self.committed_shards()]
 
     def write_metadata(self, metadata: dict[str, Any]) -> None:
         storage.write_atomic(self.metadata_path, json.dumps(metadata, indent=2, sort_keys=True).encode())

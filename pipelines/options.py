@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from mmindex import storage
+from pipelines.failures import worker_errors
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -111,17 +112,18 @@ def run_to_completion(pipeline: Any) -> None:
     """Runs a pipeline and waits for it: leaving a ``with`` block does not wait on every runner (DaskRunner's
     run returns at once). A job the cluster gave up on, after losing the workers that ran its tasks more times
     than it retries, is one plain line; what the job committed stays committed, and a new run completes it."""
-    result = pipeline.run()
-    try:
-        result.wait_until_finish()
-    except _lost_workers() as err:
-        raise RuntimeError(f"a cluster worker died running this job ({type(err).__name__}: the cluster gave up "
-                           f"on its task); what was committed is whole: check the workers (memory, logs) and run "
-                           f"the same command again") from None
-    finally:
-        client = getattr(result, "client", None)  # DaskRunner's connection to the scheduler
-        if client is not None:
-            client.close()
+    with worker_errors():
+        result = pipeline.run()
+        try:
+            result.wait_until_finish()
+        except _lost_workers() as err:
+            raise RuntimeError(f"a cluster worker died running this job ({type(err).__name__}: the cluster gave "
+                               f"up on its task); what was committed is whole: check the workers (memory, logs) "
+                               f"and run the same command again") from None
+        finally:
+            client = getattr(result, "client", None)  # DaskRunner's connection to the scheduler
+            if client is not None:
+                client.close()
 
 
 def _lost_workers() -> tuple[type[BaseException], ...]:

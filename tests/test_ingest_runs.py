@@ -67,7 +67,7 @@ def test_new_inputs_go_into_new_shards_only(corpus: Path, tmp_path: Path):
 
 def test_an_interrupted_run_is_completed_by_the_next(corpus: Path, tmp_path: Path, monkeypatch):
     dataset = tmp_path / "ds"
-    real_write_shard = write.write_shard
+    real_write_shard = write.write_shard_tar
     calls = []
 
     def dies_on_third_shard(number, records, *args):
@@ -76,7 +76,7 @@ def test_an_interrupted_run_is_completed_by_the_next(corpus: Path, tmp_path: Pat
             raise RuntimeError("killed")
         return real_write_shard(number, records, *args)
 
-    monkeypatch.setattr("mmindex.ingest.local.write_shard", dies_on_third_shard)
+    monkeypatch.setattr("mmindex.ingest.local.write_shard_tar", dies_on_third_shard)
     with pytest.raises(Exception, match="killed"):
         ingest(corpus, dataset=dataset, extra=("--shard-size=10",))
     (dataset / "shards" / "000099.tar").write_bytes(b"leftover of a killed writer")
@@ -91,6 +91,7 @@ def test_an_interrupted_run_is_completed_by_the_next(corpus: Path, tmp_path: Pat
     reference = tmp_path / "clean"
     ingest(corpus, dataset=reference, extra=("--shard-size=10",))
     assert set(read_shards(dataset)) == set(read_shards(reference))
+    assert committed_files(dataset) == committed_files(reference), "the next run continues the same shard plan"
     assert report.counts.already_present == committed_before
     assert Dataset(str(dataset)).totals()["samples"] == len(read_table(reference / "samples"))
     assert not [p for p in dataset.rglob(".tmp-*")], "no temporary file is left behind"

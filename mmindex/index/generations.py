@@ -67,8 +67,10 @@ def new_generation(root: str) -> Generation:
 
 
 def publish(root: str, generation: Generation) -> None:
-    """Makes ``generation`` the one readers use, then removes what no reader can still need."""
+    """Makes ``generation`` the one readers use, then removes what no reader can still need (and the temporary
+    copies of CURRENT that a killed build left)."""
     storage.write_atomic(storage.join(root, CURRENT), posixpath.basename(generation.folder.rstrip("/")).encode())
+    storage.delete(storage.glob(storage.join(root, f"{storage.TEMP_MARK}*")))
     names = [n for n in _names(root) if storage.join(root, n) != generation.folder]
     if storage.is_local(root):
         for name in names:
@@ -78,6 +80,14 @@ def publish(root: str, generation: Generation) -> None:
                 os.unlink(storage.join(root, name))
     else:
         storage.delete([p for name in names[:-1] for p in storage.glob(storage.join(root, name, "*"))])
+
+
+def discard(generation: Generation) -> None:
+    """Removes a generation that was never published (its build failed)."""
+    if storage.is_local(generation.folder):
+        shutil.rmtree(generation.folder, ignore_errors=True)
+    else:
+        storage.delete(storage.glob(storage.join(generation.folder, "*")))
 
 
 def _remove_unread(folder: str) -> None:

@@ -28,7 +28,7 @@ from mmindex import storage
 from mmindex.checksums import Recorder, unit_problem
 from mmindex.dataset import parquet_bytes, read_parquet, shard_name
 from mmindex.embed.store import EmbeddingStore
-from mmindex.index.generations import Generation, new_generation, publish, published, reading
+from mmindex.index.generations import Generation, discard, new_generation, publish, published, reading
 from mmindex.index.searchable import ExactVectors, SearchableIndex
 from mmindex.index.vectors import counts, embedded_keys
 
@@ -102,14 +102,21 @@ class IndexFiles:
         return self._pinned(read)
 
     def save(self, index: faiss.Index, rows: list[dict[str, str]], info: dict[str, Any]) -> None:
-        """Writes a new generation and publishes it; returns once readers get it."""
+        """Writes a new generation and publishes it; returns once readers get it. A generation that cannot be
+        written whole (a full disk) is removed, and the published one stays."""
         generation = new_generation(self.root)
         recorder = Recorder(self.embeddings.dataset.root, generation.path(RECORD))
-        with recorder.writer(generation.path("index.faiss")) as out:  # streamed: no serialized copy in memory
-            faiss.write_index(index, faiss.PyCallbackIOWriter(out.write))
-        info["bytes"] = out.size
-        recorder.write(generation.path("keys.parquet"), parquet_bytes(rows, KEYS_SCHEMA))
-        recorder.commit(generation.path("info.json"), json.dumps(info, indent=2).encode())
+        try:
+            # FAISS writes through our writer (in pieces, never a whole copy in memory), so a failed write raises
+            # the system's error, naming the file, where FAISS's own file writer only printed a failed close
+            with recorder.writer(generation.path("index.faiss")) as out:
+                faiss.write_index(index, faiss.PyCallbackIOWriter(out.write))
+            info["bytes"] = out.size
+            recorder.write(generation.path("keys.parquet"), parquet_bytes(rows, KEYS_SCHEMA))
+            recorder.commit(generation.path("info.json"), json.dumps(info, indent=2).encode())
+        except BaseException:
+            discard(generation)
+            raise
         publish(self.root, generation)
 
     def load(self) -> tuple[SearchableIndex, list[str], list[str]]:

@@ -4,7 +4,8 @@ Candidates are checked in batches while they are discovered: with one worker on 
 process (Pillow's decoders, libsndfile, hashlib and file reads release the GIL), with more on that many
 processes. The checked bytes come back with the records, up to a memory budget, so that shards are written
 from the bytes that were checked, without reading the files again. Then each key's winner is chosen,
-shards are planned, and written on threads of this process. The steps are the ones the Beam pipeline
+shards are planned, their tars written on threads of this process and committed in shard order (so the next
+run continues one that stopped exactly as it would have gone on). The steps are the ones the Beam pipeline
 runs, so both give the same dataset.
 """
 
@@ -22,10 +23,10 @@ from functools import partial
 from mmindex.dataset import Dataset, sample_keys
 from mmindex.ingest.discover import discover_batches
 from mmindex.ingest.plan import choose_winner, plan_winners
-from mmindex.ingest.records import Candidate, IngestOutcome, Reject, SampleRecord, ShardWritten
+from mmindex.ingest.records import Candidate, IngestOutcome, Reject, SampleRecord
 from mmindex.ingest.run import IngestJob
 from mmindex.ingest.validate import check, small_files_only
-from mmindex.ingest.write import write_shard
+from mmindex.ingest.write import WrittenTar, commit_shard, write_shard_tar
 from mmindex.media import Limits
 from mmindex.parallel import ordered_map
 from mmindex.progress import Progress
@@ -64,8 +65,8 @@ def check_batch(batch: list[Candidate], limits: Limits, keep: Callable[[int], bo
     return [check(candidate, limits, keep or _keep) for candidate in batch]
 
 
-def _write(shard: tuple[int, list[SampleRecord]], dataset: Dataset, limits: Limits) -> ShardWritten:
-    return write_shard(shard[0], shard[1], dataset, limits)
+def _write_tar(shard: tuple[int, list[SampleRecord]], dataset: Dataset, limits: Limits) -> WrittenTar:
+    return write_shard_tar(shard[0], shard[1], dataset, limits)
 
 
 class LocalExecutor:
@@ -98,8 +99,13 @@ class LocalExecutor:
         shards: dict[int, list[SampleRecord]] = defaultdict(list)
         for key, (number, source) in plan.items():
             shards[number] += [r for r in records[key] if r.source == source]
+        written = []
         with ThreadPoolExecutor(max(self.workers, self.threads)) as writers:
-            written = list(writers.map(partial(_write, dataset=job.dataset, limits=limits), sorted(shards.items())))
+            # Tars are written in parallel, committed in shard order: a run that stops leaves committed shards up to
+            # some number, and the next run's plan continues from there exactly as this one would have.
+            for tar in writers.map(partial(_write_tar, dataset=job.dataset, limits=limits), sorted(shards.items())):
+                commit_shard(tar, job.dataset)
+                written.append(tar.shard)
         return IngestOutcome(written, rejects, found, already_present)
 
     def _check(self, job: IngestJob) -> tuple[dict[str, list[SampleRecord]], list[Reject], int]:

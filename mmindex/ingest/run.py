@@ -146,9 +146,10 @@ def _record(job: IngestJob, outcome: IngestOutcome, run_id: str, started: float,
         settings={"shard_size": settings.shard_size, "limits": asdict(settings.limits),
                   "manifest_columns": asdict(settings.columns)},
         counts=counts, shards_added=shards, rejects_file=write_rejects(fresh, dataset), changed=bool(shards or fresh))
-    lost_metadata = not storage.exists(dataset.metadata_path) and dataset.committed_shards()
-    if lost_metadata:
-        log.info("ingest: %s was missing: rewritten from the committed shards", dataset.metadata_path)
-    if report.changed or lost_metadata:
+    behind = dataset.metadata_behind()
+    if behind and not report.changed:
+        log.info("ingest: %s did not list every committed shard (deleted, or a run was stopped before it recorded "
+                 "itself): rewritten from the committed shards", dataset.metadata_path)
+    if report.changed or behind:
         dataset.record_run({k: v for k, v in asdict(report).items() if k != "changed"}, report.sources)
     return report

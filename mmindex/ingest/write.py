@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from mmindex import storage
 from mmindex.checksums import Recorder, record_path
@@ -41,17 +42,39 @@ def tar_samples(records: list[SampleRecord], limits: Limits) -> Iterator[tuple[s
     return ((r.key, _member_bytes(r, limits)) for r in records)
 
 
+@dataclass(frozen=True)
+class WrittenTar:
+    """A shard whose tar is written but not yet committed: its summary, samples parquet and recorded sums."""
+
+    shard: ShardWritten
+    samples: bytes
+    recorder: Recorder
+
+
 def write_shard(number: int, records: list[SampleRecord], dataset: Dataset, limits: Limits) -> ShardWritten:
     """Writes one shard and then its samples parquet (the commit); returns the shard's summary."""
+    written = write_shard_tar(number, records, dataset, limits)
+    commit_shard(written, dataset)
+    return written.shard
+
+
+def write_shard_tar(number: int, records: list[SampleRecord], dataset: Dataset, limits: Limits) -> WrittenTar:
+    """Writes one shard's tar; what it returns is committed by ``commit_shard``."""
     records = list({r.key: r for r in sorted(records, key=lambda r: r.key)}.values())  # a SRC given twice
     name = shard_name(number)
     recorder = Recorder(dataset.root, dataset.record_path(number))
     with recorder.writer(dataset.shard_path(number)) as out:
         write_tar(out, tar_samples(records, limits))
     rows = [{**r.row, "key": r.key, "shard": name} for r in records]
-    recorder.commit(dataset.samples_path(number), parquet_bytes(rows, SAMPLES_SCHEMA))
-    log.info("ingest: wrote shard %s (%s samples, %s)", name, f"{len(records):,}", format_size(out.size))
-    return ShardWritten(name, len(records), out.size, out.sha256.hexdigest())
+    return WrittenTar(ShardWritten(name, len(records), out.size, out.sha256.hexdigest()),
+                      parquet_bytes(rows, SAMPLES_SCHEMA), recorder)
+
+
+def commit_shard(written: WrittenTar, dataset: Dataset) -> None:
+    """Writes the shard's checksum record and then its samples parquet, which commits it."""
+    shard = written.shard
+    written.recorder.commit(dataset.samples_path(int(shard.name)), written.samples)
+    log.info("ingest: wrote shard %s (%s samples, %s)", shard.name, f"{shard.samples:,}", format_size(shard.bytes))
 
 
 def write_rejects(rejects: list[Reject], dataset: Dataset) -> str | None:
