@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import embed, ingest
+from mmindex.bridge import multilingual
 from mmindex.bridge.multilingual import MultilingualSettings, MultilingualTextEncoder, shipped_mapping
 from mmindex.demo import CORPUS
 from mmindex.index.run import IndexSettings, build_indexes
@@ -67,17 +68,23 @@ def test_queries_in_five_languages_find_the_english_text_they_translate(texts):
     assert sum(word in top3(english_only, query) for query, word in QUERIES.items()) < len(QUERIES) / 2
 
 
-def test_english_queries_keep_the_english_encoders_own_vectors(tmp_path):
+def test_english_queries_keep_the_english_encoders_own_vectors(tmp_path, monkeypatch):
     space = resolve_space(space_file(tmp_path, multilingual=True))
     encoder = space.query_encoder("text")
     assert isinstance(encoder, MultilingualTextEncoder)
     english = ["a photo of a cat", "an aircraft with a fixed wing", "rock fragments and pebbles"]
+    multilingual_calls = []
+    real_vectors = multilingual.multilingual_vectors
+    monkeypatch.setattr(multilingual, "multilingual_vectors", lambda texts: multilingual_calls.append(texts)
+                        or real_vectors(texts))
     vectors, foreign = encoder.route(english)
+    assert multilingual_calls == []  # plain English words: the multilingual encoder's time is not spent
     assert not foreign.any()
     assert np.array_equal(vectors, encoder.english.encode(english).vectors)
     other_scripts = [query for query in QUERIES if not query.isascii()]  # Chinese, Russian, Japanese
     _, foreign = encoder.route(other_scripts)
     assert foreign.all()
+    assert multilingual_calls == [other_scripts]
 
 
 def test_the_shipped_mapping_and_bad_settings():

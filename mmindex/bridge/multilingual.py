@@ -72,17 +72,28 @@ def multilingual_vectors(texts: list[str]) -> np.ndarray:
 ENGLISH, LATIN, OTHER_SCRIPT = 0, 1, 2
 
 
+def _other_script(text: str) -> bool:
+    return any(c.isalpha() and c > "\u024f" for c in text)  # beyond Latin Extended-B: CJK, Cyrillic, Greek...
+
+
+def maybe_foreign(text: str, vocabulary: dict[str, int]) -> bool:
+    """Whether a text may not be English (so its multilingual vector is needed): letters of another script, or
+    at least half its words unknown to the English encoder's vocabulary."""
+    if _other_script(text):
+        return True
+    words = [w for w in (w.strip(".,;:!?\"'()").lower() for w in text.split()) if w]
+    return bool(words) and sum(w not in vocabulary for w in words) * 2 >= len(words)
+
+
 def languages(texts: list[str], own: np.ndarray, bridged: np.ndarray, vocabulary: dict[str, int],
               route_below: float) -> np.ndarray:
     """Per text: ENGLISH, LATIN (Latin script, taken not to be English) or OTHER_SCRIPT (see the docstring)."""
     out = []
     for text, agreement in zip(texts, (own * bridged).sum(axis=1), strict=True):
-        if any(c.isalpha() and c > "\u024f" for c in text):  # beyond Latin Extended-B: CJK, Cyrillic, Greek...
+        if _other_script(text):
             out.append(OTHER_SCRIPT)
-            continue
-        words = [w for w in (w.strip(".,;:!?\"'()").lower() for w in text.split()) if w]
-        unknown = sum(w not in vocabulary for w in words)
-        out.append(LATIN if agreement < route_below and words and unknown * 2 >= len(words) else ENGLISH)
+        else:
+            out.append(LATIN if agreement < route_below and maybe_foreign(text, vocabulary) else ENGLISH)
     return np.array(out, int)
 
 
@@ -114,7 +125,10 @@ class MultilingualTextEncoder:
     def route(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(vectors, True where the bridged vector was used)."""
         own = self.english.encode(texts).vectors
-        bridged = self.mapping(multilingual_vectors(texts))
+        bridged = own.copy()  # a text that is surely English needs no multilingual vector (half the time of a query)
+        maybe = [i for i, text in enumerate(texts) if maybe_foreign(text, self.vocabulary)]
+        if maybe:
+            bridged[maybe] = self.mapping(multilingual_vectors([texts[i] for i in maybe]))
         language = languages(texts, own, bridged, self.vocabulary, self.settings.route_below)
         return routed(own, bridged, language, self.settings.latin_own_weight), language != ENGLISH
 
