@@ -9,6 +9,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -99,6 +100,11 @@ def test_info_lists_the_dataset_its_space_and_each_index(server: Server):
     assert indexes["text"]["recall"] == 1.0
     assert info["limits"]["upload_bytes"] == UPLOAD_LIMIT
     assert server.http.get(f"{server.url}/openapi.json", timeout=5).json()["paths"]["/search"]["post"]
+    docs = server.http.get(f"{server.url}/docs", timeout=5).text
+    scripts = re.findall(r'<script src="([^"]+)"', docs)
+    assert scripts and all(src.startswith("/") for src in scripts)  # served here: the page works offline
+    for asset in [*scripts, *re.findall(r'<link[^>]+href="([^"]+\.css)"', docs)]:
+        assert server.http.get(f"{server.url}{asset}", timeout=5).status_code == 200
     assert "<html" in server.http.get(f"{server.url}/", timeout=5).text
 
 

@@ -52,7 +52,8 @@ SEARCH_BODY = {"requestBody": {"required": True, "content": {
 
 def create_app(settings: ServeSettings, catalog: dict[str, ServedDataset]) -> FastAPI:
     limits = settings.limits
-    app = FastAPI(title="mmindex", description="Search images, audio and text across modalities.")
+    app = FastAPI(title="mmindex", description="Search images, audio and text across modalities.", docs_url=None,
+                  redoc_url=None)
     thumbnails = Thumbnails(limits.image_pixels)
     pools: dict[frozenset[str], anyio.CapacityLimiter] = {}
     _errors(app)
@@ -110,6 +111,7 @@ def create_app(settings: ServeSettings, catalog: dict[str, ServedDataset]) -> Fa
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _docs(app)
     # the last added runs first: refuse strangers, then oversized bodies, then time the rest
     app.add_middleware(Timeout, seconds=limits.timeout_s)
     app.add_middleware(BodyLimit, limit=limits.upload_bytes)
@@ -119,6 +121,22 @@ def create_app(settings: ServeSettings, catalog: dict[str, ServedDataset]) -> Fa
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "Range"])
     return app
+
+
+def _docs(app: FastAPI) -> None:
+    """The OpenAPI page at /docs, with Swagger UI's files served from the package swagger-ui-bundle (FastAPI's
+    default page loads them from a CDN, and shows nothing offline)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="mmindex API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
 
 
 def run_search(catalog: dict[str, ServedDataset], asked: SearchRequest) -> dict[str, Any]:
