@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -182,3 +186,34 @@ def add_shard(store, number: int, samples: list[tuple[str, str | None, dict]]) -
         for modality, vector in sorted(vectors.items()):
             result.add(key, modality, vector / max(float((vector ** 2).sum()) ** 0.5, 1e-12))
     store.commit(result)
+
+
+@dataclass
+class Tally:
+    runs: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def looping(work: Callable[[], None], threads: int) -> Iterator[Tally]:
+    """Runs ``work`` over and over on ``threads`` threads while the block runs (searches during rebuilds, say);
+    every exception it raises is a failure, whatever it is."""
+    done, tally = threading.Event(), Tally()
+
+    def loop() -> None:
+        while not done.is_set():
+            try:
+                work()
+                tally.runs += 1
+            except Exception as err:
+                tally.failures.append(repr(err))
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        yield tally
+    finally:
+        done.set()
+        for worker in workers:
+            worker.join()

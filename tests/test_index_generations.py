@@ -3,14 +3,13 @@ reader needs them."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import synthetic_dataset, synthetic_space_file
+from conftest import looping, synthetic_dataset, synthetic_space_file
 from mmindex.cli import app
 from mmindex.index.build import BuildSettings, build_index
 from mmindex.index.generations import published, reading
@@ -41,29 +40,16 @@ def test_searches_during_rebuilds_never_mix_two_builds(tmp_path: Path):
     files = image_index(tmp_path)
     build_index(files, BuildSettings())
     queries = unit_vectors(5, 32, seed=2)
-    done, failures, searched = threading.Event(), [], [0]
 
-    def search_until_done() -> None:
-        while not done.is_set():
-            try:
-                index, keys, _ = files.load()
-                _, ids = index.search(queries, 10)
-                assert len(keys) == 3_000 and (ids >= 0).all()
-                searched[0] += 1
-            except Exception as err:  # every failure counts, whatever it is
-                failures.append(repr(err))
+    def search() -> None:
+        index, keys, _ = files.load()
+        _, ids = index.search(queries, 10)
+        assert len(keys) == 3_000 and (ids >= 0).all()
 
-    readers = [threading.Thread(target=search_until_done) for _ in range(2)]
-    for reader in readers:
-        reader.start()
-    try:
+    with looping(search, threads=2) as tally:
         for build in range(12):
             build_index(files, BuildSettings(index_type="HNSW16,Flat" if build % 2 else None))
-    finally:
-        done.set()
-        for reader in readers:
-            reader.join()
-    assert failures == [] and searched[0] > 0
+    assert tally.failures == [] and tally.runs > 0
     assert len(generations(files)) <= 3, "old builds are removed once no reader holds them"
 
 

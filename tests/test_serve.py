@@ -23,7 +23,7 @@ import requests
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import embed, ingest, read_table
+from conftest import embed, ingest, looping, read_table
 from mmindex.cli import app
 from mmindex.demo import CORPUS
 from mmindex.index.build import BuildSettings
@@ -229,22 +229,12 @@ def test_clip_retrieval_client_gets_its_result_shape(server: Server, tmp_path: P
 
 def test_a_rebuilt_index_is_served_without_a_restart_and_no_query_fails(server: Server):
     """Four clients search in a loop while the image index is rebuilt, alternating HNSW and exact search."""
-    done, failures, answered = threading.Event(), [], [0]
+    def search() -> None:
+        response = server.search(text="a photo of a cat", modality="image", k=3)
+        assert response.status_code == 200 and response.json()["hits"][0]["key"] == server.key("chelsea_cat"), \
+            response.text
 
-    def search_until_done() -> None:
-        while not done.is_set():
-            try:
-                response = server.search(text="a photo of a cat", modality="image", k=3)
-                hits = response.json()["hits"]
-                assert response.status_code == 200 and hits[0]["key"] == server.key("chelsea_cat"), response.text
-                answered[0] += 1
-            except Exception as err:  # every failure counts, whatever it is
-                failures.append(repr(err))
-
-    clients = [threading.Thread(target=search_until_done) for _ in range(4)]
-    for client in clients:
-        client.start()
-    try:
+    with looping(search, threads=4) as tally:
         for build in range(4):
             index_type = "HNSW8,Flat" if build % 2 == 0 else "Flat"
             build_indexes(IndexSettings(str(server.dataset), build=BuildSettings(index_type=index_type)))
@@ -252,11 +242,7 @@ def test_a_rebuilt_index_is_served_without_a_restart_and_no_query_fails(server: 
             while time.monotonic() < deadline and image_index_type(server) != index_type:
                 time.sleep(0.1)
             assert image_index_type(server) == index_type
-    finally:
-        done.set()
-        for client in clients:
-            client.join()
-    assert failures == [] and answered[0] > 0
+    assert tally.failures == [] and tally.runs > 0
 
 
 
