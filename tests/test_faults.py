@@ -67,7 +67,8 @@ def why(what: str, at: int, passed: list[tuple[str, str]], kinds: tuple[str, ...
 def snapshot(dataset: Path) -> dict[str, str]:
     """sha256 of every file of a dataset, by path. Left out: what records a run rather than its result, namely
     the runs listed in mmindex.json (ids, times, and what each found to do: an interrupted run may be recorded
-    or not), embeddings' stats.json (each run's times) and an index's build_seconds. The published index
+    or not), embeddings' stats.json (each run's times) and an index's build_seconds (and so its info.json's
+    recorded sum). The published index
     generation is compared as ``published`` (its number counts builds, killed ones too; CURRENT, which holds
     that number, is left out); any other is a leftover and stays under its own name, so it shows up."""
     digests = {}
@@ -85,6 +86,10 @@ def snapshot(dataset: Path) -> dict[str, str]:
                 parts[3] = "published"
             if parts[-1] == "info.json":
                 data = _without(data, "build_seconds")
+            elif parts[-1] == "checksums.json":  # names the generation's files: its number, and info.json's sum
+                files = {name.replace(f"/{path.parent.name}/", "/published/"): recorded
+                         for name, recorded in json.loads(data)["files"].items() if not name.endswith("info.json")}
+                data = json.dumps(files, sort_keys=True).encode()
         digests["/".join(parts)] = hashlib.sha256(data).hexdigest()
     return digests
 
