@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """The offline space's retrieval quality before and after each of its settings, on public data, held out.
 
-    python benchmarks/offline_quality.py [--workdir DIR] [--part images|speech|all] [--images 800] [--clips 160]
+    python benchmarks/offline_quality.py [--workdir DIR] [--part images|speech|trimmed|all] [--images 800]
+        [--clips 160] [--trimmed 80]
 
 Images: the public-domain drawings of Debian's openclipart-svg (rendered with rsvg-convert, transparent
 canvas composited on white), each titled in its metadata; caption -> image recall@5 with the title as the
 query, every drawing sharing the title counting as correct. Speech: Debian's asterisk-core-sounds-en
-recordings of one to three words; caption -> speech recall@1 (the transcript as the query).
+recordings of one to three words; caption -> speech recall@1 (the transcript as the query). Trimmed: the
+same figure on clips cut tight around the words (no silence left by an energy threshold), where whisper
+drops words: WordNet noun lemmas of one to three words spoken by Debian's espeak-ng (also untrimmed, as a
+control), and the asterisk prompts.
 
 Each set is split in two by a hash of the item's file name: settings are CHOSEN on the "choose" half only
 and REPORTED on the "report" half, which plays no part in the choice. The gallery of each figure is its own
