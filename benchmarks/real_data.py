@@ -106,7 +106,7 @@ def speech_clips(workdir: Path) -> list[tuple[Path, str]]:
 def synthetic_speech(workdir: Path, phrases: list[str]) -> list[tuple[Path, str]]:
     """(22 kHz wav path, phrase) of each phrase spoken by Debian's espeak-ng (default English voice)."""
     root = _debian(["espeak-ng", "libespeak-ng1", "espeak-ng-data", "libpcaudio0", "libsonic0"], workdir)
-    lib = root / "usr/lib/x86_64-linux-gnu"
+    lib = next(root.glob("usr/lib/*/libespeak-ng.so.1")).parent  # the architecture's folder
     env = {"LD_LIBRARY_PATH": str(lib), "ESPEAK_DATA_PATH": str(lib), "PATH": "/usr/bin:/bin"}
     folder, clips = workdir / "espeak", []
     folder.mkdir(exist_ok=True)
