@@ -186,7 +186,7 @@ class EmbeddingStore:
             raise self._damaged(number, self.parquet_path(number), f"unreadable: {err}") from None
         rows = Counter(m for m, row in zip(table.column("modality").to_pylist(), table.column("row").to_pylist(),
                                            strict=True) if row is not None)
-        vectors = {m: self.vectors(number, m) for m in rows}
+        vectors = {m: self._load(number, m) for m in rows}  # sizes checked above, once for the shard
         for modality, count in rows.items():
             if len(vectors[modality]) != count:
                 raise self._damaged(number, self.vectors_path(number, modality), f"{len(vectors[modality]):,} "
@@ -200,8 +200,11 @@ class EmbeddingStore:
     def vectors(self, number: int, modality: str) -> np.ndarray:
         """A committed shard's vectors of one modality, memory-mapped where the file is local. Never unpickled:
         a file that is not a float16 matrix is reported damaged."""
-        path = self.vectors_path(number, modality)
         self._check_sizes(number)
+        return self._load(number, modality)
+
+    def _load(self, number: int, modality: str) -> np.ndarray:
+        path = self.vectors_path(number, modality)
         try:
             if storage.is_local(path):
                 vectors = np.load(path, mmap_mode="r", allow_pickle=False)
