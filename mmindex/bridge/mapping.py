@@ -48,11 +48,14 @@ class Mapping:
 
     def __call__(self, vectors: np.ndarray) -> np.ndarray:
         """Unit vectors in the target space, one per row of ``vectors``."""
-        x = np.asarray(vectors, np.float32) - self.mean.astype(np.float32)
-        y = x @ self.weight.astype(np.float32) + self.bias.astype(np.float32)
+        def f32(array: np.ndarray) -> np.ndarray:
+            return array.astype(np.float32, copy=False)  # a loaded mapping is float32 already: no copy per query
+
+        x = np.asarray(vectors, np.float32) - f32(self.mean)
+        y = x @ f32(self.weight) + f32(self.bias)
         if self.hidden_in.shape[1]:
-            hidden = np.maximum(x @ self.hidden_in.astype(np.float32) + self.hidden_bias.astype(np.float32), 0)
-            y = y + hidden @ self.hidden_out.astype(np.float32)
+            hidden = np.maximum(x @ f32(self.hidden_in) + f32(self.hidden_bias), 0)
+            y = y + hidden @ f32(self.hidden_out)
         return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
 
     def to_bytes(self, dtype: type = np.float32) -> bytes:
@@ -64,7 +67,7 @@ class Mapping:
     def from_bytes(cls, data: bytes, origin: str = "mapping") -> Mapping:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-                return cls(**{f.name: arrays[f.name] for f in fields(cls)})
+                return cls(**{f.name: arrays[f.name].astype(np.float32) for f in fields(cls)})
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             raise BadMapping(f"{origin} is not a bridge mapping ({err})") from None
 
