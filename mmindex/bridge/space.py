@@ -101,7 +101,7 @@ def bound(space: Space, root: str) -> Space:
     if not storage.exists(path):
         raise SpaceMismatch(f"{path} is missing: the vectors in {root} were made with it. Restore it, or delete "
                             f"{root} to embed again with a new mapping")
-    _, digest = mappings.load(path)
+    digest = mappings.digest(storage.read_bytes(path))  # the file is parsed where it is used (bridge_encoders)
     if digest != recorded.get("digest"):
         raise SpaceMismatch(f"{path} is not the mapping the vectors in {root} were made with (digest {digest}, "
                             f"recorded {recorded.get('digest')}); vectors of two mappings never mix. Restore it, "
