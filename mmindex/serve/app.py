@@ -97,9 +97,9 @@ def create_app(settings: ServeSettings, catalog: dict[str, ServedDataset]) -> Fa
                                                              le=limits.thumbnail_sizes[1])) -> Response:
         """A JPEG of the sample's image, its longer side ``size`` pixels (made once, then cached)."""
         served = pick(catalog, dataset)
-        image = find_member(served, checked_key(key), "image").bytes()
+        image = find_member(served, checked_key(key), "image")  # an unknown key is a 404 even when cached
         try:
-            made = thumbnails.get((served.name, key, size), image)
+            made = thumbnails.get((served.name, key, size), image.bytes)
         except Exception as err:
             raise ApiError(422, f"the image of sample {key!r} cannot be shown: {err}") from None
         return Response(made, media_type="image/jpeg", headers={"Cache-Control": IMMUTABLE})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 from PIL import Image
 
@@ -24,12 +25,13 @@ class Thumbnails:
         self._held = 0
         self._lock = threading.Lock()
 
-    def get(self, name: tuple[str, str, int], image: bytes) -> bytes:
+    def get(self, name: tuple[str, str, int], image: Callable[[], bytes]) -> bytes:
+        """The cached thumbnail, or one made from ``image()`` (read only on a miss)."""
         with self._lock:
             if name in self._cache:
                 self._cache.move_to_end(name)
                 return self._cache[name]
-        made = make_thumbnail(image, name[2], self.limits)
+        made = make_thumbnail(image(), name[2], self.limits)
         with self._lock:
             if name not in self._cache:
                 self._cache[name] = made
