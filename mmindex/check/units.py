@@ -110,7 +110,7 @@ def parse_problem(path: str) -> str | None:
             import faiss
 
             if storage.is_local(path):
-                faiss.read_index(path)
+                faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)  # parsed, not copied to memory
             else:
                 faiss.deserialize_index(np.frombuffer(storage.read_bytes(path), dtype=np.uint8))
         elif path.endswith(".json"):
