@@ -117,9 +117,7 @@ def ingest(settings: IngestSettings, executor: IngestExecutor | None = None) -> 
                         [dataset.samples_path(n) for n in committed], dataset.scratch_path(run_id))
         recorded = dataset.recorded_rejects()
         outcome = executor(job)
-        # Decompressed tars (every shard that read them is written), and the temporary files of tasks that a
-        # cluster ran again after losing a worker.
-        dataset.remove_incomplete()
+        storage.delete(storage.glob(f"{job.scratch}-*"))  # decompressed tars: every shard that read them is written
         return _record(job, outcome, run_id, started, recorded)
 
 

@@ -177,7 +177,9 @@ class BeamExecutor:
         outcome_path = f"{job.scratch}-outcome.json"
         build(pipeline, job, outcome_path)
         run_to_completion(pipeline)
-        return read_outcome(outcome_path)
+        outcome = read_outcome(outcome_path)
+        job.dataset.remove_incomplete()  # the temporary files of tasks that a cluster ran again after losing a worker
+        return outcome
 
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> IngestReport:
