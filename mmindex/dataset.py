@@ -231,6 +231,17 @@ class Dataset:
     def write_metadata(self, metadata: dict[str, Any]) -> None:
         storage.write_atomic(self.metadata_path, json.dumps(metadata, indent=2, sort_keys=True).encode())
 
+    def captions(self) -> dict[str, str]:
+        """Each committed sample's caption by key, whitespace collapsed (samples without one left out)."""
+        out = {}
+        for number in self.committed_shards():
+            table = read_samples(self.samples_path(number), columns=["key", "caption"])
+            for key, caption in zip(table.column("key").to_pylist(), table.column("caption").to_pylist(),
+                                    strict=True):
+                if caption and caption.strip():
+                    out[key] = " ".join(caption.split())
+        return out
+
     def recorded_rejects(self) -> set[tuple[str, str, str]]:
         """(source, reason, detail) of every reject already listed, so a repeat does not list it again."""
         recorded: set[tuple[str, str, str]] = set()

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mmindex.bridge.learn import held_out
-from mmindex.dataset import MODALITIES, read_samples
+from mmindex.dataset import MODALITIES
 from mmindex.embed.store import EmbeddingStore
 from mmindex.index.searchable import SearchableIndex
 from mmindex.index.store import IndexFiles
@@ -43,13 +43,7 @@ def load_items(store: EmbeddingStore, modality: str) -> Items:
 
 
 def captions(store: EmbeddingStore) -> dict[str, str]:
-    out = {}
-    for number in store.dataset.committed_shards():
-        table = read_samples(store.dataset.samples_path(number), columns=["key", "caption"])
-        for key, caption in zip(table.column("key").to_pylist(), table.column("caption").to_pylist(), strict=True):
-            if caption and caption.strip():
-                out[key] = " ".join(caption.split()).lower()
-    return out
+    return {key: caption.lower() for key, caption in store.dataset.captions().items()}
 
 
 def first_correct(ranked: np.ndarray, correct: set[int]) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mmindex.bridge.learn import held_out
-from mmindex.dataset import Dataset, read_parquet
+from mmindex.dataset import Dataset
 
 WORDNET = "wordnet_texts.txt.gz"
 
@@ -25,13 +25,7 @@ def wordnet() -> list[str]:
 
 def training_captions(dataset: Dataset) -> list[str]:
     """Captions of the samples on the training side of the held-out split (by sample key)."""
-    texts = []
-    for number in dataset.committed_shards():
-        table = read_parquet(dataset.samples_path(number), columns=["key", "caption"])
-        for key, caption in zip(table.column("key").to_pylist(), table.column("caption").to_pylist(), strict=True):
-            if caption and caption.strip() and not held_out(key):
-                texts.append(" ".join(caption.split()))
-    return texts
+    return [caption for key, caption in dataset.captions().items() if not held_out(key)]
 
 
 def from_file(path: str) -> list[str]:
