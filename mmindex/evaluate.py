@@ -111,5 +111,4 @@ def _checked_index(store: EmbeddingStore, modality: str) -> SearchableIndex | No
     files = IndexFiles(store, modality)
     if not files.exists():
         return None
-    files.check()
-    return files.load()[0]
+    return files.load_published(check=True).index

@@ -79,9 +79,7 @@ class Searcher:
         self.indexes: dict[str, LoadedIndex] = {m: self._load(m) for m in self.targets}
 
     def _load(self, modality: str) -> LoadedIndex:
-        files = IndexFiles(self.store, modality)
-        files.check()
-        return files.load_published()
+        return IndexFiles(self.store, modality).load_published(check=True)  # checked and loaded: one generation
 
     def refresh(self) -> list[str]:
         """Loads every index whose published generation changed since it was loaded (a rebuild or --update) and

@@ -124,9 +124,15 @@ class IndexFiles:
         loaded = self.load_published()
         return loaded.index, loaded.keys, loaded.shards
 
-    def load_published(self) -> LoadedIndex:
-        """The published build whole, with the generation it came from (a server compares it with CURRENT)."""
-        return self._pinned(self._load)
+    def load_published(self, check: bool = False) -> LoadedIndex:
+        """The published build whole, with the generation it came from (a server compares it with CURRENT);
+        with ``check``, refused (IndexStale) if that same generation disagrees with the embeddings."""
+        def read(generation: Generation) -> LoadedIndex:
+            if check:
+                self._check(generation, keys=False)
+            return self._load(generation)
+
+        return self._pinned(read)
 
     def _load(self, generation: Generation) -> LoadedIndex:
         info = _info(generation)
