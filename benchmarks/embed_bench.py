@@ -1,15 +1,21 @@
 """`mmindex embed` end to end against the raw model forward on already-decoded batches, same run.
 
-    python benchmarks/embed_bench.py [--images 512] [--model offline] [--device cpu] [--batch-size 64]
-                                     [--workdir DIR]
+    python benchmarks/embed_bench.py [--images 512] [--model offline] [--device cpu | --gpus N]
+                                     [--batch-size 64] [--decode-workers N ...] [--workdir DIR]
+    python benchmarks/embed_bench.py --random-clip-vit-b32 --gpus 1 --images 20000 --batch-size 256
+
+--random-clip-vit-b32 embeds with CLIP ViT-B/32's architecture and random weights (the real ones cannot be
+downloaded here): the same forward cost, meaningless vectors.
 
 Builds a dataset of real media: --images JPEG crops (256-512 px) of the scikit-image photos with captions,
 the demo corpus's recorded speech clips (with transcripts) and texts. Then, per modality of the space:
 
-    raw       every item is decoded and prepared first (not timed); the timer covers only the encoder's
-              forward passes over batches of --batch-size on --device
-    embed     `mmindex embed` on the same dataset (one worker): reading shards, decoding in the decode
-              process, encoding and committing; samples/s from its recorded per-modality worker time
+    raw       up to 4,096 items are decoded and prepared first (timed separately: "prepare items/s" is one
+              decode process's rate); the timer covers only the encoder's forward passes over batches of
+              --batch-size on --device (or cuda:0 with --gpus), repeated for at least 5 seconds
+    embed     `mmindex embed` on the same dataset (one worker, or one per GPU with --gpus), once per
+              --decode-workers value: reading shards, decoding in the decode processes, encoding and
+              committing; samples/s from its recorded per-modality worker time
 
 A ratio embed / raw near 1.0 means decoding and I/O are hidden behind the model.
 """
@@ -18,10 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -30,21 +38,32 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import real_data
 from mmindex.dataset import Dataset
 from mmindex.demo import CORPUS
 from mmindex.embed.run import EmbedSettings, embed
 from mmindex.embed.shard import Chunk, prepare_chunk, shard_items
+from mmindex.embed.workers import WorkerPool
 from mmindex.ingest.run import IngestSettings, ingest
 from mmindex.spaces import resolve_space
 
 
 def build_corpus(root: Path, images: int) -> None:
-    rng = np.random.default_rng(0)
-    photos = [(name, array) for name, array, _ in real_data.skimage_photos() if array.ndim == 3]
     (root / "photos").mkdir(parents=True)
-    for i in range(images):
+    blocks = [range(start, min(images, start + 256)) for start in range(0, images, 256)]
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(_save_crops, [root / "photos"] * len(blocks), blocks))
+    for folder in ("speech", "texts"):
+        shutil.copytree(CORPUS / folder, root / folder)
+
+
+def _save_crops(folder: Path, numbers: range) -> None:
+    """JPEG crops (256-512 px) of the scikit-image photos with captions; crop ``i`` is the same in any process."""
+    photos = [(name, array) for name, array, _ in real_data.skimage_photos() if array.ndim == 3]
+    for i in numbers:
+        rng = np.random.default_rng(i)
         name, array = photos[i % len(photos)]
         image = Image.fromarray(array[..., :3])
         w, h = image.size
@@ -53,60 +72,86 @@ def build_corpus(root: Path, images: int) -> None:
         side = int(rng.integers(256, 513))
         crop = image.crop((x, y, x + cw, y + ch))
         crop = crop.resize((side, max(1, round(side * ch / cw))), Image.Resampling.BICUBIC)
-        crop.save(root / "photos" / f"{name}_{i:05d}.jpg", quality=90)
-        (root / "photos" / f"{name}_{i:05d}.txt").write_text(f"a photo: {name.replace('_', ' ')} {i}")
-    for folder in ("speech", "texts"):
-        shutil.copytree(CORPUS / folder, root / folder)
+        crop.save(folder / f"{name}_{i:05d}.jpg", quality=90)
+        (folder / f"{name}_{i:05d}.txt").write_text(f"a photo: {name.replace('_', ' ')} {i}")
 
 
-def raw_rate(encoder, path: str, modality: str, batch_size: int) -> tuple[int, float]:
-    """Items and seconds of the encoder's forward passes alone, inputs prepared beforehand."""
-    items = [i for i in shard_items(path) if i.modality == modality]
+def raw_rate(encoder, path: str, modality: str, batch_size: int) -> tuple[float, float]:
+    """(prepare items/s in this one process, forward items/s): up to 4,096 items prepared beforehand, then the
+    encoder's forward passes alone over them, repeated for at least 5 seconds."""
+    items = [i for i in shard_items(path) if i.modality == modality][:4096]
+    started = time.perf_counter()
     prepared = [x for x in prepare_chunk(Chunk(path, modality, items), {modality: encoder.preparer()})
                 if not isinstance(x, Exception)]
-    encoder.encode(prepared[:batch_size])  # warm-up
+    prepare_rate = len(items) / (time.perf_counter() - started)
+    batches = [prepared[start:start + batch_size] for start in range(0, len(prepared), batch_size)]
+    encoder.encode(batches[0])  # warm-up
+    _synchronize(encoder)
+    done, started = 0, time.perf_counter()
+    while not done or time.perf_counter() - started < 5.0:
+        for batch in batches:
+            encoder.encode(batch)
+            done += len(batch)
+        _synchronize(encoder)
+    return prepare_rate, done / (time.perf_counter() - started)
+
+
+def _synchronize(encoder) -> None:
     if encoder.device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for start in range(0, len(prepared), batch_size):
-        encoder.encode(prepared[start:start + batch_size])
-    if encoder.device.type == "cuda":
-        torch.cuda.synchronize()
-    return len(prepared), time.perf_counter() - started
+        torch.cuda.synchronize(encoder.device)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--model", default="offline")
+    parser.add_argument("--random-clip-vit-b32", action="store_true", help="CLIP ViT-B/32 shapes, random weights")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--gpus", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--decode-workers", type=int, default=1)
+    parser.add_argument("--decode-workers", type=int, nargs="+", default=[None])
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mmindex-embed-bench-"))
     corpus, dataset = workdir / "corpus", workdir / "dataset"
+    started = time.perf_counter()
     if not corpus.exists():
         build_corpus(corpus, args.images)
     if not dataset.exists():
-        ingest(IngestSettings((str(corpus),), str(dataset), shard_size="100000"))
-    shutil.rmtree(dataset / "embeddings", ignore_errors=True)
-    space = resolve_space(args.model)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
-          f"batch {args.batch_size}, space {space.name}")
+        ingest(IngestSettings((str(corpus),), str(dataset), shard_size="100000", workers=os.cpu_count() or 1))
+    print(f"corpus and dataset ready in {time.perf_counter() - started:.1f} s")
+    model = args.model
+    if args.random_clip_vit_b32:
+        from tiny_models import save_random_clip_vit_b32
 
-    report = embed(EmbedSettings(str(dataset), args.model, device=args.device, batch_size=args.batch_size,
-                                 decode_workers=args.decode_workers))
-    encoders = space.load(args.device)
+        model = str(save_random_clip_vit_b32(workdir / "clip-vit-b32-random"))
+    space = resolve_space(model)
+    device = "cuda:0" if args.gpus else args.device
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{os.cpu_count()} CPU cores"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {name}, batch {args.batch_size}, "
+          f"space {space.name}")
+
+    encoders = space.load(device)
     path = Dataset(str(dataset)).shard_path(0)
-    print("\n| modality | items | raw forward items/s | `mmindex embed` items/s | embed / raw |")
-    print("|---|---:|---:|---:|---:|")
-    for modality, embedded in sorted(report.embedded.items()):
-        items, seconds = raw_rate(encoders[modality], path, modality, args.batch_size)
-        raw, rate = items / seconds, report.rate(modality) or 0.0
-        print(f"| {modality} | {embedded:,} | {raw:,.1f} | {rate:,.1f} | {rate / raw:.2f} |")
-    print(f"\nwhole run: {report.wall_seconds:.1f} s wall (including loading the models)")
-    print(json.dumps({f"{m}: {r}": n for (m, r), n in report.skipped.items()}))
+    raw = {m: raw_rate(encoders[m], path, m, args.batch_size) for m in sorted(encoders)}
+    del encoders
+    print("\n| modality | decode workers | items | prepare items/s (1 process) | raw forward items/s "
+          "| `mmindex embed` items/s | embed / raw |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for decode_workers in args.decode_workers:
+        shutil.rmtree(dataset / "embeddings", ignore_errors=True)
+        settings = EmbedSettings(str(dataset), model, gpus=args.gpus, device=args.device,
+                                 batch_size=args.batch_size, decode_workers=decode_workers)
+        pool = WorkerPool.for_settings(settings)
+        report = embed(settings, pool)
+        chosen = pool.settings.decode_workers
+        for modality, embedded in sorted(report.embedded.items()):
+            prepare_rate, forward_rate = raw[modality]
+            rate = report.rate(modality) or 0.0
+            print(f"| {modality} | {chosen} | {embedded:,} | {prepare_rate:,.0f} | {forward_rate:,.0f} "
+                  f"| {rate:,.0f} | {rate / forward_rate:.2f} |")
+        print(f"whole run: {report.wall_seconds:.1f} s wall (including loading the models); skipped "
+              + json.dumps({f"{m}: {r}": n for (m, r), n in report.skipped.items()}))
 
 
 if __name__ == "__main__":

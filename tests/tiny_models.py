@@ -64,6 +64,18 @@ def save_tiny_clip(out: Path) -> Path:
     return out
 
 
+def save_random_clip_vit_b32(out: Path) -> Path:
+    """CLIP ViT-B/32's shapes (transformers' default CLIPConfig) with random weights and 224 px images: for
+    speed measurements where the real weights cannot be downloaded; a forward pass costs what the real one does."""
+    tokenizer = _clip_tokenizer(out, 77)
+    config = CLIPConfig(text_config={"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+                                     "eos_token_id": tokenizer.eos_token_id})
+    images = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    CLIPModel(config).save_pretrained(out)
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
 def save_tiny_siglip(out: Path) -> Path:
     """A 2-layer SigLIP (32-d: no projection, the towers' width), 32 px images, text padded to 16 tokens.
     (Its tokenizer is CLIP's byte-level BPE rather than SigLIP's SentencePiece: the processor treats both alike.)"""
