@@ -10,14 +10,15 @@ downloaded here): the same forward cost, meaningless vectors.
 Builds a dataset of real media: --images JPEG crops (256-512 px) of the scikit-image photos with captions,
 the demo corpus's recorded speech clips (with transcripts) and texts. Then, per modality of the space:
 
-    raw       up to 4,096 items are decoded and prepared first (timed separately: "prepare items/s" is one
-              decode process's rate); the timer covers only the encoder's forward passes over batches of
-              --batch-size on --device (or cuda:0 with --gpus), repeated for at least 5 seconds
+    prepare   up to 4,096 items decoded and prepared in this one process (a decode process's rate)
+    encode    the encoder alone over those prepared items in batches of --batch-size on --device (or cuda:0
+              with --gpus): from inputs in memory to vectors back, repeated for at least 5 seconds
+    model     for images, the model's image tower alone on one batch already on the device (the raw forward)
     embed     `mmindex embed` on the same dataset (one worker, or one per GPU with --gpus), once per
               --decode-workers value: reading shards, decoding in the decode processes, encoding and
               committing; samples/s from its recorded per-modality worker time
 
-A ratio embed / raw near 1.0 means decoding and I/O are hidden behind the model.
+A ratio embed / model near 1.0 means decoding, transfers and I/O are hidden behind the model.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from mmindex.demo import CORPUS
 from mmindex.embed.run import EmbedSettings, embed
 from mmindex.embed.shard import Chunk, prepare_chunk, shard_items
 from mmindex.embed.workers import WorkerPool
+from mmindex.encoders.base import inference
 from mmindex.ingest.run import IngestSettings, ingest
 from mmindex.spaces import resolve_space
 
@@ -76,9 +78,10 @@ def _save_crops(folder: Path, numbers: range) -> None:
         (folder / f"{name}_{i:05d}.txt").write_text(f"a photo: {name.replace('_', ' ')} {i}")
 
 
-def raw_rate(encoder, path: str, modality: str, batch_size: int) -> tuple[float, float]:
-    """(prepare items/s in this one process, forward items/s): up to 4,096 items prepared beforehand, then the
-    encoder's forward passes alone over them, repeated for at least 5 seconds."""
+def raw_rate(encoder, path: str, modality: str, batch_size: int) -> tuple[float, float, float | None]:
+    """(prepare items/s in this one process, encode items/s, model-only items/s): up to 4,096 items prepared
+    beforehand, then the encoder's batches alone over them (from prepared inputs in memory to vectors back),
+    repeated for at least 5 seconds; for images also the model's forward alone, its input already on the device."""
     items = [i for i in shard_items(path) if i.modality == modality][:4096]
     started = time.perf_counter()
     prepared = [x for x in prepare_chunk(Chunk(path, modality, items), {modality: encoder.preparer()})
@@ -92,8 +95,24 @@ def raw_rate(encoder, path: str, modality: str, batch_size: int) -> tuple[float,
         for batch in batches:
             encoder.encode(batch)
             done += len(batch)
+        encode_rate = done / (time.perf_counter() - started)
+    return prepare_rate, encode_rate, model_rate(encoder, batches[0]) if modality == "image" else None
+
+
+def model_rate(encoder, batch: list) -> float | None:
+    """Images/s of the model's image tower alone on a batch already on the device (a Hugging Face encoder)."""
+    if not hasattr(encoder, "pixels"):
+        return None
+    pixels = encoder.pixels(batch)
+    done, started = 0, time.perf_counter()
+    with inference(encoder.device):
+        while not done or time.perf_counter() - started < 5.0:
+            encoder.model.get_image_features(pixel_values=pixels)
+            done += len(batch)
+            if done % (20 * len(batch)) == 0:
+                _synchronize(encoder)
         _synchronize(encoder)
-    return prepare_rate, done / (time.perf_counter() - started)
+    return done / (time.perf_counter() - started)
 
 
 def _synchronize(encoder) -> None:
@@ -135,9 +154,9 @@ def main() -> None:
     path = Dataset(str(dataset)).shard_path(0)
     raw = {m: raw_rate(encoders[m], path, m, args.batch_size) for m in sorted(encoders)}
     del encoders
-    print("\n| modality | decode workers | items | prepare items/s (1 process) | raw forward items/s "
-          "| `mmindex embed` items/s | embed / raw |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| modality | decode workers | items | prepare items/s (1 process) | model alone items/s "
+          "| encode items/s | `mmindex embed` items/s | embed / encode | embed / model |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for decode_workers in args.decode_workers:
         shutil.rmtree(dataset / "embeddings", ignore_errors=True)
         settings = EmbedSettings(str(dataset), model, gpus=args.gpus, device=args.device,
@@ -146,10 +165,11 @@ def main() -> None:
         report = embed(settings, pool)
         chosen = pool.settings.decode_workers
         for modality, embedded in sorted(report.embedded.items()):
-            prepare_rate, forward_rate = raw[modality]
+            prepare_rate, encode_rate, alone = raw[modality]
             rate = report.rate(modality) or 0.0
-            print(f"| {modality} | {chosen} | {embedded:,} | {prepare_rate:,.0f} | {forward_rate:,.0f} "
-                  f"| {rate:,.0f} | {rate / forward_rate:.2f} |")
+            print(f"| {modality} | {chosen} | {embedded:,} | {prepare_rate:,.0f} | "
+                  + (f"{alone:,.0f}" if alone else "-") + f" | {encode_rate:,.0f} | {rate:,.0f} | "
+                  f"{rate / encode_rate:.2f} | " + (f"{rate / alone:.2f}" if alone else "-") + " |")
         print(f"whole run: {report.wall_seconds:.1f} s wall (including loading the models); skipped "
               + json.dumps({f"{m}: {r}": n for (m, r), n in report.skipped.items()}))
 

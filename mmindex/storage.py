@@ -13,6 +13,7 @@ import glob as pyglob
 import hashlib
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -97,8 +98,16 @@ def read_bytes(path: str, offset: int = 0, length: int | None = None) -> bytes:
 
 
 def delete(paths: list[str]) -> None:
-    if paths:
-        _beam()[0].delete(paths)
+    """Removes files (a local folder with what it holds); a local path already gone is not an error."""
+    remote = [p for p in paths if not is_local(p)]
+    for path in (p for p in paths if is_local(p)):
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+    if remote:
+        _beam()[0].delete(remote)
 
 
 def temp_name(path: str) -> str:

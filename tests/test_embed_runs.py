@@ -176,3 +176,11 @@ def test_embedding_a_dataset_that_was_never_ingested_says_what_to_run(tmp_path, 
     result = CliRunner().invoke(app, ["embed", str(tmp_path / "nothing"), *beam])
     assert result.exit_code == 2 and "mmindex ingest" in result.output
     assert not (tmp_path / "nothing").exists()
+
+
+def test_decode_processes_hand_over_batches_without_changing_a_vector(offline_embedded, demo_dataset, tmp_path):
+    """The reference ran with a decode process (its image batches crossed through shared memory); decoding in
+    the worker itself must give the same bytes."""
+    dataset = copy_dataset(demo_dataset, tmp_path)
+    embed(dataset, threads=1, decode_workers=0)
+    assert embeddings(dataset, "offline") == embeddings(offline_embedded, "offline")

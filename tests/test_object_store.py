@@ -4,6 +4,8 @@ as on a local disk: the code paths gs:// and s3:// users take."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,17 @@ def test_object_store_tars_are_read_by_byte_range(corpus: Path, tmp_path: Path, 
     report = ingest("mem://bucket/old/*.tar", dataset="mem://bucket/new")
     assert report.counts.ingested == len(read_table(local / "samples"))
     assert store["mem://bucket/new/shards/000000.tar"] == (local / "shards" / "000000.tar").read_bytes()
+
+
+def test_local_deletes_take_plain_os_calls(tmp_path: Path):
+    """Cleaning up leftovers on a local disk (every run does) needs no Beam import, and a file already gone
+    (another cleaner got there first) is not an error; the module's promise for local paths."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "inside.npy").write_bytes(b"x")
+    (tmp_path / ".tmp-leftover").write_bytes(b"x")
+    script = ("import sys; from mmindex import storage; "
+              f"storage.delete([{str(tmp_path / '.tmp-leftover')!r}, {str(tmp_path / 'folder')!r}, "
+              f"{str(tmp_path / 'gone.json')!r}]); "
+              "assert 'apache_beam' not in sys.modules, 'Beam was imported'")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).resolve().parents[1])
+    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ from typing import Any
 from mmindex import storage
 from mmindex.dataset import MODALITIES
 from mmindex.embed.store import ShardEmbeddings
+from mmindex.embed.transfer import SharedBatch, receive, release
 from mmindex.encoders.base import Encoded, Encoder, Preparer
 from mmindex.media import Rejected, modality_of
 from mmindex.parallel import ordered_map
@@ -110,15 +111,16 @@ def collect(result: ShardEmbeddings, chunk: Chunk, prepared: list[Any], encoder:
         result.add(item.key, chunk.modality, None if skipped else encoded.vectors[j], skipped, encoded.notes[j])
 
 
-def embed_shard(number: int, path: str, encoders: dict[str, Encoder], prepare: Callable[[Chunk], list[Any]],
+def embed_shard(number: int, path: str, encoders: dict[str, Encoder],
+                prepare: Callable[[Chunk], list[Any] | SharedBatch],
                 executor: Executor | None, batch_size: int, ahead: int) -> tuple[ShardEmbeddings, dict[str, float]]:
     """All of a shard's items in the space, and the seconds spent per modality."""
     result = ShardEmbeddings(number)
     seconds: dict[str, float] = {}
     jobs = chunks(path, shard_items(path), encoders, batch_size)
     started = time.perf_counter()
-    for chunk, prepared in zip(jobs, ordered_map(executor, prepare, jobs, ahead), strict=True):
-        collect(result, chunk, prepared, encoders[chunk.modality])
+    for chunk, prepared in zip(jobs, ordered_map(executor, prepare, jobs, ahead, discard=release), strict=True):
+        collect(result, chunk, receive(prepared), encoders[chunk.modality])
         now = time.perf_counter()
         seconds[chunk.modality] = seconds.get(chunk.modality, 0.0) + now - started
         started = now

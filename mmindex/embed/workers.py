@@ -24,6 +24,7 @@ import torch
 from mmindex.dataset import Dataset, shard_name
 from mmindex.embed.shard import Chunk, embed_shard, prepare_chunk
 from mmindex.embed.store import EmbeddingStore, ShardSummary
+from mmindex.embed.transfer import SharedBatch, pack
 from mmindex.encoders.base import Preparer
 from mmindex.spaces import Space
 
@@ -77,6 +78,11 @@ def _prepare(chunk: Chunk) -> list[Any]:
     return prepare_chunk(chunk, _preparers)
 
 
+def _prepare_and_share(chunk: Chunk) -> list[Any] | SharedBatch:
+    """In a decode process: the batch goes back through shared memory (see transfer.py)."""
+    return pack(prepare_chunk(chunk, _preparers))
+
+
 def work(root: str, space: Space, device: str, settings: WorkerSettings, todo, done) -> None:
     """One worker: shard numbers from ``todo`` until a None, a summary per committed shard onto ``done``."""
     _child_setup()
@@ -93,7 +99,8 @@ def work(root: str, space: Space, device: str, settings: WorkerSettings, todo, d
     try:
         while (number := todo.get()) is not None:
             try:
-                result, seconds = embed_shard(number, store.dataset.shard_path(number), encoders, _prepare,
+                prepare = _prepare_and_share if executor else _prepare
+                result, seconds = embed_shard(number, store.dataset.shard_path(number), encoders, prepare,
                                               executor, settings.batch_size, ahead=2 * max(1, settings.decode_workers))
             except (tarfile.TarError, OSError) as err:  # a damaged shard file: the other shards go on
                 path = store.dataset.shard_path(number)

@@ -53,10 +53,15 @@ def load_pretrained(reference: str) -> tuple[Any, Any]:
 
 @dataclass
 class _ImagePreparer:
+    """The processor's resize and crop, in a decode process. Scaling and normalising wait for the model's device
+    (``HuggingFaceEncoder.pixels``): the 8-bit pixels a PIL processor leaves are a quarter of float32's bytes to
+    send between processes, and on a GPU that transfer, not the model, bounds the rate."""
+
     image_processor: Any
 
     def __call__(self, data: bytes) -> np.ndarray:
-        return self.image_processor(load_rgb(data), return_tensors="np")["pixel_values"][0]
+        return self.image_processor(load_rgb(data), do_rescale=False, do_normalize=False,
+                                    return_tensors="np")["pixel_values"][0]
 
 
 @dataclass
@@ -97,9 +102,22 @@ class HuggingFaceEncoder(Encoder):
             if self.modality == "text":
                 return Encoded.all_embedded(self._encode_text(prepared))
             if self.modality == "image":
-                pixels = torch.from_numpy(np.stack(prepared)).to(self.device)
-                return Encoded.all_embedded(normalised(self.model.get_image_features(pixel_values=pixels)))
+                features = self.model.get_image_features(pixel_values=self.pixels(prepared))
+                return Encoded.all_embedded(normalised(features))
             return Encoded.all_embedded(self._encode_audio(prepared))
+
+    def pixels(self, prepared: list[np.ndarray]) -> torch.Tensor:
+        """The model's pixel input from prepared images, scaled and normalised as its processor would, on the
+        device (the same values within float rounding: the processor's own two backends differ as much)."""
+        pixels = torch.from_numpy(np.stack(prepared)).to(self.device).float()
+        processor = self.processor.image_processor
+        if processor.do_rescale:
+            pixels = pixels * processor.rescale_factor
+        if processor.do_normalize:
+            mean, std = (torch.tensor(v, dtype=torch.float32, device=self.device).view(-1, 1, 1)
+                         for v in (processor.image_mean, processor.image_std))
+            pixels = (pixels - mean) / std
+        return pixels
 
     def _encode_text(self, texts: list[str]) -> np.ndarray:
         # SigLIP was trained on text padded to its full length and must be fed that way.
