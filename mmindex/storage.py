@@ -91,6 +91,16 @@ def open_read(path: str) -> BinaryIO:
 
 def read_bytes(path: str, offset: int = 0, length: int | None = None) -> bytes:
     """The whole file, or ``length`` bytes from ``offset`` (a member inside an uncompressed tar)."""
+    if is_local(path):  # unbuffered: one read into the result, no buffer object per file
+        with open(path, "rb", buffering=0) as f:
+            if offset:
+                f.seek(offset)
+            if length is None:
+                return f.readall()
+            data = f.read(length)
+            while len(data) < length and (more := f.read(length - len(data))):  # a raw read may return less
+                data += more
+            return data
     with open_read(path) as f:
         if offset:
             f.seek(offset)
@@ -128,8 +138,10 @@ class HashingWriter:
     def write(self, data: bytes) -> int:
         self.sha256.update(data)
         self.size += len(data)
-        with naming(self.path):
+        try:  # not `with naming(...)`: a shard is tens of thousands of writes
             return self._raw.write(data)
+        except OSError as err:
+            raise _named(err, self.path) from None
 
     def close(self) -> None:
         with naming(self.path):
@@ -173,9 +185,13 @@ def naming(path: str) -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        if err.filename is None and err.errno is not None:
-            raise type(err)(err.errno, err.strerror, path) from None
-        raise
+        raise _named(err, path) from None
+
+
+def _named(err: OSError, path: str) -> OSError:
+    if err.filename is None and err.errno is not None:
+        return type(err)(err.errno, err.strerror, path)
+    return err
 
 
 def write_atomic(path: str, data: bytes) -> None:
