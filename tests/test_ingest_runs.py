@@ -11,11 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 
 from conftest import file_digests, ingest, read_shards, read_table
 from mmindex.dataset import Dataset, DatasetBusy
 from mmindex.ingest import write
+from mmindex.ingest.validate import READ_AHEAD_BYTES
 
 SHARDS = ("--shard-size=10",)
 
@@ -98,9 +101,15 @@ def test_an_interrupted_run_is_completed_by_the_next(corpus: Path, tmp_path: Pat
 
 
 def test_two_worker_processes_give_the_same_shards(corpus: Path, tmp_path: Path):
+    """One worker reads small files ahead on a thread of their own and larger ones as it checks them; worker
+    processes read their own: the shards are the same."""
+    clip = np.random.default_rng(0).uniform(-0.5, 0.5, 48_000 * 3).astype(np.float32)
+    soundfile.write(corpus / "long_noise.wav", clip, 48_000, subtype="PCM_16")
+    assert (corpus / "long_noise.wav").stat().st_size > READ_AHEAD_BYTES
     ingest(corpus, dataset=tmp_path / "one", extra=SHARDS)
     ingest(corpus, dataset=tmp_path / "two", extra=(*SHARDS, "--workers=2"))
     assert committed_files(tmp_path / "one") == committed_files(tmp_path / "two")
+    assert any(r["source"].endswith("long_noise.wav") for r in read_table(tmp_path / "one" / "samples"))
 
 
 def test_portable_job_api_gives_the_same_shards(corpus: Path, tmp_path: Path, job_service: str):

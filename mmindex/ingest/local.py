@@ -1,8 +1,8 @@
 """The local executor: an ingest job on this machine, without a pipeline runner's per-element costs.
 
 Candidates are checked in batches while they are discovered: with one worker on a few threads of this
-process (Pillow's decoders, libsndfile, hashlib and file reads release the GIL), with more on that many
-processes. The checked bytes come back with the records, up to a memory budget, so that shards are written
+process (Pillow's decoders, libsndfile, hashlib and file reads release the GIL), with small files read ahead
+on a thread of their own; with more workers on that many processes. The checked bytes come back with the records, up to a memory budget, so that shards are written
 from the bytes that were checked, without reading the files again. Then each key's winner is chosen,
 shards are planned, their tars written on threads of this process and committed in shard order (so the next
 run continues one that stopped exactly as it would have gone on). The steps are the ones the Beam pipeline
@@ -25,7 +25,7 @@ from mmindex.ingest.discover import discover_batches
 from mmindex.ingest.plan import choose_winner, plan_winners
 from mmindex.ingest.records import Candidate, IngestOutcome, Reject, SampleRecord
 from mmindex.ingest.run import IngestJob
-from mmindex.ingest.validate import check, small_files_only
+from mmindex.ingest.validate import check, read_ahead, small_files_only
 from mmindex.ingest.write import WrittenTar, commit_shard, write_shard_tar
 from mmindex.media import Limits
 from mmindex.parallel import ordered_map
@@ -65,6 +65,17 @@ def check_batch(batch: list[Candidate], limits: Limits, keep: Callable[[int], bo
     return [check(candidate, limits, keep or _keep) for candidate in batch]
 
 
+ReadBatch = list[tuple[Candidate, tuple[bytes | None, ...]]]
+
+
+def read_batch(batch: list[Candidate], limits: Limits) -> ReadBatch:
+    return [(candidate, read_ahead(candidate, limits)) for candidate in batch]
+
+
+def check_read_batch(batch: ReadBatch, limits: Limits, keep: Callable[[int], bool]) -> list[SampleRecord | Reject]:
+    return [check(candidate, limits, keep, read) for candidate, read in batch]
+
+
 def _write_tar(shard: tuple[int, list[SampleRecord]], dataset: Dataset, limits: Limits) -> WrittenTar:
     return write_shard_tar(shard[0], shard[1], dataset, limits)
 
@@ -77,9 +88,9 @@ class LocalExecutor:
         self.threads = threads or min(4, os.cpu_count() or 1)
 
     def _checkers(self) -> tuple[Executor, Callable]:
-        """The pool that checks batches, and the function it runs."""
+        """The pool that checks batches, and the function it runs (on threads: over batches already read)."""
         if self.workers == 1:
-            return ThreadPoolExecutor(self.threads), partial(check_batch, keep=KeepWhileRoom(KEPT_BYTES))
+            return ThreadPoolExecutor(self.threads), partial(check_read_batch, keep=KeepWhileRoom(KEPT_BYTES))
         pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_start_checker, initargs=(KEPT_BYTES // self.workers,))
         return pool, check_batch
@@ -117,9 +128,11 @@ class LocalExecutor:
         rejects: list[Reject] = []
         progress = Progress("ingest: checked")
         pool, check_one = self._checkers()
-        with pool:
-            checked = ordered_map(pool, partial(check_one, limits=settings.limits), batches,
-                                  ahead=4 * max(self.workers, self.threads))
+        ahead = 4 * max(self.workers, self.threads)
+        with pool, ThreadPoolExecutor(1) as reader:
+            if self.workers == 1:  # files are read on their own thread (see read_ahead); processes read their own
+                batches = ordered_map(reader, partial(read_batch, limits=settings.limits), batches, ahead)
+            checked = ordered_map(pool, partial(check_one, limits=settings.limits), batches, ahead)
             for outcomes in checked:
                 for outcome in outcomes:
                     if isinstance(outcome, Reject):
