@@ -80,17 +80,25 @@ class Limits:
     max_audio_seconds: float = 3 * 3600.0
 
 
-def inspect_image(data: bytes, limits: Limits) -> dict[str, Any]:
-    """Fully decodes an image; returns its format and size, or raises Rejected."""
+def open_image(data: bytes, limits: Limits) -> Image.Image:
+    """An image opened from its header alone, or Rejected if it declares more pixels than the limit (a
+    decompression bomb is refused before anything is decoded). Call inside ``image_errors()``."""
     # Pillow's own guard refuses twice our limit inside open(); our check below refuses the rest with a
     # clearer reason, so its warning is silenced (in the module: catch_warnings is not thread-safe).
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
+    image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    if width * height > limits.max_image_pixels:
+        raise Rejected("image too large", f"{width}x{height} pixels is over the limit of "
+                       f"{limits.max_image_pixels:,} (a decompression bomb?)")
+    return image
+
+
+def inspect_image(data: bytes, limits: Limits) -> dict[str, Any]:
+    """Fully decodes an image; returns its format and size, or raises Rejected."""
     with image_errors():
-        image = Image.open(io.BytesIO(data))
+        image = open_image(data, limits)
         width, height = image.size
-        if width * height > limits.max_image_pixels:
-            raise Rejected("image too large", f"{width}x{height} pixels is over the limit of "
-                           f"{limits.max_image_pixels:,} (a decompression bomb?)")
         # JPEGs decode at 1/8 scale: every byte of the entropy-coded data is still read and
         # checked (truncation and corruption are caught) for a fraction of the work.
         image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from math import gcd
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from mmindex.media import Limits, Rejected, audio_errors, check_clip, image_errors, open_audio
+from mmindex.media import Limits, Rejected, audio_errors, check_clip, image_errors, open_audio, open_image
 
 WHITE = (255, 255, 255, 255)
 DEFAULT_LIMITS = Limits()
@@ -16,13 +15,8 @@ DEFAULT_LIMITS = Limits()
 
 def load_rgb(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
     """An RGB image as displayed: EXIF orientation applied, transparency composited onto white."""
-    Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
     with image_errors():
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > limits.max_image_pixels:
-            raise Rejected("image too large", f"{image.width}x{image.height} pixels is over the limit of "
-                           f"{limits.max_image_pixels:,}")
-        image = ImageOps.exif_transpose(image)
+        image = ImageOps.exif_transpose(open_image(data, limits))
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             image = image.convert("RGBA")
             background = Image.new("RGBA", image.size, WHITE)

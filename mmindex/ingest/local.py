@@ -2,11 +2,11 @@
 
 Candidates are checked in batches while they are discovered: with one worker on a few threads of this
 process (Pillow's decoders, libsndfile, hashlib and file reads release the GIL), with small files read ahead
-on a thread of their own; with more workers on that many processes. The checked bytes come back with the records, up to a memory budget, so that shards are written
-from the bytes that were checked, without reading the files again. Then each key's winner is chosen,
-shards are planned, their tars written on threads of this process and committed in shard order (so the next
-run continues one that stopped exactly as it would have gone on). The steps are the ones the Beam pipeline
-runs, so both give the same dataset.
+on a thread of their own; with more workers on that many processes. The checked bytes come back with the
+records, up to a memory budget, so that shards are written from the bytes that were checked, without reading
+the files again. Then each key's winner is chosen, shards are planned, their tars written on threads of this
+process and committed in shard order (so the next run continues one that stopped exactly as it would have
+gone on). The steps are the ones the Beam pipeline runs, so both give the same dataset.
 """
 
 from __future__ import annotations

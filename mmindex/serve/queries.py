@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from mmindex.dataset import MODALITIES
-from mmindex.media import Limits, Rejected, audio_errors, check_clip, image_errors, open_audio
+from mmindex.media import Limits, Rejected, audio_errors, check_clip, image_errors, open_audio, open_image
 from mmindex.search import BadQuery, Query
 from mmindex.serve.guards import BodyTooLarge
 from mmindex.serve.settings import ServeLimits
@@ -140,10 +138,7 @@ def check_media(name: str, data: bytes, limits: ServeLimits) -> None:
     try:
         if name == "image":
             with image_errors():
-                width, height = Image.open(io.BytesIO(data)).size
-                if width * height > limits.image_pixels:
-                    raise Rejected("image too large", f"{width}x{height} pixels is over the limit of "
-                                   f"{limits.image_pixels:,}")
+                open_image(data, Limits(max_image_pixels=limits.image_pixels))
         else:
             with audio_errors(), open_audio(data) as clip:
                 check_clip(clip, Limits(max_audio_seconds=limits.audio_seconds))
