@@ -13,10 +13,9 @@ import pyarrow as pa
 
 from mmindex import checksums, storage
 from mmindex.dataset import Dataset, numbered, read_parquet, sample_keys, shard_name
-from mmindex.embed.store import DamagedEmbeddings, EmbeddingStore
+from mmindex.embed.store import DamagedEmbeddings, EmbeddingStore, recorded_spaces
 from mmindex.index.generations import published
 from mmindex.index.store import RECORD, IndexFiles, IndexStale
-from mmindex.spaces import Space
 from mmindex.webdataset import split_key
 
 PARSE_ERRORS = (OSError, ValueError, EOFError, RuntimeError, tarfile.TarError, pa.ArrowException)
@@ -42,15 +41,6 @@ class Unit:
                 "index": f"{self.modality} index of space {space!r}"}[self.kind]
 
 
-def spaces(dataset: Dataset) -> list[Space]:
-    """The spaces the dataset holds embeddings of, as their space.json recorded them."""
-    found = []
-    for path in storage.glob(storage.join(dataset.root, "embeddings", "*", "space.json")):
-        recorded = json.loads(storage.read_bytes(path))
-        found.append(Space(recorded["name"], recorded["settings"]))
-    return found
-
-
 def units(dataset: Dataset) -> list[Unit]:
     """Every committed unit: shards, rejects, each space's embeddings per shard, each published index."""
     root = dataset.root
@@ -62,7 +52,7 @@ def units(dataset: Dataset) -> list[Unit]:
                for p in storage.glob(storage.join(root, folder, f"*.{ext}"))}
     found += [Unit("rejects", None, checksums.record_path(root, f"rejects/{stem}"), (dataset.rejects_path(stem),))
               for stem in sorted(rejects)]
-    for space in spaces(dataset):
+    for space in recorded_spaces(dataset):
         store = EmbeddingStore(dataset, space)
         recorded = numbered(storage.join(posixpath.dirname(store.record_path(0)), "*.json"))
         for number in sorted({*store.committed(), *recorded}):

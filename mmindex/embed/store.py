@@ -87,6 +87,16 @@ class ShardSummary:
         return cls(number, dict(embedded), dict(skipped), **measured)
 
 
+
+def recorded_spaces(dataset: Dataset) -> list[Space]:
+    """The spaces the dataset holds embeddings of, as their space.json recorded them, by name."""
+    found = []
+    for path in storage.glob(storage.join(dataset.root, "embeddings", "*", "space.json")):
+        recorded = json.loads(storage.read_bytes(path))
+        found.append(Space(recorded["name"], recorded["settings"]))
+    return found
+
+
 @dataclass(frozen=True)
 class EmbeddingStore:
     dataset: Dataset

@@ -7,15 +7,13 @@ not found, so new hits get media too.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from typing import Any
 
-from mmindex import storage
-from mmindex.dataset import Dataset, read_parquet
+from mmindex.dataset import MODALITIES, Dataset, read_parquet
+from mmindex.embed.store import recorded_spaces
 from mmindex.index.generations import published
 from mmindex.search import Searcher
 from mmindex.spaces import DEFAULT_SPACE, Space
@@ -109,16 +107,8 @@ def space_info(searcher: Searcher) -> dict[str, Any]:
 
 def indexed_spaces(dataset: Dataset) -> list[Space]:
     """The spaces with at least one published index, as their embeddings recorded them (space.json)."""
-    folder = storage.join(dataset.root, "indexes")
-    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-    spaces = []
-    for name in names:
-        modalities = storage.join(folder, name)
-        if not any(published(storage.join(modalities, m)) for m in os.listdir(modalities)):
-            continue
-        recorded = json.loads(storage.read_bytes(storage.join(dataset.embeddings_path(name), "space.json")))
-        spaces.append(Space(recorded["name"], recorded["settings"]))
-    return spaces
+    return [space for space in recorded_spaces(dataset)
+            if any(published(dataset.index_path(space.name, modality)) for modality in MODALITIES)]
 
 
 def load_catalog(datasets: dict[str, str], device: str = "cpu") -> dict[str, ServedDataset]:
