@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from mmindex import checksums, storage
 from mmindex.dataset import Dataset, numbered, read_parquet, sample_keys, shard_name
-from mmindex.embed.store import DamagedEmbeddings, EmbeddingStore, recorded_spaces
+from mmindex.embed.store import DamagedEmbeddings, EmbeddingStore, load_vectors, recorded_spaces
 from mmindex.index.generations import published
 from mmindex.index.store import RECORD, IndexFiles, IndexStale
 from mmindex.webdataset import split_key
@@ -95,7 +95,7 @@ def parse_problem(path: str) -> str | None:
         if path.endswith(".parquet"):
             read_parquet(path)
         elif path.endswith(".npy"):
-            _vectors(path)
+            load_vectors(path)
         elif path.endswith(".faiss"):
             import faiss
 
@@ -115,13 +115,6 @@ def tar_keys(path: str) -> set[str]:
     data's bytes)."""
     with storage.open_read(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
         return {split_key(member.name)[0] for member in tar}
-
-
-def _vectors(path: str) -> None:
-    with storage.open_read(path) as f:
-        vectors = np.load(f, allow_pickle=False)
-    if vectors.dtype != np.float16 or vectors.ndim != 2:
-        raise ValueError(f"not a float16 matrix ({vectors.dtype}, {vectors.ndim}-d)")
 
 
 def unit_problem(unit: Unit) -> str | None:

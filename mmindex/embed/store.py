@@ -88,6 +88,22 @@ class ShardSummary:
 
 
 
+def load_vectors(path: str) -> np.ndarray:
+    """A vector file: a float16 matrix, memory-mapped where the file is local and never unpickled. OSError,
+    ValueError or EOFError, saying how, for anything else."""
+    try:
+        if storage.is_local(path):
+            vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+        else:
+            vectors = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+    except (ValueError, EOFError) as err:
+        raise ValueError(f"not a vector file: {err}") from None
+    if not isinstance(vectors, np.ndarray) or vectors.dtype != np.float16 or vectors.ndim != 2:
+        raise ValueError(f"not a float16 matrix ({getattr(vectors, 'dtype', type(vectors).__name__)}, "
+                         f"{getattr(vectors, 'ndim', 0)}-d)")
+    return vectors
+
+
 def recorded_spaces(dataset: Dataset) -> list[Space]:
     """The spaces the dataset holds embeddings of, as their space.json recorded them, by name."""
     found = []
@@ -216,16 +232,10 @@ class EmbeddingStore:
     def _load(self, number: int, modality: str) -> np.ndarray:
         path = self.vectors_path(number, modality)
         try:
-            if storage.is_local(path):
-                vectors = np.load(path, mmap_mode="r", allow_pickle=False)
-            else:
-                vectors = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+            return load_vectors(path)
         except (OSError, ValueError, EOFError) as err:
-            reason = "missing" if isinstance(err, FileNotFoundError) else "not a vector file"
+            reason = "missing" if isinstance(err, FileNotFoundError) else str(err) or type(err).__name__
             raise self._damaged(number, path, reason) from None
-        if not isinstance(vectors, np.ndarray) or vectors.dtype != np.float16 or vectors.ndim != 2:
-            raise self._damaged(number, path, "not a float16 matrix")
-        return vectors
 
     def _check_sizes(self, number: int) -> None:
         """The cheap check before reading a shard's files: each is there, of its recorded size."""
