@@ -131,7 +131,7 @@ class LocalExecutor:
         ahead = 4 * max(self.workers, self.threads)
         with pool, ThreadPoolExecutor(1) as reader:
             if self.workers == 1:  # files are read on their own thread (see read_ahead); processes read their own
-                batches = ordered_map(reader, partial(read_batch, limits=settings.limits), batches, ahead)
+                batches = ordered_map(reader, partial(read_batch, limits=settings.limits), batches, self.threads)
             checked = ordered_map(pool, partial(check_one, limits=settings.limits), batches, ahead)
             for outcomes in checked:
                 for outcome in outcomes:
