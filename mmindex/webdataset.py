@@ -32,11 +32,10 @@ def _ustar_header(name: str, size: int) -> bytes:
     encoded = name.encode("utf-8", "surrogateescape")
     if len(encoded) > 100 or not encoded.isascii() or size >= 8**11:  # rare: tarfile's own rules (prefix, ...)
         return _tarinfo(name, size).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
-    header = bytearray(_TEMPLATE)
-    header[:len(encoded)] = encoded
-    header[124:136] = b"%011o\x00" % size
-    header[148:155] = b"%06o\x00" % sum(header)  # computed with the checksum field as eight spaces
-    return bytes(header)
+    size_field = b"%011o\x00" % size
+    checksum = _TEMPLATE_SUM + sum(encoded) + sum(size_field)  # the byte sum, its own field counted as spaces
+    return b"".join((encoded, bytes(100 - len(encoded)), _TEMPLATE[100:124], size_field, _TEMPLATE[136:148],
+                     b"%06o\x00 " % checksum, _TEMPLATE[156:]))
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -47,8 +46,8 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-_TEMPLATE = bytearray(_tarinfo("", 0).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
-_TEMPLATE[148:156] = b" " * 8
+_TEMPLATE = _tarinfo("", 0).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")  # no name, size 0
+_TEMPLATE_SUM = sum(_TEMPLATE[:124]) + sum(_TEMPLATE[136:148]) + 8 * ord(" ") + sum(_TEMPLATE[156:])
 
 
 def write_tar(out: BinaryIO, samples: Iterable[tuple[str, dict[str, bytes]]]) -> None:

@@ -65,7 +65,7 @@ def check_batch(batch: list[Candidate], limits: Limits, keep: Callable[[int], bo
     return [check(candidate, limits, keep or _keep) for candidate in batch]
 
 
-ReadBatch = list[tuple[Candidate, tuple[bytes | None, ...]]]
+ReadBatch = list[tuple[Candidate, tuple[tuple[bytes, str] | None, ...]]]
 
 
 def read_batch(batch: list[Candidate], limits: Limits) -> ReadBatch:

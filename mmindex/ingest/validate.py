@@ -55,24 +55,25 @@ def load_member(member: Member, limits: Limits) -> bytes:
 READ_AHEAD_BYTES = 256 * 1024  # bounds what batches waiting for a checking thread hold
 
 
-def read_ahead(candidate: Candidate, limits: Limits) -> tuple[bytes | None, ...]:
+def read_ahead(candidate: Candidate, limits: Limits) -> tuple[tuple[bytes, str] | None, ...]:
     """Each small member's bytes, read before its check: on one process, a reader thread does this, because short
     reads on the checking threads cost more in waits for the GIL than the reading itself. None for a larger
     member, or where a read fails: the check then reads it, and rejects with the reason."""
     if candidate.problem:
         return ()
-    read: list[bytes | None] = []
+    read: list[tuple[bytes, str] | None] = []
     for member in candidate.members:
         try:
             small = member.data is None and member.size is not None and member.size <= READ_AHEAD_BYTES
-            read.append(load_member(member, limits) if small else None)
+            data = load_member(member, limits) if small else None
+            read.append((data, hashlib.sha256(data).hexdigest()) if data is not None else None)
         except Rejected:
             read.append(None)
     return tuple(read)
 
 
 def check(candidate: Candidate, limits: Limits, keep: Callable[[int], bool] = small_files_only,
-          read: tuple[bytes | None, ...] = ()) -> SampleRecord | Reject:
+          read: tuple[tuple[bytes, str] | None, ...] = ()) -> SampleRecord | Reject:
     """The validated sample, or a Reject with its reason: bad input never stops a run. ``read``: the members'
     bytes from ``read_ahead``, if it ran."""
     try:
@@ -85,7 +86,7 @@ def check(candidate: Candidate, limits: Limits, keep: Callable[[int], bool] = sm
 
 
 def inspect_candidate(candidate: Candidate, limits: Limits, keep: Callable[[int], bool] = small_files_only,
-                      read: tuple[bytes | None, ...] = ()) -> SampleRecord:
+                      read: tuple[tuple[bytes, str] | None, ...] = ()) -> SampleRecord:
     """A validated SampleRecord, or Rejected saying why the candidate cannot be ingested.
 
     ``keep(size)`` says whether a checked file's bytes travel inline in the record, to be written as they were
@@ -113,9 +114,7 @@ def inspect_candidate(candidate: Candidate, limits: Limits, keep: Callable[[int]
         if modality not in by_modality:
             continue
         member = by_modality[modality][0]
-        data = already_read.get(id(member))
-        if data is None:
-            data = load_member(member, limits)
+        data, digest = already_read.get(id(member)) or (load_member(member, limits), None)
         if not data and not (modality == "text" and len(by_modality) > 1):
             raise Rejected("empty file", f"the .{member.ext} file has 0 bytes")
         if modality == "image":
@@ -132,7 +131,7 @@ def inspect_candidate(candidate: Candidate, limits: Limits, keep: Callable[[int]
         if modality != "meta" and (modality != "text" or row["caption"] is not None):
             modalities.append(modality)
         ext = stored_ext(member.ext, row.get(f"{modality}_format"))
-        digests[ext] = hashlib.sha256(data).hexdigest()
+        digests[ext] = digest or hashlib.sha256(data).hexdigest()
         members[ext] = Member(ext=member.ext, data=data) if keep(len(data)) else member
         sizes.append(len(data))
 
