@@ -91,16 +91,20 @@ def open_read(path: str) -> BinaryIO:
 
 def read_bytes(path: str, offset: int = 0, length: int | None = None) -> bytes:
     """The whole file, or ``length`` bytes from ``offset`` (a member inside an uncompressed tar)."""
-    if is_local(path):  # unbuffered: one read into the result, no buffer object per file
+    if is_local(path) and length is not None:  # three system calls: each releases and retakes the GIL
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.pread(fd, length, offset)
+            while len(data) < length and (more := os.pread(fd, length - len(data), offset + len(data))):
+                data += more  # a read may return less than asked
+            return data
+        finally:
+            os.close(fd)
+    if is_local(path):  # unbuffered: one read into the result, no buffer object
         with open(path, "rb", buffering=0) as f:
             if offset:
                 f.seek(offset)
-            if length is None:
-                return f.readall()
-            data = f.read(length)
-            while len(data) < length and (more := f.read(length - len(data))):  # a raw read may return less
-                data += more
-            return data
+            return f.readall()
     with open_read(path) as f:
         if offset:
             f.seek(offset)
