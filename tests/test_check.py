@@ -125,6 +125,18 @@ def test_repair_restores_shards_byte_for_byte_and_re_embeds_and_rebuilds(built, 
     assert check(dataset).exit_code == 0
 
 
+def test_re_embedded_vectors_are_indexed_again_though_the_index_files_were_whole(built, dataset):
+    """The indexes hold the damaged vectors too: rebuilt whenever a space is embedded again, damaged or not."""
+    space = built[1]
+    damage(dataset / "embeddings" / space / "text" / "000001.npy", "bit-flipped")
+    before = {m: generation(dataset, space, m).name for m in ("image", "text")}
+    result = check(dataset, "--repair")
+    assert result.exit_code == 0, result.output
+    assert "repaired rebuilt the image, text index(es)" in result.output
+    assert {m: generation(dataset, space, m).name for m in ("image", "text")} != before
+    assert check(dataset).exit_code == 0
+
+
 @pytest.mark.parametrize("source", ["tar", "manifest"])
 def test_shards_ingested_from_tars_and_manifests_are_rebuilt_byte_for_byte(built, tmp_path, source):
     if source == "tar":

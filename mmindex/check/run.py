@@ -78,12 +78,15 @@ def _repair(dataset: Dataset, results: list[Checked], report: CheckReport) -> di
             spaces[unit.store.space.name] = unit.store.space
             if unit.kind == "embeddings":
                 storage.delete([unit.store.parquet_path(unit.number or 0)])  # uncommitted: the next embed redoes it
+    indexed = {r.unit.store.space.name for r in results if r.unit.kind == "index" and r.unit.store}
     for space in spaces.values():
-        _reembed_and_reindex(dataset, space, [r.unit for r in damaged], report)
+        _reembed_and_reindex(dataset, space, [r.unit for r in damaged], space.name in indexed, report)
     return unrebuilt
 
 
-def _reembed_and_reindex(dataset: Dataset, space: Space, damaged: list[Unit], report: CheckReport) -> None:
+def _reembed_and_reindex(dataset: Dataset, space: Space, damaged: list[Unit], indexed: bool,
+                         report: CheckReport) -> None:
+    """Embeds the space's damaged shards again, then rebuilds its indexes if it had any (``indexed``)."""
     from mmindex.embed.run import EmbedSettings, embed
     from mmindex.index.run import IndexSettings, build_indexes
 
@@ -94,9 +97,7 @@ def _reembed_and_reindex(dataset: Dataset, space: Space, damaged: list[Unit], re
         result = embed(EmbedSettings(dataset.root, space.name, decode_workers=0), space=space)
         report.repaired.append(f"embedded {result.committed} shard(s) again in space {space.name!r} "
                                f"({', '.join(shard_name(n) for n in shards)})")
-    indexed = [p for name in ("CURRENT", "info.json")
-               for p in storage.glob(storage.join(dataset.root, "indexes", space.name, "*", name))]
-    if indexed or any(u.kind == "index" for u in mine):
+    if indexed:
         built = build_indexes(IndexSettings(dataset.root, space.name), space=space)
         report.repaired.append(f"rebuilt the {', '.join(b.modality for b in built.indexes)} index(es) of space "
                                f"{space.name!r}")
