@@ -142,10 +142,8 @@ class HashingWriter:
     def write(self, data: bytes) -> int:
         self.sha256.update(data)
         self.size += len(data)
-        try:  # not `with naming(...)`: a shard is tens of thousands of writes
+        with naming(self.path):
             return self._raw.write(data)
-        except OSError as err:
-            raise _named(err, self.path) from None
 
     def close(self) -> None:
         with naming(self.path):
@@ -189,13 +187,9 @@ def naming(path: str) -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        raise _named(err, path) from None
-
-
-def _named(err: OSError, path: str) -> OSError:
-    if err.filename is None and err.errno is not None:
-        return type(err)(err.errno, err.strerror, path)
-    return err
+        if err.filename is None and err.errno is not None:
+            raise type(err)(err.errno, err.strerror, path) from None
+        raise
 
 
 def write_atomic(path: str, data: bytes) -> None:
