@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from mmindex import storage
@@ -111,15 +111,13 @@ def unit_problem(root: str, record: str) -> tuple[str, str] | None:
     return None
 
 
-def file_sum(path: str, progress: Callable[[int], None] | None = None) -> Sum:
-    """Size and digest of a file as it is now, read in chunks (``progress`` gets the bytes of each)."""
+def file_sum(path: str) -> Sum:
+    """Size and digest of a file as it is now, read in chunks."""
     digest, size = hashlib.sha256(), 0
     with storage.open_read(path) as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
             size += len(chunk)
-            if progress:
-                progress(len(chunk))
     return Sum(size, digest.hexdigest())
 
 

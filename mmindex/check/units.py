@@ -106,7 +106,7 @@ def parse_problem(path: str) -> str | None:
         elif path.endswith(".json"):
             json.loads(storage.read_bytes(path))
     except PARSE_ERRORS as err:
-        return f"unreadable ({' '.join(str(err).split())[:120] or type(err).__name__})"
+        return _unreadable(err)
     return None
 
 
@@ -132,5 +132,10 @@ def unit_problem(unit: Unit) -> str | None:
     except (DamagedEmbeddings, IndexStale) as err:
         return str(err)
     except PARSE_ERRORS as err:
-        return f"unreadable ({' '.join(str(err).split())[:120]})"
+        return _unreadable(err)
     return None
+
+
+def _unreadable(err: BaseException) -> str:
+    """A parse error in one short line (some libraries' messages span many)."""
+    return f"unreadable ({' '.join(str(err).split())[:120] or type(err).__name__})"
