@@ -25,7 +25,7 @@ from mmindex.ingest.discover import discover_batches
 from mmindex.ingest.plan import choose_winner, plan_winners
 from mmindex.ingest.records import Candidate, IngestOutcome, Reject, SampleRecord
 from mmindex.ingest.run import IngestJob
-from mmindex.ingest.validate import check, read_ahead, small_files_only
+from mmindex.ingest.validate import Read, check, read_ahead, small_files_only
 from mmindex.ingest.write import WrittenTar, commit_shard, write_shard_tar
 from mmindex.media import Limits
 from mmindex.parallel import ordered_map
@@ -65,7 +65,7 @@ def check_batch(batch: list[Candidate], limits: Limits, keep: Callable[[int], bo
     return [check(candidate, limits, keep or _keep) for candidate in batch]
 
 
-ReadBatch = list[tuple[Candidate, tuple[tuple[bytes, str] | None, ...]]]
+ReadBatch = list[tuple[Candidate, tuple[Read | None, ...]]]
 
 
 def read_batch(batch: list[Candidate], limits: Limits) -> ReadBatch:

@@ -53,15 +53,16 @@ def load_member(member: Member, limits: Limits) -> bytes:
 
 
 READ_AHEAD_BYTES = 256 * 1024  # bounds what batches waiting for a checking thread hold
+Read = tuple[bytes, str]       # a member's bytes and their sha256, taken ahead of its check
 
 
-def read_ahead(candidate: Candidate, limits: Limits) -> tuple[tuple[bytes, str] | None, ...]:
-    """Each small member's bytes, read before its check: on one process, a reader thread does this, because short
-    reads on the checking threads cost more in waits for the GIL than the reading itself. None for a larger
-    member, or where a read fails: the check then reads it, and rejects with the reason."""
+def read_ahead(candidate: Candidate, limits: Limits) -> tuple[Read | None, ...]:
+    """Each small member's bytes and digest, taken before its check: on one process, a reader thread does this,
+    because short reads on the checking threads cost more in waits for the GIL than the reading itself. None for
+    a larger member, or where a read fails: the check then reads it, and rejects with the reason."""
     if candidate.problem:
         return ()
-    read: list[tuple[bytes, str] | None] = []
+    read: list[Read | None] = []
     for member in candidate.members:
         try:
             small = member.data is None and member.size is not None and member.size <= READ_AHEAD_BYTES
@@ -73,9 +74,9 @@ def read_ahead(candidate: Candidate, limits: Limits) -> tuple[tuple[bytes, str] 
 
 
 def check(candidate: Candidate, limits: Limits, keep: Callable[[int], bool] = small_files_only,
-          read: tuple[tuple[bytes, str] | None, ...] = ()) -> SampleRecord | Reject:
+          read: tuple[Read | None, ...] = ()) -> SampleRecord | Reject:
     """The validated sample, or a Reject with its reason: bad input never stops a run. ``read``: the members'
-    bytes from ``read_ahead``, if it ran."""
+    bytes and digests from ``read_ahead``, if it ran."""
     try:
         return inspect_candidate(candidate, limits, keep, read)
     except Rejected as err:
@@ -86,7 +87,7 @@ def check(candidate: Candidate, limits: Limits, keep: Callable[[int], bool] = sm
 
 
 def inspect_candidate(candidate: Candidate, limits: Limits, keep: Callable[[int], bool] = small_files_only,
-                      read: tuple[tuple[bytes, str] | None, ...] = ()) -> SampleRecord:
+                      read: tuple[Read | None, ...] = ()) -> SampleRecord:
     """A validated SampleRecord, or Rejected saying why the candidate cannot be ingested.
 
     ``keep(size)`` says whether a checked file's bytes travel inline in the record, to be written as they were
@@ -104,7 +105,7 @@ def inspect_candidate(candidate: Candidate, limits: Limits, keep: Callable[[int]
     if not set(MODALITIES) & by_modality.keys():
         raise Rejected("metadata without content", "a .json file with no image, audio or text beside it")
 
-    already_read = {id(m): data for m, data in zip(candidate.members, read, strict=False) if data is not None}
+    already_read = {id(m): done for m, done in zip(candidate.members, read, strict=False) if done is not None}
     row: dict = {"caption": None}
     digests: dict[str, str] = {}
     members: dict[str, Member] = {}
