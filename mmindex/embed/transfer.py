@@ -9,6 +9,8 @@ copies them out once and removes the block.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Any
@@ -52,26 +54,32 @@ def pack(prepared: list[Any]) -> list[Any] | SharedBatch:
         block.close()  # the receiver removes it
 
 
+@contextlib.contextmanager
+def _opened(packed: SharedBatch) -> Iterator[shared_memory.SharedMemory]:
+    """A batch's block, removed once the caller is done with it."""
+    block = shared_memory.SharedMemory(name=packed.block)
+    try:
+        yield block
+    finally:
+        block.close()
+        block.unlink()
+
+
 def release(packed: list[Any] | SharedBatch) -> None:
     """Removes a batch's block unread (a run stopped before it got there)."""
     if isinstance(packed, SharedBatch):
-        block = shared_memory.SharedMemory(name=packed.block)
-        block.close()
-        block.unlink()
+        with _opened(packed):
+            pass
 
 
 def receive(packed: list[Any] | SharedBatch) -> list[Any]:
     """The batch as ``prepare_chunk`` made it (arrays copied out of the block, which is then removed)."""
     if isinstance(packed, list):
         return packed
-    block = shared_memory.SharedMemory(name=packed.block)
-    try:
+    with _opened(packed) as block:
         shared = np.ndarray((len(packed.positions), *packed.shape), np.dtype(packed.dtype), buffer=block.buf)
         rows = shared.copy()
-        del shared
-    finally:
-        block.close()
-        block.unlink()
+        del shared  # the block's buffer cannot close while an array still views it
     prepared: list[Any] = [None] * (len(packed.positions) + len(packed.rest))
     for row, position in enumerate(packed.positions):
         prepared[position] = rows[row]
