@@ -5,8 +5,8 @@ its successor Ex-MCR, the ``contrastive`` method keeps the target space fixed an
 residual MLP, starting from the ridge solution, with a symmetric InfoNCE loss (each mapped text must be nearer
 its own target than the batch's other targets) and Gaussian noise on the inputs, so that the other modalities
 of the source space, which sit a little apart from its texts (the modality gap), land where their texts would.
-Inputs are centred on the source texts' mean. benchmarks/bridge_bench.py compares the methods on held-out
-texts.
+Inputs are centred on the source texts' mean. benchmarks/make_multilingual_bridge.py compares the methods on
+held-out texts.
 """
 
 from __future__ import annotations

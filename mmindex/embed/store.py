@@ -87,7 +87,6 @@ class ShardSummary:
         return cls(number, dict(embedded), dict(skipped), **measured)
 
 
-
 def load_vectors(path: str) -> np.ndarray:
     """A vector file: a float16 matrix, memory-mapped where the file is local and never unpickled. OSError,
     ValueError or EOFError, saying how, for anything else."""
