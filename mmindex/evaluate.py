@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from mmindex.bridge.learn import held_out
-from mmindex.dataset import MODALITIES
-from mmindex.embed.store import EmbeddingStore
+from mmindex.dataset.embeddings import EmbeddingStore
+from mmindex.dataset.samples import captions
 from mmindex.index.searchable import SearchableIndex
 from mmindex.index.store import IndexFiles
 from mmindex.index.vectors import modality_shards
+from mmindex.modalities import MODALITIES
 
 KS = (1, 5, 10)
 INDEX_DEPTH = 100   # how deep the built index is searched for the first correct answer
@@ -42,8 +43,8 @@ def load_items(store: EmbeddingStore, modality: str) -> Items:
     return Items(keys, np.concatenate(parts) if parts else np.zeros((0, dim), np.float32))
 
 
-def captions(store: EmbeddingStore) -> dict[str, str]:
-    return {key: caption.lower() for key, caption in store.dataset.captions().items()}
+def lowered_captions(store: EmbeddingStore) -> dict[str, str]:
+    return {key: caption.lower() for key, caption in captions(store.dataset).items()}
 
 
 def first_correct(ranked: np.ndarray, correct: set[int]) -> float:
@@ -65,7 +66,7 @@ def summarise(ranks: list[float]) -> dict[str, Any]:
 
 def evaluate(store: EmbeddingStore, with_index: bool = True) -> list[dict[str, Any]]:
     """One row per (query modality, target modality) pair the data has, exact and (if built) indexed."""
-    text_of = captions(store)
+    text_of = lowered_captions(store)
     items = {m: load_items(store, m) for m in MODALITIES}
     bridged = _bridged_modalities(store)
     rows: list[dict[str, Any]] = []

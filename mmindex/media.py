@@ -1,4 +1,5 @@
-"""What counts as a valid image, audio clip, text or metadata file, and why a file is refused.
+"""What counts as a valid image, audio clip, text or metadata file, and why a file is refused (which file
+types are which: mmindex.modalities).
 
 Every check reads the whole payload (images are decoded, audio is decoded to the end), because a
 header that parses says nothing about a truncated body. Limits guard against decompression bombs.
@@ -18,44 +19,8 @@ from typing import Any
 import soundfile
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_EXTS = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "bmp": "bmp",
-              "tif": "tiff", "tiff": "tiff"}
-AUDIO_EXTS = {"wav": "wav", "flac": "flac", "ogg": "ogg", "mp3": "mp3"}
-TEXT_EXTS = {"txt": "txt"}
-META_EXTS = {"json": "json"}
-PICKLE_EXTS = {"pkl", "pickle", "pyd", "pth", "pt", "ckpt", "joblib", "npy", "npz"}
-
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # see inspect_image
 _MPEG_FRAME_SYNC = re.compile(rb"\xff[\xe0-\xff]")
-_MODALITY_OF_EXT = {ext: modality for modality, table in (("image", IMAGE_EXTS), ("audio", AUDIO_EXTS),
-                                                          ("text", TEXT_EXTS), ("meta", META_EXTS))
-                    for ext in table}
-_CANONICAL_EXT = {**IMAGE_EXTS, **AUDIO_EXTS, **TEXT_EXTS, **META_EXTS}
-
-
-def modality_of(ext: str) -> str | None:
-    """'image', 'audio', 'text', 'meta', or None for a file type mmindex does not take."""
-    return _MODALITY_OF_EXT.get(ext.lower())
-
-
-def canonical_ext(ext: str) -> str:
-    """The extension a member gets inside a shard (``jpeg`` -> ``jpg``, ``tif`` -> ``tiff``)."""
-    return _CANONICAL_EXT[ext.lower()]
-
-
-def stored_ext(ext: str, detected_format: str | None) -> str:
-    """The extension a member gets inside a shard: that of the format its bytes are in, where it is one mmindex
-    takes for the same modality (a WAV named .mp3 is stored as .wav), else the canonical form of its own."""
-    detected = _CANONICAL_EXT.get((detected_format or "").lower())
-    return detected if detected and modality_of(detected) == modality_of(ext) else canonical_ext(ext)
-
-
-def unsupported_reason(ext: str) -> tuple[str, str]:
-    """Reason and detail for a file whose type mmindex does not take."""
-    if ext.lower() in PICKLE_EXTS:
-        return "refused pickle-like file", f"'.{ext}' files can run code when loaded; they are never read"
-    shown = f"'.{ext}'" if ext else "no extension"
-    return "unsupported file type", f"{shown} is not an image, audio, text (.txt) or metadata (.json) file"
 
 
 class Rejected(Exception):
@@ -180,6 +145,11 @@ def decode_text(data: bytes, limits: Limits) -> str:
     """The text of a caption or text file: strict UTF-8 (a BOM is dropped), within the size limit."""
     if len(data) > limits.max_text_bytes:
         raise Rejected("text too long", f"{len(data):,} bytes is over the limit of {limits.max_text_bytes:,}")
+    return decode_utf8(data)
+
+
+def decode_utf8(data: bytes) -> str:
+    """Strict UTF-8, a byte-order mark dropped: the one way mmindex reads text, at ingest and when embedding."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:

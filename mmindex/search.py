@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from mmindex.dataset import MODALITIES, read_samples
-from mmindex.embed.store import EmbeddingStore
+from mmindex.dataset.embeddings import EmbeddingStore
+from mmindex.dataset.indexes import published
+from mmindex.dataset.samples import read_samples
 from mmindex.encoders.base import Encoder
-from mmindex.index.generations import published
 from mmindex.index.store import IndexFiles, LoadedIndex, not_embedded
 from mmindex.media import Rejected
+from mmindex.modalities import MEDIA, MODALITIES
 from mmindex.spaces import Space
 
 log = logging.getLogger("mmindex")
@@ -46,7 +47,7 @@ class Query:
     def __post_init__(self) -> None:
         if not isinstance(self.text, str | None):
             raise BadQuery(f"text must be a string, not {self.text!r}")
-        for name in ("image", "audio"):
+        for name in MEDIA:
             if not isinstance(getattr(self, name), str | bytes | None):
                 raise BadQuery(f"{name} must be a file's path or bytes, not {getattr(self, name)!r}")
         if not isinstance(self.weights, dict):

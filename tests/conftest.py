@@ -152,7 +152,7 @@ def synthetic_dataset(root: Path, shards: list[list[tuple[str, str | None, dict]
     """A dataset whose embeddings are given vectors: shards of (key, caption, {modality: vector}) written
     through the real samples schema and the real embeddings store, for index and eval tests."""
     from mmindex.dataset import Dataset
-    from mmindex.embed.store import EmbeddingStore
+    from mmindex.dataset.embeddings import EmbeddingStore
     from mmindex.spaces import Space
 
     dataset = Dataset(str(root))
@@ -174,8 +174,10 @@ def synthetic_space_file(folder: Path, name: str = "synthetic") -> str:
 
 def add_shard(store, number: int, samples: list[tuple[str, str | None, dict]]) -> None:
     from mmindex import storage
-    from mmindex.dataset import SAMPLES_SCHEMA, parquet_bytes, shard_name
-    from mmindex.embed.store import ShardEmbeddings
+    from mmindex.dataset import shard_name
+    from mmindex.dataset.embeddings import ShardEmbeddings
+    from mmindex.dataset.parquet import parquet_bytes
+    from mmindex.dataset.samples import SAMPLES_SCHEMA
 
     rows = [{"key": key, "shard": shard_name(number), "modalities": sorted(vectors), "members": [],
              "caption": caption, "source": f"synthetic/{key}", "sha256": key, "bytes": 0}

@@ -21,8 +21,8 @@ from conftest import embed, ingest, read_table
 from mmindex.bridge.learn import LearnSettings, held_out, learn, ridge_map
 from mmindex.bridge.mapping import BadMapping, Mapping
 from mmindex.cli import app
+from mmindex.dataset.embeddings import SpaceMismatch
 from mmindex.demo import CORPUS
-from mmindex.embed.store import SpaceMismatch
 from mmindex.spaces import resolve_space
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mmindex.dataset import SAMPLES_SCHEMA, parquet_bytes
+from mmindex.dataset.parquet import parquet_bytes
+from mmindex.dataset.samples import SAMPLES_SCHEMA
 
 READ_THEN_EXIT = "import sys; from mmindex.dataset import read_parquet; print(read_parquet(sys.argv[1]).num_rows)"
 

@@ -31,8 +31,8 @@ from typer.testing import CliRunner
 from conftest import ingest, read_shards, synthetic_dataset, synthetic_space_file
 from faultpoints import DISK_FULL, KINDS, Points, inject
 from mmindex.cli import app
+from mmindex.dataset.embeddings import EmbeddingStore
 from mmindex.demo import CORPUS
-from mmindex.embed.store import EmbeddingStore
 from mmindex.index.build import BuildSettings
 from mmindex.index.run import IndexSettings, build_indexes
 from mmindex.index.store import IndexFiles

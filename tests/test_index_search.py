@@ -189,7 +189,8 @@ def test_the_full_check_catches_ids_that_map_to_other_samples(tmp_path):
 
 def test_the_full_check_catches_ids_without_a_sample_and_samples_without_an_item(tmp_path):
     from mmindex import storage
-    from mmindex.dataset import SAMPLES_SCHEMA, parquet_bytes, read_parquet
+    from mmindex.dataset.parquet import parquet_bytes, read_parquet
+    from mmindex.dataset.samples import SAMPLES_SCHEMA
 
     store = synthetic_dataset(tmp_path / "ds", image_shards(clustered(2_000, 16, 10, seed=8), 1_000))
     space = synthetic_space_file(tmp_path)

@@ -16,7 +16,9 @@ import pytest
 import soundfile
 
 from conftest import file_digests, ingest, read_shards, read_table
-from mmindex.dataset import Dataset, DatasetBusy
+from mmindex.dataset import Dataset
+from mmindex.dataset.lock import DatasetBusy
+from mmindex.dataset.samples import totals
 from mmindex.ingest import write
 from mmindex.ingest.validate import READ_AHEAD_BYTES
 
@@ -96,7 +98,7 @@ def test_an_interrupted_run_is_completed_by_the_next(corpus: Path, tmp_path: Pat
     assert set(read_shards(dataset)) == set(read_shards(reference))
     assert committed_files(dataset) == committed_files(reference), "the next run continues the same shard plan"
     assert report.counts.already_present == committed_before
-    assert Dataset(str(dataset)).totals()["samples"] == len(read_table(reference / "samples"))
+    assert totals(Dataset(str(dataset)))["samples"] == len(read_table(reference / "samples"))
     assert not [p for p in dataset.rglob(".tmp-*")], "no temporary file is left behind"
 
 

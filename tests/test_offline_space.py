@@ -17,8 +17,8 @@ from PIL import Image, ImageOps
 
 from conftest import read_table
 from mmindex.dataset import Dataset
+from mmindex.dataset.embeddings import EmbeddingStore, SpaceMismatch
 from mmindex.demo import CORPUS
-from mmindex.embed.store import EmbeddingStore, SpaceMismatch
 from mmindex.encoders.conse import ClassifierInput, ConseImageEncoder, ConseSettings, imagenet_labels
 from mmindex.encoders.label_cache import CACHE_ENV, label_vectors
 from mmindex.encoders.sentence import SentenceEncoder

@@ -114,6 +114,9 @@ def recall_at(mapping: Mapping, source: np.ndarray, target: np.ndarray, ks: tupl
     return {f"recall@{k}": round(float(np.mean(ranks <= k)), 4) for k in ks}
 
 
+HELD_OUT = "20% of sample keys (by hash), never learned from"
+
+
 def held_out(key: str, percent: int = 20) -> bool:
     """A stable split by sample key: about ``percent`` % of keys are held out of learning, the same every run."""
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 100 < percent

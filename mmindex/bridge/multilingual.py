@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmindex.bridge.mapping import Mapping
-from mmindex.encoders.inputs import decode_utf8
+from mmindex.media import decode_utf8
 
 log = logging.getLogger("mmindex")
 

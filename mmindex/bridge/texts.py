@@ -7,25 +7,19 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.resources
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from mmindex.bridge.learn import held_out
-from mmindex.dataset import Dataset
-
 WORDNET = "wordnet_texts.txt.gz"
+MAX_TEXTS = 5000   # a bridge space's default max_texts
 
 
 def wordnet() -> list[str]:
     """A fixed sample of WordNet 3.0 lemmas and glosses (see ATTRIBUTION.md beside this module)."""
     data = importlib.resources.files("mmindex.bridge").joinpath(WORDNET).read_bytes()
     return gzip.decompress(data).decode("utf-8").splitlines()
-
-
-def training_captions(dataset: Dataset) -> list[str]:
-    """Captions of the samples on the training side of the held-out split (by sample key)."""
-    return [caption for key, caption in dataset.captions().items() if not held_out(key)]
 
 
 def from_file(path: str) -> list[str]:
@@ -39,12 +33,12 @@ def from_file(path: str) -> list[str]:
         raise ValueError(f"bridge texts {path}: not UTF-8 text") from None
 
 
-def training_texts(dataset: Dataset, sources: list[str], limit: int, seed: int = 0) -> list[str]:
-    """The distinct texts of all ``sources``, sorted; a fixed random ``limit`` of them where there are more."""
+def training_texts(sources: list[str], limit: int, captions: Callable[[], list[str]], seed: int = 0) -> list[str]:
+    """The distinct texts of all ``sources``, sorted; a fixed random ``limit`` of them where there are more.
+    ``captions`` gives the dataset's training captions, read only where a source asks for them."""
     texts: set[str] = set()
     for source in sources:
-        texts.update(training_captions(dataset) if source == "captions" else wordnet() if source == "wordnet"
-                     else from_file(source))
+        texts.update(captions() if source == "captions" else wordnet() if source == "wordnet" else from_file(source))
     ordered = sorted(texts)
     if len(ordered) > limit:
         keep = np.random.default_rng(seed).choice(len(ordered), size=limit, replace=False)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from mmindex import checksums, storage
+from mmindex import storage
 from mmindex.check.scan import Checked, Finding, scan
 from mmindex.check.shards import LostSample, rebuild_shard
 from mmindex.check.units import Unit
-from mmindex.dataset import Dataset, shard_name
+from mmindex.dataset import Dataset, checksums, shard_name
+from mmindex.dataset.lock import exclusive
 from mmindex.spaces import Space
 
 
@@ -60,7 +61,7 @@ def _repair(dataset: Dataset, results: list[Checked], report: CheckReport) -> di
 
     damaged = [r for r in results if r.damaged and not only_unrecorded(r)]
     unrebuilt: dict[str, str] = {}
-    with dataset.exclusive("check"):
+    with exclusive(dataset, "check"):
         for result in filter(only_unrecorded, results):
             checksums.write_record(result.unit.record, result.sums)
             report.repaired.append(f"recorded checksums: {result.unit.label}")

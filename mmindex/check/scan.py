@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mmindex import checksums, storage
+from mmindex import storage
 from mmindex.check.units import Unit, parse_problem, unit_problem, units
-from mmindex.dataset import Dataset, shard_name
+from mmindex.dataset import Dataset, checksums, shard_name
 from mmindex.progress import Progress
 
 

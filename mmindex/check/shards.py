@@ -13,8 +13,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from mmindex import checksums, storage
-from mmindex.dataset import Dataset, read_parquet, shard_name
+from mmindex import storage
+from mmindex.dataset import Dataset, checksums, shard_name
+from mmindex.dataset.runs import recorded_sources
+from mmindex.dataset.samples import read_samples
+from mmindex.dataset.sources import source_file
 from mmindex.ingest.discover import ManifestColumns, discover
 from mmindex.ingest.records import Candidate, SampleRecord
 from mmindex.ingest.validate import check
@@ -32,7 +35,7 @@ class LostSample:
 
     @classmethod
     def of(cls, shard: str, row: dict, why: str | None = None) -> LostSample:
-        path = row["source"].split("::")[0].split("#row=")[0]
+        path = source_file(row["source"])
         if why is None:
             why = "source changed" if storage.is_local(path) and os.path.exists(path) else "source gone"
         return cls(shard, row["key"], row["source"], why)
@@ -51,15 +54,9 @@ class _Differs(Exception):
 
 def _ingest_runs(dataset: Dataset) -> list[tuple[str, Limits, ManifestColumns]]:
     """(source, limits, manifest columns) of every source an ingest of this dataset read."""
-    runs = []
-    for run in dataset.read_metadata().get("runs", []):
-        if run.get("stage") != "ingest":
-            continue
-        settings = run.get("settings", {})
-        limits = Limits(**settings.get("limits", {}))
-        columns = ManifestColumns(**{k: tuple(v) for k, v in settings.get("manifest_columns", {}).items()})
-        runs += [(source, limits, columns) for source in run.get("sources", [])]
-    return runs
+    return [(recorded.source, Limits(**recorded.limits),
+             ManifestColumns(**{k: tuple(v) for k, v in recorded.manifest_columns.items()}))
+            for recorded in recorded_sources(dataset)]
 
 
 def _names_a_source(candidate: Candidate, sources: set[str]) -> bool:
@@ -99,7 +96,7 @@ def rebuild_shard(dataset: Dataset, number: int) -> Rebuilt:
     """Rewrites shard ``number``'s tar from its sources if every sample is found unchanged and the result is the
     recorded tar; else lists what is lost."""
     name = shard_name(number)
-    rows = read_parquet(dataset.samples_path(number)).to_pylist()
+    rows = read_samples(dataset.samples_path(number)).to_pylist()
     found, why = find_samples(dataset, rows)
     lost = [LostSample.of(name, row, why or None) for row in rows if row["key"] not in found]
     if lost:

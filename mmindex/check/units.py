@@ -11,12 +11,15 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from mmindex import checksums, storage
-from mmindex.dataset import Dataset, numbered, read_parquet, sample_keys, shard_name
-from mmindex.embed.store import DamagedEmbeddings, EmbeddingStore, load_vectors, recorded_spaces
-from mmindex.index.generations import published
-from mmindex.index.store import RECORD, IndexFiles, IndexStale
-from mmindex.webdataset import split_key
+from mmindex import storage
+from mmindex.dataset import Dataset, checksums, shard_name
+from mmindex.dataset.embeddings import DamagedEmbeddings, EmbeddingStore, load_vectors, recorded_spaces
+from mmindex.dataset.indexes import INDEX, INFO, KEYS, RECORD, published
+from mmindex.dataset.members import shard_members
+from mmindex.dataset.parquet import read_parquet
+from mmindex.dataset.samples import sample_keys
+from mmindex.index.store import IndexFiles, IndexStale
+from mmindex.modalities import MODALITIES
 
 PARSE_ERRORS = (OSError, ValueError, EOFError, RuntimeError, tarfile.TarError, pa.ArrowException)
 
@@ -43,22 +46,15 @@ class Unit:
 
 def units(dataset: Dataset) -> list[Unit]:
     """Every committed unit: shards, rejects, each space's embeddings per shard, each published index."""
-    root = dataset.root
-    recorded = numbered(storage.join(root, "checksums", "shards", "*.json"))  # a shard whose parquet is gone, too
     found = [Unit("shard", n, dataset.record_path(n), (dataset.shard_path(n), dataset.samples_path(n)))
-             for n in sorted({*dataset.committed_shards(), *recorded})]
-    rejects = {posixpath.basename(p).rsplit(".", 1)[0] for folder, ext in (("rejects", "parquet"),
-                                                                            ("checksums/rejects", "json"))
-               for p in storage.glob(storage.join(root, folder, f"*.{ext}"))}
-    found += [Unit("rejects", None, checksums.record_path(root, f"rejects/{stem}"), (dataset.rejects_path(stem),))
-              for stem in sorted(rejects)]
+             for n in sorted({*dataset.committed_shards(), *dataset.recorded_shards()})]
+    found += [Unit("rejects", None, dataset.rejects_record(name), (dataset.rejects_path(name),))
+              for name in dataset.reject_names()]
     for space in recorded_spaces(dataset):
         store = EmbeddingStore(dataset, space)
-        recorded = numbered(storage.join(posixpath.dirname(store.record_path(0)), "*.json"))
-        for number in sorted({*store.committed(), *recorded}):
+        for number in sorted({*store.committed(), *store.recorded()}):
             found.append(Unit("embeddings", number, store.record_path(number), _embedding_files(store, number), store))
-        for modality in sorted({posixpath.basename(posixpath.dirname(p)) for p in
-                                storage.glob(storage.join(root, "indexes", space.name, "*", "*"))}):
+        for modality in dataset.index_modalities(space.name):
             unit = index_unit(IndexFiles(store, modality))
             if unit is not None:
                 found.append(unit)
@@ -70,8 +66,7 @@ def index_unit(files: IndexFiles) -> Unit | None:
     generation = published(files.root)
     if generation is None:
         return None
-    return Unit("index", None, generation.path(RECORD),
-                tuple(generation.path(n) for n in ("index.faiss", "keys.parquet", "info.json")),
+    return Unit("index", None, generation.path(RECORD), tuple(generation.path(n) for n in (INDEX, KEYS, INFO)),
                 files.embeddings, files.modality)
 
 
@@ -84,7 +79,8 @@ def _embedding_files(store: EmbeddingStore, number: int) -> tuple[str, ...]:
     if recorded is not None:
         names = [storage.join(store.dataset.root, name) for name in recorded]
     else:
-        names = storage.glob(storage.join(store.root, "*", f"{shard_name(number)}.npy"))
+        names = [store.vectors_path(number, modality) for modality in MODALITIES
+                 if storage.exists(store.vectors_path(number, modality))]
     return tuple(sorted({store.parquet_path(number), *names}))
 
 
@@ -110,20 +106,13 @@ def parse_problem(path: str) -> str | None:
     return None
 
 
-def tar_keys(path: str) -> set[str]:
-    """The sample keys of a shard tar, reading every header (tarfile notices data cut short; the digest, the
-    data's bytes)."""
-    with storage.open_read(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
-        return {split_key(member.name)[0] for member in tar}
-
-
 def unit_problem(unit: Unit) -> str | None:
     """What disagrees between a unit's files, once each parses: a tar and its samples parquet, a shard's
     vectors and its embeddings parquet, an index and the embeddings it was built from."""
     try:
         if unit.kind == "shard":
             listed = set(sample_keys(unit.files[1]))
-            if tar_keys(unit.files[0]) != listed:
+            if {member.key for member in shard_members(unit.files[0])} != listed:
                 return f"{unit.files[0]} holds other samples than {unit.files[1]} lists"
         elif unit.kind == "embeddings" and unit.store is not None and unit.number is not None:
             unit.store.read(unit.number)

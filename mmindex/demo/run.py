@@ -7,7 +7,9 @@ from pathlib import Path
 import typer
 
 from mmindex import console
-from mmindex.dataset import Dataset, read_parquet
+from mmindex.dataset import Dataset
+from mmindex.dataset.runs import read_metadata
+from mmindex.dataset.samples import read_samples
 from mmindex.demo import CORPUS
 from mmindex.embed.run import EmbedSettings, embed
 from mmindex.index.run import IndexSettings, build_indexes
@@ -24,7 +26,7 @@ def run_demo(out: Path) -> None:
     console.print_ingest(ingest(IngestSettings((str(CORPUS),), dataset)), dataset)
     written = Dataset(dataset)
     first_shard = written.samples_path(written.committed_shards()[0])
-    console.print_samples(dataset, read_parquet(first_shard).to_pylist(), written.read_metadata())
+    console.print_samples(dataset, read_samples(first_shard).to_pylist(), read_metadata(written))
     typer.echo(f"\n== mmindex embed {dataset} --model offline")
     console.print_embed(embed(EmbedSettings(dataset)))
     typer.echo(f"\n== mmindex index {dataset}")

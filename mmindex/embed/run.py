@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mmindex.dataset import shard_name
-from mmindex.embed.store import EmbeddingStore, ShardSummary
+from mmindex.dataset.embeddings import EmbeddingStore, ShardSummary
+from mmindex.dataset.lock import exclusive
+from mmindex.embed.bridge import learn_bridge
 from mmindex.spaces import DEFAULT_SPACE, Space, resolve_space
 
 log = logging.getLogger("mmindex")
@@ -92,10 +94,8 @@ def embed(settings: EmbedSettings, executor: EmbedExecutor | None = None, space:
         from mmindex.embed.workers import WorkerPool
 
         executor = WorkerPool.for_settings(settings)
-    with store.dataset.exclusive("embed"):
+    with exclusive(store.dataset, "embed"):
         if space.settings["kind"] == "bridge" and store.space.mapping is None:  # learned once, before any vector
-            from mmindex.bridge.space import learn_bridge
-
             store = EmbeddingStore(store.dataset, learn_bridge(store))
         store.claim()
         pending = sorted({*store.pending(), *store.damaged()})

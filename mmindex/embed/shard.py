@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tarfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
@@ -11,13 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmindex import storage
-from mmindex.dataset import MODALITIES
-from mmindex.embed.store import ShardEmbeddings
+from mmindex.dataset.embeddings import ShardEmbeddings
+from mmindex.dataset.members import shard_members
 from mmindex.embed.transfer import SharedBatch, receive, release
 from mmindex.encoders.base import Encoded, Encoder, Preparer
-from mmindex.media import Rejected, modality_of
+from mmindex.media import Rejected
+from mmindex.modalities import MODALITIES, modality_of
 from mmindex.parallel import ordered_map
-from mmindex.webdataset import split_key
 
 log = logging.getLogger("mmindex")
 
@@ -33,15 +32,9 @@ class Item:
 
 
 def shard_items(path: str) -> list[Item]:
-    """Image, audio and text members of a webdataset tar (the key is the name up to its first dot)."""
-    items = []
-    with storage.open_read(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
-        for member in tar:
-            key, ext = split_key(member.name)
-            modality = modality_of(ext)
-            if member.isfile() and modality in MODALITIES:
-                items.append(Item(key, modality, member.offset_data, member.size))
-    return items
+    """Image, audio and text members of a shard tar, in tar order."""
+    return [Item(member.key, modality, member.offset, member.size) for member in shard_members(path)
+            if (modality := modality_of(member.ext)) in MODALITIES]
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mmindex.dataset import Dataset, shard_name
+from mmindex.dataset.embeddings import EmbeddingStore, ShardSummary
 from mmindex.embed.shard import Chunk, embed_shard, prepare_chunk
-from mmindex.embed.store import EmbeddingStore, ShardSummary
 from mmindex.embed.transfer import SharedBatch, pack
 from mmindex.encoders.base import Preparer
 from mmindex.spaces import Space

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmindex.encoders.inputs import decode_utf8
+from mmindex.media import decode_utf8
 
 
 def _erf(x: np.ndarray) -> np.ndarray:

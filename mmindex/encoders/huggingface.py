@@ -15,7 +15,8 @@ import torch
 import transformers
 
 from mmindex.encoders.base import Encoded, Encoder, inference, normalised, quiet_transformers
-from mmindex.encoders.inputs import decode_utf8, load_mono, load_rgb
+from mmindex.encoders.inputs import load_mono, load_rgb
+from mmindex.media import decode_utf8
 
 # Which modalities each supported architecture embeds besides text.
 MODALITIES = {"clip": ("image", "text"), "siglip": ("image", "text"), "clap": ("audio", "text")}

@@ -38,10 +38,3 @@ def load_mono(data: bytes, rate: int, limits: Limits = DEFAULT_LIMITS) -> np.nda
         common = gcd(rate, source_rate)
         samples = resample_poly(samples, rate // common, source_rate // common)
     return samples.astype(np.float32, copy=False)
-
-
-def decode_utf8(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise Rejected("text not UTF-8", str(err)) from None

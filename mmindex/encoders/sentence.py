@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from mmindex.encoders.base import Encoded, Encoder, inference, normalised, quiet_transformers
-from mmindex.encoders.inputs import decode_utf8
+from mmindex.media import decode_utf8
 
 quiet_transformers()
 

@@ -10,7 +10,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmindex.embed.store import EmbeddingStore
+from mmindex.dataset.embeddings import EmbeddingStore
+from mmindex.dataset.lock import exclusive
 from mmindex.index.build import BuildSettings, build_index
 from mmindex.index.searchable import describe_search
 from mmindex.index.store import IndexFiles, IndexStale, not_embedded
@@ -63,7 +64,7 @@ def build_indexes(settings: IndexSettings, space: Space | None = None) -> IndexR
     space already resolved)."""
     store = EmbeddingStore.of(settings.dataset, space or resolve_space(settings.model))
     built = []
-    with store.dataset.exclusive("index"):
+    with exclusive(store.dataset, "index"):
         for modality in store.space.modalities():
             files = IndexFiles(store, modality)
             embedded = counts(store, modality)

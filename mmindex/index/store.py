@@ -1,20 +1,12 @@
-"""indexes/<space>/<modality>/ in a dataset, and the check that an index agrees with the embeddings.
+"""A space's index of one modality as FAISS reads and writes it, and the check that it agrees with the embeddings.
 
-Each build is a generation (generations.py) holding:
-
-    index.faiss   the FAISS index; id i is row i of keys.parquet
-    keys.parquet  id -> key, shard
-    info.json     type, search parameters (nprobe or efSearch, re-rank depth), measured recall, build time,
-                  bytes, vectors per shard
-    checksums.json  size and sha256 of the three (mmindex.checksums)
-
-info.json is written last. Its per-shard counts are what the consistency check compares with the committed
+Its files are a generation (mmindex.dataset.indexes). info.json records the search parameters (nprobe or
+efSearch, re-rank depth) and the vectors per shard, which the consistency check compares with the committed
 embeddings. Every read below resolves the published generation once and reads all its files from it.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,19 +14,17 @@ from typing import Any, TypeVar
 
 import faiss
 import numpy as np
-import pyarrow as pa
 
 from mmindex import storage
-from mmindex.checksums import Recorder, unit_problem
-from mmindex.dataset import parquet_bytes, read_parquet, shard_name
-from mmindex.embed.store import EmbeddingStore
-from mmindex.index.generations import Generation, discard, new_generation, publish, published, reading
+from mmindex.dataset.checksums import unit_problem
+from mmindex.dataset.embeddings import EmbeddingStore
+from mmindex.dataset.indexes import INDEX, RECORD, Generation, published, reading, write_generation
+from mmindex.dataset.layout import shard_name
+from mmindex.dataset.samples import read_samples
 from mmindex.index.searchable import ExactVectors, SearchableIndex
 from mmindex.index.vectors import counts, embedded_keys
 
 T = TypeVar("T")
-RECORD = "checksums.json"  # a generation's checksum record (mmindex.checksums)
-KEYS_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("shard", pa.string(), nullable=False)])
 
 
 class IndexMissing(FileNotFoundError):
@@ -91,12 +81,12 @@ class IndexFiles:
         raise AssertionError("unreachable")
 
     def info(self) -> dict[str, Any]:
-        return self._pinned(_info)
+        return self._pinned(Generation.info)
 
     def read(self) -> tuple[dict[str, Any], faiss.Index]:
         """The info and the FAISS index of one build, in memory (to extend it)."""
         def read(generation: Generation) -> tuple[dict[str, Any], faiss.Index]:
-            info = _info(generation)
+            info = generation.info()
             return info, self._read_index(generation, info)
 
         return self._pinned(read)
@@ -104,20 +94,10 @@ class IndexFiles:
     def save(self, index: faiss.Index, rows: list[dict[str, str]], info: dict[str, Any]) -> None:
         """Writes a new generation and publishes it; returns once readers get it. A generation that cannot be
         written whole (a full disk) is removed, and the published one stays."""
-        generation = new_generation(self.root)
-        recorder = Recorder(self.embeddings.dataset.root, generation.path(RECORD))
-        try:
-            # FAISS writes through our writer (in pieces, never a whole copy in memory), so a failed write raises
-            # the system's error, naming the file, where FAISS's own file writer only printed a failed close
-            with recorder.writer(generation.path("index.faiss")) as out:
-                faiss.write_index(index, faiss.PyCallbackIOWriter(out.write))
-            info["bytes"] = out.size
-            recorder.write(generation.path("keys.parquet"), parquet_bytes(rows, KEYS_SCHEMA))
-            recorder.commit(generation.path("info.json"), json.dumps(info, indent=2).encode())
-        except BaseException:
-            discard(generation)
-            raise
-        publish(self.root, generation)
+        # FAISS writes through our writer (in pieces, never a whole copy in memory), so a failed write raises the
+        # system's error, naming the file, where FAISS's own file writer only printed a failed close
+        write_generation(self.embeddings.dataset.root, self.root,
+                         lambda out: faiss.write_index(index, faiss.PyCallbackIOWriter(out.write)), rows, info)
 
     def load(self) -> tuple[SearchableIndex, list[str], list[str]]:
         """The index (memory-mapped where FAISS can) set up as it was tuned, and the key and shard of each id."""
@@ -135,8 +115,8 @@ class IndexFiles:
         return self._pinned(read)
 
     def _load(self, generation: Generation) -> LoadedIndex:
-        info = _info(generation)
-        table = read_parquet(generation.path("keys.parquet"), columns=["key", "shard"])
+        info = generation.info()
+        table = generation.keys(["key", "shard"])
         keys, shards = table.column("key").to_pylist(), table.column("shard").to_pylist()
         searchable = SearchableIndex(self._read_index(generation, info, mmap=True))
         if len(keys) != searchable.ntotal:
@@ -166,7 +146,7 @@ class IndexFiles:
     def _read_index(self, generation: Generation, info: dict[str, Any], mmap: bool = False) -> faiss.Index:
         """The FAISS index as saved (``mmap``: a local file mapped, read-only); IndexStale, saying to rebuild,
         when the file is damaged or does not hold the vectors its info records."""
-        path = generation.path("index.faiss")
+        path = generation.path(INDEX)
         problem = unit_problem(self.embeddings.dataset.root, generation.path(RECORD))
         if problem:
             raise IndexStale(f"{problem[0]} is damaged ({problem[1]}): {self.rebuild}")
@@ -185,7 +165,7 @@ class IndexFiles:
         return index
 
     def _check(self, generation: Generation, keys: bool) -> None:
-        info = _info(generation)
+        info = generation.info()
         indexed, embedded = info["shards"], counts(self.embeddings, self.modality)
         if indexed == embedded:
             if keys:  # the full check also opens the index file (loading it checks it too)
@@ -210,7 +190,7 @@ class IndexFiles:
     def _check_ids(self, generation: Generation) -> None:
         """Every id maps to its shard's embedded item and to a sample of that shard, and every sample of the
         modality in an indexed shard has an item (embedded, or skipped with a reason)."""
-        table = read_parquet(generation.path("keys.parquet"))
+        table = generation.keys()
         by_shard: dict[str, list[str]] = {}
         for key, shard in zip(table.column("key").to_pylist(), table.column("shard").to_pylist(), strict=True):
             by_shard.setdefault(shard, []).append(key)
@@ -221,7 +201,7 @@ class IndexFiles:
             if keys != embedded_keys(items, self.modality):
                 raise IndexStale(f"ids of shard {shard} in the {self.modality} index map to other samples than its "
                                  f"embeddings; rebuild: `{rebuild}`")
-            samples = read_parquet(dataset.samples_path(int(shard)), columns=["key", "modalities"]).to_pylist()
+            samples = read_samples(dataset.samples_path(int(shard)), columns=["key", "modalities"]).to_pylist()
             unknown = set(keys) - {row["key"] for row in samples}
             if unknown:
                 raise IndexStale(f"{len(unknown)} id(s) of shard {shard} in the {self.modality} index map to no "
@@ -233,12 +213,6 @@ class IndexFiles:
                 raise IndexStale(f"{len(missing)} sample(s) of shard {shard} with {self.modality} are missing from "
                                  f"its embeddings and so from the index (e.g. {min(missing)}): re-embed that shard "
                                  f"(delete its embeddings) and rebuild: `{rebuild}`")
-
-
-def _info(generation: Generation) -> dict[str, Any]:
-    return json.loads(storage.read_bytes(generation.path("info.json")))
-
-
 
 
 def not_embedded(store: EmbeddingStore) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mmindex.embed.store import EmbeddingStore
+from mmindex.dataset.embeddings import EmbeddingStore
 from mmindex.index.searchable import SearchableIndex, exact_scores, search_knob, top_k
 from mmindex.index.vectors import ShardVectors, modality_shards
 

@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmindex.dataset import read_parquet, shard_name
-from mmindex.embed.store import EmbeddingStore
+from mmindex.dataset import shard_name
+from mmindex.dataset.embeddings import EmbeddingStore
+from mmindex.dataset.parquet import read_parquet
 
 
 @dataclass(frozen=True)

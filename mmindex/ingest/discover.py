@@ -24,9 +24,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from mmindex import storage
-from mmindex.dataset import Dataset, parquet_file
+from mmindex.dataset.layout import Dataset
+from mmindex.dataset.parquet import parquet_file
+from mmindex.dataset.sources import row_source, tar_source
 from mmindex.ingest.records import Candidate, Member
-from mmindex.media import Limits, modality_of, unsupported_reason
+from mmindex.media import Limits
+from mmindex.modalities import MEDIA, modality_of, unsupported_reason
 from mmindex.progress import Progress
 from mmindex.webdataset import split_key
 
@@ -203,7 +206,7 @@ def read_manifest(path: str, columns: ManifestColumns) -> Iterator[Candidate]:
     base = os.path.dirname(os.path.abspath(path)) if storage.is_local(path) else posixpath.dirname(path)
     try:
         for number, row in _manifest_rows(path):
-            source = f"{path}#row={number}"
+            source = row_source(path, number)
             if isinstance(row, dict):
                 yield _row_candidate(source, row, base, columns)
             else:
@@ -233,7 +236,7 @@ def _row_candidate(source: str, row: dict, base: str, columns: ManifestColumns) 
             return Candidate(source=source, problem=(
                 "path leaves the manifest's folder", f"{value!r} is not inside {base}"))
         ext = _split_stem(posixpath.basename(resolved))[1]
-        if modality_of(ext) not in ("image", "audio"):
+        if modality_of(ext) not in MEDIA:
             return Candidate(source=source, problem=unsupported_reason(ext))
         members.append(Member(ext=ext.lower(), path=resolved))
     caption = row.get(caption_col) if caption_col else None
@@ -333,7 +336,7 @@ def read_tar(path: str, limits: Limits, scratch: str) -> Iterator[Candidate]:
                 if problem is None and modality_of(ext) is None:
                     problem = unsupported_reason(ext)
                 if problem:
-                    yield Candidate(source=f"{path}::{info.name}", problem=problem)
+                    yield Candidate(source=tar_source(path, info.name), problem=problem)
                     continue
                 if key != group_key:
                     if group:
@@ -361,7 +364,7 @@ def decompress_tar(path: str, scratch: str, limits: Limits) -> str:
 
 def _tar_candidate(path: str, key: str | None, members: list[Member]) -> Candidate:
     ordered = tuple(sorted(members, key=lambda m: m.ext))
-    return Candidate(source=describe(f"{path}::{key}", ordered), members=ordered)
+    return Candidate(source=describe(tar_source(path, key or ""), ordered), members=ordered)
 
 
 def _tar_member_problem(info: tarfile.TarInfo, limits: Limits) -> tuple[str, str] | None:

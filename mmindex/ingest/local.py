@@ -20,7 +20,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 
-from mmindex.dataset import Dataset, sample_keys
+from mmindex.dataset import Dataset
+from mmindex.dataset.samples import sample_keys
 from mmindex.ingest.discover import discover_batches
 from mmindex.ingest.plan import choose_winner, plan_winners
 from mmindex.ingest.records import Candidate, IngestOutcome, Reject, SampleRecord

@@ -18,10 +18,12 @@ from typing import Any, Protocol
 
 from mmindex import storage
 from mmindex.dataset import Dataset
+from mmindex.dataset.lock import exclusive
+from mmindex.dataset.runs import ingest_settings, metadata_behind, read_metadata, record_run
+from mmindex.dataset.samples import recorded_rejects, write_rejects
 from mmindex.ingest.discover import ManifestColumns, check_source
 from mmindex.ingest.plan import DEFAULT_SHARD_SIZE, ShardSize
 from mmindex.ingest.records import DUPLICATE, IngestOutcome, ShardWritten
-from mmindex.ingest.write import write_rejects
 from mmindex.media import Limits
 
 log = logging.getLogger("mmindex")
@@ -101,12 +103,12 @@ def ingest(settings: IngestSettings, executor: IngestExecutor | None = None) -> 
     if storage.is_local(root) and os.path.exists(root) and not os.path.isdir(root):
         raise ValueError(f"the dataset {root!r} is a file; give a folder")
     dataset = Dataset(root)
-    dataset.read_metadata()  # refuses a folder of another format before anything is written
+    read_metadata(dataset)  # refuses a folder of another format before anything is written
     if executor is None:
         from mmindex.ingest.local import LocalExecutor
 
         executor = LocalExecutor(settings.workers)
-    with dataset.exclusive("ingest"):
+    with exclusive(dataset, "ingest"):
         removed = dataset.remove_incomplete()
         if removed:
             log.info("removed %d leftovers of an interrupted run", len(removed))
@@ -115,7 +117,7 @@ def ingest(settings: IngestSettings, executor: IngestExecutor | None = None) -> 
         started = time.time()
         job = IngestJob(settings, dataset, committed[-1] + 1 if committed else 0,
                         [dataset.samples_path(n) for n in committed], dataset.scratch_path(run_id))
-        recorded = dataset.recorded_rejects()
+        recorded = recorded_rejects(dataset)
         outcome = executor(job)
         storage.delete(storage.glob(f"{job.scratch}-*"))  # decompressed tars: every shard that read them is written
         return _record(job, outcome, run_id, started, recorded)
@@ -125,7 +127,7 @@ def _record(job: IngestJob, outcome: IngestOutcome, run_id: str, started: float,
             recorded: set[tuple[str, str, str]]) -> IngestReport:
     """Writes the rejects not listed before and, when the run changed anything, records it in mmindex.json."""
     dataset, settings = job.dataset, job.settings
-    fresh = [r for r in outcome.rejects if (r.source, r.reason, r.detail) not in recorded]
+    fresh = {(r.source, r.reason, r.detail) for r in outcome.rejects} - recorded
     duplicates = sum(r.reason == DUPLICATE for r in outcome.rejects)
     by_reason = Counter(r.reason for r in outcome.rejects if r.reason != DUPLICATE)
     shards = sorted(outcome.shards, key=lambda s: s.name)
@@ -141,13 +143,12 @@ def _record(job: IngestJob, outcome: IngestOutcome, run_id: str, started: float,
     )
     report = IngestReport(
         run_id=run_id, started=started, finished=time.time(), sources=list(settings.sources),
-        settings={"shard_size": settings.shard_size, "limits": asdict(settings.limits),
-                  "manifest_columns": asdict(settings.columns)},
-        counts=counts, shards_added=shards, rejects_file=write_rejects(fresh, dataset), changed=bool(shards or fresh))
-    behind = dataset.metadata_behind()
+        settings=ingest_settings(settings.shard_size, asdict(settings.limits), asdict(settings.columns)),
+        counts=counts, shards_added=shards, rejects_file=write_rejects(dataset, fresh), changed=bool(shards or fresh))
+    behind = metadata_behind(dataset)
     if behind and not report.changed:
         log.info("ingest: %s did not list every committed shard (deleted, or a run was stopped before it recorded "
                  "itself): rewritten from the committed shards", dataset.metadata_path)
     if report.changed or behind:
-        dataset.record_run({k: v for k, v in asdict(report).items() if k != "changed"}, report.sources)
+        record_run(dataset, {k: v for k, v in asdict(report).items() if k != "changed"}, report.sources)
     return report

@@ -13,22 +13,13 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from mmindex import storage
-from mmindex.dataset import MODALITIES
 from mmindex.ingest.records import Candidate, Member, Reject, SampleRecord
-from mmindex.media import (
-    Limits,
-    Rejected,
-    decode_text,
-    inspect_audio,
-    inspect_image,
-    modality_of,
-    parse_metadata,
-    stored_ext,
-)
+from mmindex.media import Limits, Rejected
+from mmindex.modalities import BY_NAME, KINDS, MODALITIES, modality_of, stored_ext
 
 log = logging.getLogger("mmindex")
 KEY_HEX_DIGITS = 20  # 80 bits: a collision among a billion samples has odds below one in a million
-PRIMARY_ORDER = (*MODALITIES, "meta")
+PRIMARY_ORDER = tuple(kind.name for kind in KINDS)  # the order of the table: content first, then metadata
 INLINE_BYTES = 4096  # files up to this size always travel inline: cheaper than opening them again
 
 
@@ -118,18 +109,11 @@ def inspect_candidate(candidate: Candidate, limits: Limits, keep: Callable[[int]
         data, digest = already_read.get(id(member)) or (load_member(member, limits), None)
         if not data and not (modality == "text" and len(by_modality) > 1):
             raise Rejected("empty file", f"the .{member.ext} file has 0 bytes")
-        if modality == "image":
-            row.update(inspect_image(data, limits))
-        elif modality == "audio":
-            row.update(inspect_audio(data, limits))
-        elif modality == "text":
-            text = decode_text(data, limits)
-            if not text.strip() and len(by_modality) == 1:
-                raise Rejected("empty text", "the text file holds only white space")
-            row["caption"] = text if text.strip() else None
-        else:
-            parse_metadata(data, limits)
-        if modality != "meta" and (modality != "text" or row["caption"] is not None):
+        fields = BY_NAME[modality].inspect(data, limits)
+        if modality == "text" and fields["caption"] is None and len(by_modality) == 1:
+            raise Rejected("empty text", "the text file holds only white space")
+        row.update(fields)
+        if modality in MODALITIES and (modality != "text" or row["caption"] is not None):
             modalities.append(modality)
         ext = stored_ext(member.ext, row.get(f"{modality}_format"))
         digests[ext] = digest or hashlib.sha256(data).hexdigest()
@@ -137,7 +121,7 @@ def inspect_candidate(candidate: Candidate, limits: Limits, keep: Callable[[int]
         sizes.append(len(data))
 
     content = "\n".join(f"{modality_of(ext)}:{digests[ext]}" for ext in sorted(digests)
-                        if modality_of(ext) != "meta")
+                        if modality_of(ext) in MODALITIES)
     sha256 = hashlib.sha256(content.encode()).hexdigest()
     row.update(modalities=modalities, members=sorted(members), source=primary_source(candidate, by_modality),
                sha256=sha256, bytes=sum(sizes))

@@ -1,4 +1,4 @@
-"""Committing results: shard tars and their samples parquet, and the rejects parquet."""
+"""Committing results: shard tars and their samples parquet."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from mmindex import storage
-from mmindex.checksums import Recorder, record_path
-from mmindex.dataset import REJECTS_SCHEMA, SAMPLES_SCHEMA, Dataset, parquet_bytes, shard_name
-from mmindex.ingest.records import Reject, SampleRecord, ShardWritten
+from mmindex.dataset.checksums import Recorder
+from mmindex.dataset.layout import Dataset, shard_name
+from mmindex.dataset.samples import samples_bytes
+from mmindex.ingest.records import SampleRecord, ShardWritten
 from mmindex.ingest.validate import load_member
 from mmindex.media import Limits
 from mmindex.sizes import format_size
@@ -67,7 +67,7 @@ def write_shard_tar(number: int, records: list[SampleRecord], dataset: Dataset, 
         write_tar(out, tar_samples(records, limits))
     rows = [{**r.row, "key": r.key, "shard": name} for r in records]
     return WrittenTar(ShardWritten(name, len(records), out.size, out.sha256.hexdigest()),
-                      parquet_bytes(rows, SAMPLES_SCHEMA), recorder)
+                      samples_bytes(rows), recorder)
 
 
 def commit_shard(written: WrittenTar, dataset: Dataset) -> None:
@@ -75,17 +75,3 @@ def commit_shard(written: WrittenTar, dataset: Dataset) -> None:
     shard = written.shard
     written.recorder.commit(dataset.samples_path(int(shard.name)), written.samples)
     log.info("ingest: wrote shard %s (%s samples, %s)", shard.name, f"{shard.samples:,}", format_size(shard.bytes))
-
-
-def write_rejects(rejects: list[Reject], dataset: Dataset) -> str | None:
-    """Writes the rejects not listed before, under a name derived from their content (so a repeat is a no-op)."""
-    if not rejects:
-        return None
-    rows = sorted({(r.source, r.reason, r.detail) for r in rejects})
-    data = parquet_bytes([dict(zip(("source", "reason", "detail"), row, strict=True)) for row in rows],
-                         REJECTS_SCHEMA)
-    name = hashlib.sha256(data).hexdigest()[:16]
-    path = dataset.rejects_path(name)
-    if not storage.exists(path):
-        Recorder(dataset.root, record_path(dataset.root, f"rejects/{name}")).commit(path, data)
-    return path

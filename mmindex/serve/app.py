@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from mmindex.modalities import MODALITIES
 from mmindex.search import BadQuery
 from mmindex.serve import clip_compat
 from mmindex.serve.catalog import NotFound, ServedDataset, pick
@@ -41,7 +42,7 @@ SEARCH_BODY = {"requestBody": {"required": True, "content": {
         "image": {"type": "string", "description": "base64 (or a data: URL)"},
         "audio": {"type": "string", "description": "base64 (or a data: URL)"},
         "weights": {"type": "object", "additionalProperties": {"type": "number"}},
-        "modality": {"type": "string", "enum": ["image", "audio", "text", "all"]},
+        "modality": {"type": "string", "enum": [*MODALITIES, "all"]},
         "k": {"type": "integer", "minimum": 1}}}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {
         "text": {"type": "string"}, "image": {"type": "string", "format": "binary"},

@@ -12,9 +12,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from mmindex.dataset import MODALITIES, Dataset, read_parquet
-from mmindex.embed.store import recorded_spaces
-from mmindex.index.generations import published
+from mmindex.dataset import Dataset
+from mmindex.dataset.embeddings import recorded_spaces
+from mmindex.dataset.indexes import published
+from mmindex.dataset.samples import read_samples
+from mmindex.modalities import MODALITIES
 from mmindex.search import Searcher
 from mmindex.spaces import DEFAULT_SPACE, Space
 
@@ -83,7 +85,7 @@ class ServedDataset:
         with self._reading:
             new = [n for n in self.dataset.committed_shards() if n not in self._shards]
             for number in sorted(new):
-                table = read_parquet(self.dataset.samples_path(number), columns=["key", "members", "caption"])
+                table = read_samples(self.dataset.samples_path(number), columns=["key", "members", "caption"])
                 for row in table.to_pylist():
                     self._samples[row["key"]] = Sample(len(self._keys), number, tuple(row["members"]),
                                                        row["caption"])

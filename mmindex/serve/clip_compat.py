@@ -18,7 +18,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from mmindex.dataset import MODALITIES
+from mmindex.modalities import MODALITIES
 from mmindex.search import Query, Searcher
 from mmindex.serve.catalog import NotFound, ServedDataset
 from mmindex.serve.hits import media_urls

@@ -8,20 +8,16 @@ never change: responses may be cached for good.
 from __future__ import annotations
 
 import re
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
-from mmindex.media import modality_of
+from mmindex.dataset.members import shard_members
+from mmindex.modalities import CONTENT_TYPES, MODALITIES, modality_of
 from mmindex.serve.catalog import NotFound, ServedDataset
 
 CHUNK = 256 * 1024
-CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
-                 "bmp": "image/bmp", "tiff": "image/tiff", "wav": "audio/wav", "flac": "audio/flac",
-                 "ogg": "audio/ogg", "mp3": "audio/mpeg", "txt": "text/plain; charset=utf-8",
-                 "json": "application/json"}
-MEMBERS = ("image", "audio", "text", "json")   # what a URL names; "json" is the metadata member
+MEMBERS = (*MODALITIES, "json")   # what a URL names; "json" is the metadata member
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
@@ -76,9 +72,8 @@ def find_member(served: ServedDataset, key: str, member: str) -> Member:
 
 @lru_cache(maxsize=64)
 def _shard_table(path: str) -> dict[str, tuple[int, int]]:
-    """Member name -> (data offset, size), from the tar's headers (the data is skipped, not read)."""
-    with tarfile.open(path, "r:") as tar:
-        return {info.name: (info.offset_data, info.size) for info in tar if info.isfile()}
+    """Member name -> (data offset, size), kept for the most recently used shards."""
+    return {member.name: (member.offset, member.size) for member in shard_members(path)}
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:

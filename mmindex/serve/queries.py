@@ -14,13 +14,13 @@ from typing import Any
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from mmindex.dataset import MODALITIES
 from mmindex.media import Limits, Rejected, audio_errors, check_clip, image_errors, open_audio, open_image
+from mmindex.modalities import MEDIA, MODALITIES
 from mmindex.search import BadQuery, Query
 from mmindex.serve.guards import BodyTooLarge
 from mmindex.serve.settings import ServeLimits
 
-FIELDS = ("dataset", "space", "text", "image", "audio", "weights", "modality", "k")
+FIELDS = ("dataset", "space", *MODALITIES, "weights", "modality", "k")
 TOO_LARGE = ("image too large", "audio too long")
 
 
@@ -74,10 +74,10 @@ async def _form(request: Request, limits: ServeLimits) -> dict[str, Any]:
         if name in fields:
             raise ApiError(422, f"field {name!r} is given twice")
         if isinstance(value, UploadFile):
-            if name not in ("image", "audio"):
+            if name not in MEDIA:
                 raise ApiError(422, f"field {name!r} is a file: only image and audio may be uploaded")
             fields[name] = await value.read()
-        elif name in ("image", "audio"):
+        elif name in MEDIA:
             fields[name] = value  # base64 in a form field works too
         elif name == "weights":
             fields[name] = _json_field(name, value)
@@ -105,7 +105,7 @@ def search_request(fields: dict[str, Any], limits: ServeLimits) -> SearchRequest
     k = fields.get("k", 10)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limits.max_k:
         raise ApiError(422, f"k must be a whole number from 1 to {limits.max_k}, not {json.dumps(k)[:60]}")
-    media = {name: media_bytes(name, fields.get(name), limits) for name in ("image", "audio")}
+    media = {name: media_bytes(name, fields.get(name), limits) for name in MEDIA}
     try:
         query = Query(fields.get("text"), media["image"], media["audio"], fields.get("weights") or {})
         query.parts()

@@ -26,9 +26,9 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from mmindex.dataset import Dataset, shard_name
+from mmindex.dataset.embeddings import EmbeddingStore, ShardEmbeddings, ShardSummary
 from mmindex.embed.run import EmbedReport, EmbedSettings, OnShard, embed
 from mmindex.embed.shard import Chunk, chunks, encode_robustly, prepare_chunk, shard_items
-from mmindex.embed.store import EmbeddingStore, ShardEmbeddings, ShardSummary
 from mmindex.encoders.base import Encoder
 from mmindex.media import Rejected
 from mmindex.spaces import Space

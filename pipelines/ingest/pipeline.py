@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, replace
 import apache_beam as beam
 
 from mmindex import storage
-from mmindex.dataset import Dataset, sample_keys
+from mmindex.dataset import Dataset
+from mmindex.dataset.samples import sample_keys
 from mmindex.ingest.discover import discover_batches
 from mmindex.ingest.plan import ShardSize, Winner, choose_winner, plan_winners
 from mmindex.ingest.records import IngestOutcome, Reject, SampleRecord, ShardWritten

@@ -1,6 +1,7 @@
 """embeddings/<space>/ in a dataset: per shard, float16 vectors per modality and a parquet that commits them.
 
     embeddings/<space>/space.json             the space's settings (vectors from other settings never mix)
+    embeddings/<space>/bridge.npz             a bridge space's learned mapping (its digest is in space.json)
     embeddings/<space>/<modality>/NNNNNN.npy  float16, one row per embedded item, in the parquet's order
     embeddings/<space>/NNNNNN.parquet         key, modality, row (into the .npy), skipped (reason), note
     embeddings/<space>/stats.json             per run: samples/s per modality and device
@@ -23,8 +24,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mmindex import checksums, storage
-from mmindex.dataset import MODALITIES, Dataset, numbered, parquet_bytes, read_parquet, shard_name
+from mmindex import storage
+from mmindex.bridge import mapping as mappings
+from mmindex.dataset.checksums import Recorder, unit_problem
+from mmindex.dataset.layout import Dataset, numbered, shard_name
+from mmindex.dataset.parquet import parquet_bytes, read_parquet
+from mmindex.modalities import MODALITIES
 from mmindex.spaces import Space
 
 EMBEDDINGS_SCHEMA = pa.schema([
@@ -37,6 +42,8 @@ EMBEDDINGS_SCHEMA = pa.schema([
 
 
 log = logging.getLogger("mmindex")
+SPACE_FILE = "space.json"
+MAPPING_FILE = "bridge.npz"
 
 
 class SpaceMismatch(ValueError):
@@ -106,7 +113,7 @@ def load_vectors(path: str) -> np.ndarray:
 def recorded_spaces(dataset: Dataset) -> list[Space]:
     """The spaces the dataset holds embeddings of, as their space.json recorded them, by name."""
     found = []
-    for path in storage.glob(storage.join(dataset.root, "embeddings", "*", "space.json")):
+    for path in storage.glob(storage.join(dataset.embeddings_path("*"), SPACE_FILE)):
         recorded = json.loads(storage.read_bytes(path))
         found.append(Space(recorded["name"], recorded["settings"]))
     return found
@@ -128,11 +135,7 @@ class EmbeddingStore:
         if not dataset.committed_shards():
             raise FileNotFoundError(f"{root} has no ingested shards: run `mmindex ingest SOURCES --out {root}` "
                                     f"first")
-        if space.settings["kind"] == "bridge":  # its vectors need the mapping they were made with
-            from mmindex.bridge.space import bound
-
-            space = bound(space, dataset.embeddings_path(space.name))
-        return cls(dataset, space)
+        return cls(dataset, bound(space, dataset.embeddings_path(space.name)))
 
     @property
     def root(self) -> str:
@@ -148,7 +151,7 @@ class EmbeddingStore:
         """Records the space's settings, or refuses if the folder holds vectors made with other settings;
         removes what an interrupted run left."""
         self.remove_incomplete()
-        path = storage.join(self.root, "space.json")
+        path = storage.join(self.root, SPACE_FILE)
         mine = {"name": self.space.name, "fingerprint": self.space.fingerprint, "settings": self.space.settings}
         if storage.exists(path):
             recorded = json.loads(storage.read_bytes(path))
@@ -164,10 +167,9 @@ class EmbeddingStore:
         records of shards never committed."""
         leftovers = [p for folder in ("", *MODALITIES)
                      for p in storage.glob(storage.join(self.root, folder, f"{storage.TEMP_MARK}*"))]
-        records = posixpath.dirname(self.record_path(0))
-        leftovers += storage.glob(storage.join(records, f"{storage.TEMP_MARK}*"))
+        leftovers += storage.glob(storage.join(posixpath.dirname(self.record_path(0)), f"{storage.TEMP_MARK}*"))
         committed = self.committed()  # a record whose parquet was never written: a run killed in between
-        leftovers += [self.record_path(n) for n in numbered(storage.join(records, "*.json")) if n not in committed]
+        leftovers += [self.record_path(n) for n in self.recorded() if n not in committed]
         storage.delete(leftovers)
 
     def committed(self) -> set[int]:
@@ -191,10 +193,18 @@ class EmbeddingStore:
 
     def record_path(self, number: int) -> str:
         """The checksum record of a shard's embeddings (mmindex.checksums)."""
-        return checksums.record_path(self.dataset.root, f"embeddings/{self.space.name}/{shard_name(number)}")
+        return self.dataset.unit_record(f"embeddings/{self.space.name}/{shard_name(number)}")
+
+    def recorded(self) -> list[int]:
+        """Shards with a checksum record (one whose parquet is gone, too)."""
+        return numbered(self.dataset.unit_record(f"embeddings/{self.space.name}/*"))
+
+    @property
+    def mapping_path(self) -> str:
+        return storage.join(self.root, MAPPING_FILE)
 
     def commit(self, shard: ShardEmbeddings) -> None:
-        recorder = checksums.Recorder(self.dataset.root, self.record_path(shard.number))
+        recorder = Recorder(self.dataset.root, self.record_path(shard.number))
         for modality, vectors in sorted(shard.vectors.items()):
             buffer = io.BytesIO()
             np.save(buffer, np.stack(vectors).astype(np.float16), allow_pickle=False)
@@ -238,7 +248,7 @@ class EmbeddingStore:
 
     def _check_sizes(self, number: int) -> None:
         """The cheap check before reading a shard's files: each is there, of its recorded size."""
-        problem = checksums.unit_problem(self.dataset.root, self.record_path(number))
+        problem = unit_problem(self.dataset.root, self.record_path(number))
         if problem:
             raise self._damaged(number, *problem)
 
@@ -250,3 +260,23 @@ class EmbeddingStore:
         path = storage.join(self.root, "stats.json")
         runs = json.loads(storage.read_bytes(path))["runs"] if storage.exists(path) else []
         storage.write_atomic(path, json.dumps({"runs": [*runs, stats]}, indent=2).encode())
+
+
+def bound(space: Space, root: str) -> Space:
+    """The space with the mapping its vectors under ``root`` were made with; unchanged if it is no bridge or none
+    is learned yet. A mapping file that is missing or not the one recorded is refused (its vectors would not
+    match)."""
+    record = storage.join(root, SPACE_FILE)
+    if space.settings["kind"] != "bridge" or not storage.exists(record):
+        return space
+    recorded = json.loads(storage.read_bytes(record))["settings"].get("mapping", {})
+    path = storage.join(root, MAPPING_FILE)
+    if not storage.exists(path):
+        raise SpaceMismatch(f"{path} is missing: the vectors in {root} were made with it. Restore it, or delete "
+                            f"{root} to embed again with a new mapping")
+    digest = mappings.digest(storage.read_bytes(path))  # the file is parsed where it is used (bridge_encoders)
+    if digest != recorded.get("digest"):
+        raise SpaceMismatch(f"{path} is not the mapping the vectors in {root} were made with (digest {digest}, "
+                            f"recorded {recorded.get('digest')}); vectors of two mappings never mix. Restore it, "
+                            f"or delete {root} to embed again")
+    return Space(space.name, {**space.settings, "mapping": recorded}, mapping=path)

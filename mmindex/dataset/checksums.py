@@ -1,7 +1,8 @@
 """Recorded sizes and sha256 digests of committed files: how `mmindex check` tells a damaged file from a good one.
 
 Each unit a stage commits (a shard with its samples parquet, a rejects parquet, a shard's embeddings, an index
-generation) has one small JSON record listing its files by path relative to the dataset:
+generation) has one small JSON record (where: mmindex.dataset.layout) listing its files by path relative to the
+dataset:
 
     {"format": "mmindex-checksums", "version": 1,
      "files": {"shards/000000.tar": {"bytes": 4700160, "sha256": "9f2c..."}, "samples/000000.parquet": {...}}}
@@ -35,11 +36,6 @@ class Sum:
 
 class RecordUnreadable(ValueError):
     """A checksum record that is not one this module wrote."""
-
-
-def record_path(root: str, unit: str) -> str:
-    """Where the record of a dataset-level unit (``shards/000000``, ``embeddings/offline/000000``) lives."""
-    return storage.join(root, "checksums", f"{unit}.json")
 
 
 def relative(root: str, path: str) -> str:

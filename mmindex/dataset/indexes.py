@@ -1,7 +1,13 @@
-"""Index generations: every build writes a complete new folder, and one atomic rename publishes it.
+"""indexes/<space>/<modality>/: generations of an index; every build writes a complete new folder, and one atomic
+rename publishes it.
 
     indexes/<space>/<modality>/CURRENT    the name of the published generation (written whole, then renamed)
-    indexes/<space>/<modality>/gNNNNNN/   one build: index.faiss, keys.parquet, info.json, checksums.json, .readers
+    indexes/<space>/<modality>/gNNNNNN/   one build:
+        index.faiss     the FAISS index; id i is row i of keys.parquet
+        keys.parquet    id -> key, shard
+        info.json       type, search parameters, measured recall, build time, bytes, vectors per shard (written last)
+        checksums.json  size and sha256 of the three (checksums.py)
+        .readers        the lock readers hold (below)
 
 A reader resolves CURRENT once and reads every file of one build from that folder, so an index and the
 settings it was tuned with never come from two builds. Readers hold a shared lock on the generation's
@@ -9,26 +15,42 @@ settings it was tuned with never come from two builds. Readers hold a shared loc
 exclusively, so no reader loses a file it is about to open (a memory-mapped index stays readable after its
 file is removed). Object stores have no such lock: there the previous generation is kept, older ones go.
 An index written before generations (its files directly in the modality's folder) is read where it is.
+CURRENT must name a generation of its own folder (``g`` and six digits): anything else is reported as damaged,
+never followed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import posixpath
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import pyarrow as pa
 
 from mmindex import storage
+from mmindex.dataset.checksums import Recorder
+from mmindex.dataset.parquet import parquet_bytes, read_parquet
 
 CURRENT = "CURRENT"
 READERS = ".readers"
+INDEX = "index.faiss"
+KEYS = "keys.parquet"
 INFO = "info.json"   # written last: a generation is complete once it exists
-LEGACY = ("index.faiss", "keys.parquet", INFO)
+RECORD = "checksums.json"
+LEGACY = (INDEX, KEYS, INFO)
+KEYS_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("shard", pa.string(), nullable=False)])
 _NAME = re.compile(r"g(\d{6})")
+
+
+class PointerDamaged(ValueError):
+    """A CURRENT file that does not name a generation of its own folder."""
 
 
 @dataclass(frozen=True)
@@ -38,13 +60,52 @@ class Generation:
     def path(self, name: str) -> str:
         return storage.join(self.folder, name)
 
+    def info(self) -> dict[str, Any]:
+        return json.loads(storage.read_bytes(self.path(INFO)))
+
+    def keys(self, columns: list[str] | None = None) -> pa.Table:
+        """id -> key, shard: row i names the sample of id i."""
+        return read_parquet(self.path(KEYS), columns)
+
 
 def published(root: str) -> Generation | None:
-    """The generation readers use now, or None when no index has been built."""
+    """The generation readers use now, or None when no index has been built. PointerDamaged, naming the file,
+    when CURRENT does not name a generation (``g`` and six digits) of ``root``."""
     pointer = storage.join(root, CURRENT)
     if storage.exists(pointer):
-        return Generation(storage.join(root, storage.read_bytes(pointer).decode().strip()))
+        return Generation(storage.join(root, pointed(pointer)))
     return Generation(root) if storage.exists(storage.join(root, INFO)) else None
+
+
+def pointed(pointer: str) -> str:
+    """The generation a CURRENT file names; PointerDamaged, saying what to run, when it is not one."""
+    raw = storage.read_bytes(pointer)
+    name = raw.decode("ascii", "replace").strip()
+    if not _NAME.fullmatch(name):
+        dataset = posixpath.dirname(posixpath.dirname(posixpath.dirname(posixpath.dirname(pointer))))
+        raise PointerDamaged(f"{pointer} is damaged (it holds {raw[:40]!r}, not a generation name such as g000001): "
+                             f"run `mmindex check {dataset} --repair`")
+    return name
+
+
+def write_generation(dataset_root: str, root: str, write_index: Callable[[BinaryIO], None],
+                     rows: list[dict[str, str]], info: dict[str, Any]) -> Generation:
+    """Writes a new generation whole (the index through ``write_index``, then the keys and info, each recorded)
+    and publishes it; returns once readers get it. A generation that cannot be written whole (a full disk) is
+    removed, and the published one stays."""
+    generation = new_generation(root)
+    recorder = Recorder(dataset_root, generation.path(RECORD))
+    try:
+        with recorder.writer(generation.path(INDEX)) as out:
+            write_index(out)
+        info["bytes"] = out.size
+        recorder.write(generation.path(KEYS), parquet_bytes(rows, KEYS_SCHEMA))
+        recorder.commit(generation.path(INFO), json.dumps(info, indent=2).encode())
+    except BaseException:
+        discard(generation)
+        raise
+    publish(root, generation)
+    return generation
 
 
 def _names(root: str) -> list[str]:

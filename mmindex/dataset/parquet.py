@@ -1,0 +1,30 @@
+"""Parquet as the dataset writes and reads it: the same rows always give the same bytes."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmindex import storage
+
+
+def parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
+    """Rows as a parquet file; the same rows always give the same bytes."""
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def parquet_file(path: str) -> pq.ParquetFile:
+    """A parquet file that Arrow reads itself: a local file by its path, a remote one read whole into an Arrow
+    buffer. Never through a Python file object: Arrow's I/O threads then hold Python-backed buffers that they
+    may release after the interpreter has begun to exit, which aborts the process ('terminate called without
+    an active exception', exit status 134) after its work is done."""
+    return pq.ParquetFile(path if storage.is_local(path) else pa.BufferReader(storage.read_bytes(path)))
+
+
+def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    return parquet_file(path).read(columns=columns)
