@@ -7,7 +7,7 @@ same way: an error the user can act on is one line on stderr and exit status 2 (
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -142,8 +142,9 @@ def index(
     efSearch) and the re-rank depth are tuned on held-out queries of every modality until recall@10 against
     exact search meets the target; the measured recall is recorded with the index.
     """
+    from mmindex.check.indexes import check_indexes
     from mmindex.index.build import BuildSettings
-    from mmindex.index.run import IndexSettings, build_indexes, check_indexes
+    from mmindex.index.run import IndexSettings, build_indexes
     from mmindex.sizes import parse_size
 
     console.setup_logging()
@@ -279,6 +280,13 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Where to build t
     console.setup_logging()
     with console.errors():
         run_demo(out)
+
+
+def parse(command: str, argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """argv read as `mmindex COMMAND` reads it: its options and the arguments left over (the pipelines' own
+    ``run(argv)`` read theirs so, and every option is declared once)."""
+    context = typer.main.get_command(app).commands[command].make_context(command, list(argv))  # type: ignore
+    return context.params, context.args
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """What `mmindex` commands share: option types and help, and options read into a stage's typed settings.
 
-``python -m pipelines.<stage>`` reads its argv with the same options (``parse``), so each is declared once.
+``python -m pipelines.<stage>`` reads its argv with the same options (mmindex.cli.parse), so each is declared
+once.
 """
 
 from __future__ import annotations
@@ -29,16 +30,6 @@ SOURCES_HELP = ("Folders (files sharing a stem form one sample: cat.jpg + cat.tx
 Model = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
 Profile = Annotated[str | None, typer.Option(help=PROFILE_HELP)]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show the libraries' own log.")]
-
-
-def parse(command: str, argv: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """argv read as `mmindex COMMAND` reads it: its options and the arguments left over. The pipelines' own
-    ``run(argv)`` use this too, so every option is declared once, here."""
-    from mmindex.cli import app
-
-    click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
-    context = click_command.make_context(command, list(argv))
-    return context.params, context.args
 
 
 def ingest_settings(options: dict[str, Any]) -> tuple[IngestSettings, list[str]]:

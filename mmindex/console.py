@@ -15,9 +15,10 @@ import typer
 from mmindex.sizes import format_size
 
 if TYPE_CHECKING:
+    from mmindex.check.indexes import IndexCheck
     from mmindex.check.run import CheckReport
     from mmindex.embed.run import EmbedReport
-    from mmindex.index.run import IndexCheck, IndexReport
+    from mmindex.index.run import IndexReport
     from mmindex.ingest.run import IngestReport
 
 log = logging.getLogger("mmindex")

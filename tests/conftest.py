@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from mmindex.cli_options import ingest_settings, parse
+from mmindex.cli import parse
+from mmindex.cli_options import ingest_settings
 from mmindex.demo import CORPUS
 from mmindex.ingest.run import IngestReport
 from mmindex.ingest.run import ingest as run_ingest

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import typer
 
-from mmindex.cli_options import embed_settings, ingest_settings, parse
+from mmindex.cli import parse
+from mmindex.cli_options import embed_settings, ingest_settings
 from mmindex.demo import CORPUS
 from mmindex.ingest.plan import ShardSize
 from mmindex.sizes import format_size, parse_size

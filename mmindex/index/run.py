@@ -1,4 +1,4 @@
-"""One ``mmindex index`` run: build (or update, or check) the index of every modality a space embedded.
+"""One ``mmindex index`` run: build (or update) the index of every modality a space embedded.
 
 The driver holds the dataset's lock while it builds, skips an index an ``--update`` finds up to date, and
 returns a typed report; build.py does the work for one modality.
@@ -14,7 +14,7 @@ from mmindex.dataset.embeddings import EmbeddingStore
 from mmindex.dataset.lock import exclusive
 from mmindex.index.build import BuildSettings, build_index
 from mmindex.index.searchable import describe_search
-from mmindex.index.store import IndexFiles, IndexStale, not_embedded
+from mmindex.index.store import IndexFiles, not_embedded
 from mmindex.index.vectors import counts
 from mmindex.spaces import DEFAULT_SPACE, Space, resolve_space
 
@@ -79,33 +79,3 @@ def build_indexes(settings: IndexSettings, space: Space | None = None) -> IndexR
         raise FileNotFoundError(f"no vectors in space {store.space.name!r}: run `mmindex embed {settings.dataset} "
                                 f"--model {settings.model}` first")
     return IndexReport(store.space.name, settings.build.target_recall, built, not_embedded(store))
-
-
-@dataclass(frozen=True)
-class IndexCheck:
-    checked: list[BuiltIndex]   # every index agrees with the embeddings and the samples
-    not_embedded: str | None    # but ingested shards have no embeddings yet: what to run
-
-
-def check_indexes(settings: IndexSettings) -> IndexCheck:
-    """Checks every built index: each file against its recorded size and sha256 and parsed, then id by id against
-    the embeddings and the samples; raises IndexStale (saying what to run) at the first problem."""
-    store = EmbeddingStore.of(settings.dataset, resolve_space(settings.model))
-    built = [files for files in (IndexFiles(store, m) for m in store.space.modalities()) if files.exists()]
-    if not built:
-        raise FileNotFoundError(f"no index built for space {store.space.name!r}: run `mmindex index "
-                                f"{settings.dataset}`")
-    from mmindex.check.scan import check_unit
-    from mmindex.check.units import index_unit
-    from mmindex.progress import Progress
-
-    checked = []
-    for files in built:  # every file read against its record and parsed, then compared with the embeddings
-        unit = index_unit(files)
-        found = check_unit(unit, store.dataset.root, Progress("check"), deep=False).findings if unit else []
-        damaged = [f for f in found if f.damaged]
-        if damaged:
-            raise IndexStale(f"{damaged[0].path} is damaged ({damaged[0].problem}): {files.rebuild}")
-        files.check(keys=True)
-        checked.append(BuiltIndex.of(files, files.info()))
-    return IndexCheck(checked, not_embedded(store))

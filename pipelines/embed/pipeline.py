@@ -173,7 +173,8 @@ class BeamExecutor:
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> EmbedReport:
     """Runs the embed on Beam; argv as `mmindex embed` takes it. Returns the run's report."""
-    from mmindex.cli_options import embed_settings, parse
+    from mmindex.cli import parse
+    from mmindex.cli_options import embed_settings
 
     settings, beam_args = embed_settings(*parse("embed", sys.argv[1:] if argv is None else argv))
     return embed(settings, BeamExecutor(beam_args, settings, test_pipeline))

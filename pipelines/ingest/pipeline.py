@@ -185,7 +185,8 @@ class BeamExecutor:
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> IngestReport:
     """Runs the ingest on Beam; argv as `mmindex ingest` takes it. Returns the run's report."""
-    from mmindex.cli_options import ingest_settings, parse
+    from mmindex.cli import parse
+    from mmindex.cli_options import ingest_settings
 
     settings, beam_args = ingest_settings(parse("ingest", sys.argv[1:] if argv is None else argv)[0])
     return ingest(settings, BeamExecutor(beam_args, test_pipeline))
