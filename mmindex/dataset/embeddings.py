@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmindex import storage
 from mmindex.bridge import mapping as mappings
@@ -108,6 +109,12 @@ def load_vectors(path: str) -> np.ndarray:
         raise ValueError(f"not a float16 matrix ({getattr(vectors, 'dtype', type(vectors).__name__)}, "
                          f"{getattr(vectors, 'ndim', 0)}-d)")
     return vectors
+
+
+def embedded_keys(table: pa.Table, modality: str) -> list[str]:
+    """Keys of a shard's embedded items of ``modality`` (skipped ones have no row), in vector order."""
+    rows = [(r["row"], r["key"]) for r in table.to_pylist() if r["modality"] == modality and r["row"] is not None]
+    return [key for _, key in sorted(rows)]
 
 
 def recorded_spaces(dataset: Dataset) -> list[Space]:
@@ -227,6 +234,16 @@ class EmbeddingStore:
                 raise self._damaged(number, self.vectors_path(number, modality), f"{len(vectors[modality]):,} "
                                     f"vectors for {count:,} embedded items")
         return table, vectors
+
+    def vector_counts(self, modality: str) -> dict[str, int]:
+        """Vectors of ``modality`` per committed shard, by shard name (what an index of it must hold)."""
+        out = {}
+        for number in sorted(self.committed()):
+            table = read_parquet(self.parquet_path(number), columns=["modality", "row"])
+            n = pc.sum(pc.and_(pc.equal(table["modality"], modality), pc.is_valid(table["row"]))).as_py()
+            if n:
+                out[shard_name(number)] = n
+        return out
 
     def summary(self, number: int) -> ShardSummary:
         """What a committed shard's embeddings hold."""

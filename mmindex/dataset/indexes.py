@@ -63,9 +63,10 @@ class Generation:
     def info(self) -> dict[str, Any]:
         return json.loads(storage.read_bytes(self.path(INFO)))
 
-    def keys(self, columns: list[str] | None = None) -> pa.Table:
-        """id -> key, shard: row i names the sample of id i."""
-        return read_parquet(self.path(KEYS), columns)
+    def keys(self) -> tuple[list[str], list[str]]:
+        """The key and the shard of each id: id i is the sample keys[i] of shard shards[i]."""
+        table = read_parquet(self.path(KEYS), ["key", "shard"])
+        return table.column("key").to_pylist(), table.column("shard").to_pylist()
 
 
 def published(root: str) -> Generation | None:

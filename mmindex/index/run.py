@@ -15,7 +15,6 @@ from mmindex.dataset.lock import exclusive
 from mmindex.index.build import BuildSettings, build_index
 from mmindex.index.searchable import describe_search
 from mmindex.index.store import IndexFiles, not_embedded
-from mmindex.index.vectors import counts
 from mmindex.spaces import DEFAULT_SPACE, Space, resolve_space
 
 log = logging.getLogger("mmindex")
@@ -67,7 +66,7 @@ def build_indexes(settings: IndexSettings, space: Space | None = None) -> IndexR
     with exclusive(store.dataset, "index"):
         for modality in store.space.modalities():
             files = IndexFiles(store, modality)
-            embedded = counts(store, modality)
+            embedded = store.vector_counts(modality)
             if not embedded:
                 continue
             previous = files.info() if settings.update and files.exists() else None

@@ -17,12 +17,11 @@ import numpy as np
 
 from mmindex import storage
 from mmindex.dataset.checksums import unit_problem
-from mmindex.dataset.embeddings import EmbeddingStore
+from mmindex.dataset.embeddings import EmbeddingStore, embedded_keys
 from mmindex.dataset.indexes import INDEX, RECORD, Generation, published, reading, write_generation
 from mmindex.dataset.layout import shard_name
 from mmindex.dataset.samples import read_samples
 from mmindex.index.searchable import ExactVectors, SearchableIndex
-from mmindex.index.vectors import counts, embedded_keys
 
 T = TypeVar("T")
 
@@ -116,8 +115,7 @@ class IndexFiles:
 
     def _load(self, generation: Generation) -> LoadedIndex:
         info = generation.info()
-        table = generation.keys(["key", "shard"])
-        keys, shards = table.column("key").to_pylist(), table.column("shard").to_pylist()
+        keys, shards = generation.keys()
         searchable = SearchableIndex(self._read_index(generation, info, mmap=True))
         if len(keys) != searchable.ntotal:
             raise IndexStale(f"{self.root}: the index holds {searchable.ntotal:,} vectors but keys.parquet names "
@@ -166,7 +164,7 @@ class IndexFiles:
 
     def _check(self, generation: Generation, keys: bool) -> None:
         info = generation.info()
-        indexed, embedded = info["shards"], counts(self.embeddings, self.modality)
+        indexed, embedded = info["shards"], self.embeddings.vector_counts(self.modality)
         if indexed == embedded:
             if keys:  # the full check also opens the index file (loading it checks it too)
                 self._read_index(generation, info, mmap=True)
@@ -190,9 +188,8 @@ class IndexFiles:
     def _check_ids(self, generation: Generation) -> None:
         """Every id maps to its shard's embedded item and to a sample of that shard, and every sample of the
         modality in an indexed shard has an item (embedded, or skipped with a reason)."""
-        table = generation.keys()
         by_shard: dict[str, list[str]] = {}
-        for key, shard in zip(table.column("key").to_pylist(), table.column("shard").to_pylist(), strict=True):
+        for key, shard in zip(*generation.keys(), strict=True):
             by_shard.setdefault(shard, []).append(key)
         dataset = self.embeddings.dataset
         rebuild = f"mmindex index {dataset.root} --model {self.embeddings.space.name}"

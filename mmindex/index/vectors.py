@@ -6,12 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from mmindex.dataset import shard_name
-from mmindex.dataset.embeddings import EmbeddingStore
-from mmindex.dataset.parquet import read_parquet
+from mmindex.dataset.embeddings import EmbeddingStore, embedded_keys
 
 
 @dataclass(frozen=True)
@@ -19,12 +15,6 @@ class ShardVectors:
     number: int
     keys: list[str]          # keys[i] is the sample of vectors[i]
     vectors: np.ndarray      # float16, memory-mapped where the file is local
-
-
-def embedded_keys(table: pa.Table, modality: str) -> list[str]:
-    """Keys of a shard's embedded items of ``modality`` (skipped ones have no row), in vector order."""
-    rows = [(r["row"], r["key"]) for r in table.to_pylist() if r["modality"] == modality and r["row"] is not None]
-    return [key for _, key in sorted(rows)]
 
 
 def shard_vectors(store: EmbeddingStore, number: int, modality: str) -> ShardVectors:
@@ -35,17 +25,6 @@ def shard_vectors(store: EmbeddingStore, number: int, modality: str) -> ShardVec
 def modality_shards(store: EmbeddingStore, modality: str, numbers: list[int] | None = None) -> Iterator[ShardVectors]:
     for number in sorted(store.committed() if numbers is None else numbers):
         yield shard_vectors(store, number, modality)
-
-
-def counts(store: EmbeddingStore, modality: str) -> dict[str, int]:
-    """Vectors per committed shard, by shard name (what an index of this modality must hold)."""
-    out = {}
-    for number in sorted(store.committed()):
-        table = read_parquet(store.parquet_path(number), columns=["modality", "row"])
-        n = pc.sum(pc.and_(pc.equal(table["modality"], modality), pc.is_valid(table["row"]))).as_py()
-        if n:
-            out[shard_name(number)] = n
-    return out
 
 
 def total(shards: list[ShardVectors]) -> int:
