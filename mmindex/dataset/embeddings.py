@@ -199,7 +199,7 @@ class EmbeddingStore:
         return bad
 
     def record_path(self, number: int) -> str:
-        """The checksum record of a shard's embeddings (mmindex.checksums)."""
+        """The checksum record of a shard's embeddings (mmindex.dataset.checksums)."""
         return self.dataset.unit_record(f"embeddings/{self.space.name}/{shard_name(number)}")
 
     def recorded(self) -> list[int]:
