@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from mmindex.dataset import MODALITIES
+from mmindex.presets import folder
 
 if TYPE_CHECKING:
     import torch
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from mmindex.encoders.base import Encoder
     from mmindex.encoders.sentence import SentenceEncoder
 
-PRESETS = Path(__file__).resolve().parents[1] / "configs" / "spaces"
+PRESETS = folder("spaces")
 DEFAULT_SPACE = "offline"
 KINDS = ("offline", "huggingface", "bridge")
 QUERY_ONLY = ("description", "queries")   # settings that change how queries are embedded, never stored vectors

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from mmindex import storage
+from mmindex.presets import folder
 from pipelines.failures import worker_errors
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def split_options(arguments: list[str], profile: str | None) -> tuple[list[str],
     return [a for a in arguments if not a.startswith("--")], (profile_args(profile) if profile else []) + options
 
 
-PROFILES = Path(__file__).resolve().parents[1] / "configs" / "runners"
+PROFILES = folder("runners")
 _VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
