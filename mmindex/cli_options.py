@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from mmindex.media import Limits
+from mmindex.presets import profile_args
 
 if TYPE_CHECKING:
     from mmindex.embed.run import EmbedSettings
@@ -37,8 +38,6 @@ def ingest_settings(options: dict[str, Any]) -> tuple[IngestSettings, list[str]]
     from mmindex.ingest.discover import ManifestColumns
     from mmindex.ingest.run import IngestSettings
     from mmindex.sizes import parse_size
-    from pipelines.options import split_options
-
     paths, beam_args = split_options(options["sources"], options["profile"])
     limits = Limits(parse_size(options["max_file_bytes"]), options["max_image_pixels"],
                     parse_size(options["max_text_bytes"]), options["max_audio_seconds"])
@@ -50,8 +49,6 @@ def ingest_settings(options: dict[str, Any]) -> tuple[IngestSettings, list[str]]
 def embed_settings(options: dict[str, Any], extra: list[str]) -> tuple[EmbedSettings, list[str]]:
     """`mmindex embed`'s options as settings, and the Beam options (which run the encoders on Beam)."""
     from mmindex.embed.run import EmbedSettings
-    from pipelines.options import split_options
-
     unexpected, beam_args = split_options(extra, options["profile"])
     if unexpected:
         raise typer.BadParameter(f"unexpected arguments: {' '.join(unexpected)}")
@@ -66,3 +63,9 @@ def on_beam(stage: str, beam_args: list[str], *settings: Any) -> Any:
     import importlib
 
     return importlib.import_module(f"pipelines.{stage}.pipeline").BeamExecutor(beam_args, *settings)
+
+
+def split_options(arguments: list[str], profile: str | None) -> tuple[list[str], list[str]]:
+    """Plain arguments, and the Beam options: a runner profile's, then those given as --name=value."""
+    options = [a for a in arguments if a.startswith("--")]
+    return [a for a in arguments if not a.startswith("--")], (profile_args(profile) if profile else []) + options

@@ -27,13 +27,14 @@ from mmindex.bridge.learn import LearnSettings
 from mmindex.bridge.texts import MAX_TEXTS
 from mmindex.encoders.base import Encoded, Encoder
 from mmindex.modalities import MODALITIES
+from mmindex.presets import folder
 
 if TYPE_CHECKING:
     import torch
 
     from mmindex.encoders.sentence import SentenceEncoder
 
-PRESETS = Path(__file__).resolve().parents[1] / "configs" / "spaces"
+PRESETS = folder("spaces")
 DEFAULT_SPACE = "offline"
 KINDS = ("offline", "huggingface", "bridge")
 QUERY_ONLY = ("description", "queries")   # settings that change how queries are embedded, never stored vectors

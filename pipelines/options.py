@@ -20,14 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import yaml
 
 from mmindex import storage
 from pipelines.failures import worker_errors
@@ -50,38 +46,6 @@ def runner_and_options(beam_args: list[str], workers: int = 1) -> tuple[Pipeline
         # Worker processes: Beam's own chatter off, mmindex's progress lines on.
         defaults += ["--default_sdk_harness_log_level=WARNING", '--sdk_harness_log_level_overrides={"mmindex":"INFO"}']
     return FnApiRunner(), PipelineOptions([*beam_args, *defaults])
-
-
-def split_options(arguments: list[str], profile: str | None) -> tuple[list[str], list[str]]:
-    """Plain arguments, and the Beam options: a runner profile's, then those given as --name=value."""
-    options = [a for a in arguments if a.startswith("--")]
-    return [a for a in arguments if not a.startswith("--")], (profile_args(profile) if profile else []) + options
-
-
-PROFILES = Path(__file__).resolve().parents[1] / "configs" / "runners"
-_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
-
-
-def profile_args(profile: str) -> list[str]:
-    """Beam options (``--name=value``) from a runner profile: a name in configs/runners/ or a YAML path.
-
-    Values may name environment variables, ``${VAR}`` or ``${VAR:-default}``, so that one profile serves
-    several clusters; a variable that is neither set nor defaulted is an error, not an empty option.
-    """
-    path = Path(profile) if profile.endswith((".yaml", ".yml")) else PROFILES / f"{profile}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
-        raise FileNotFoundError(f"no runner profile {profile!r} (known: {known}; or give a .yaml path)")
-    options = (yaml.safe_load(path.read_text()) or {}).get("options") or {}
-
-    def expand(match: re.Match) -> str:
-        name, default = match.group(1), match.group(2)
-        value = os.environ.get(name, default)
-        if value is None:
-            raise ValueError(f"runner profile {path.name} needs the environment variable {name}")
-        return value
-
-    return [f"--{name}={_VARIABLE.sub(expand, str(value))}" for name, value in options.items()]
 
 
 def main(run: Callable[[], Any]) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import copy_dataset, embed, embeddings, file_digests, ingest
 from mmindex.demo import CORPUS
-from pipelines.options import profile_args
+from mmindex.presets import profile_args
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout under test: the cluster's processes import it
 SHARDS = "--shard-size=4"

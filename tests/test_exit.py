@@ -9,7 +9,8 @@ from pathlib import Path
 from mmindex.dataset.parquet import parquet_bytes
 from mmindex.dataset.samples import SAMPLES_SCHEMA
 
-READ_THEN_EXIT = "import sys; from mmindex.dataset.parquet import read_parquet; print(read_parquet(sys.argv[1]).num_rows)"
+READ_THEN_EXIT = ("import sys; from mmindex.dataset.parquet import read_parquet; "
+                  "print(read_parquet(sys.argv[1]).num_rows)")
 
 
 def test_reading_parquet_never_aborts_the_process_at_exit(tmp_path: Path):
