@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from mmindex import presets
 from mmindex.dataset import MODALITIES
-from mmindex.presets import folder
 
 if TYPE_CHECKING:
     import torch
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from mmindex.encoders.base import Encoder
     from mmindex.encoders.sentence import SentenceEncoder
 
-PRESETS = folder("spaces")
+PRESETS = presets.folder("spaces")
 DEFAULT_SPACE = "offline"
 KINDS = ("offline", "huggingface", "bridge")
 QUERY_ONLY = ("description", "queries")   # settings that change how queries are embedded, never stored vectors

@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mmindex import storage
-from mmindex.presets import folder
+from mmindex import presets, storage
 from pipelines.failures import worker_errors
 
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ def split_options(arguments: list[str], profile: str | None) -> tuple[list[str],
     return [a for a in arguments if not a.startswith("--")], (profile_args(profile) if profile else []) + options
 
 
-PROFILES = folder("runners")
+PROFILES = presets.folder("runners")
 _VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
