@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 DEFAULT_DATASET = os.environ.get("MMINDEX_DATASET", "mmindex-demo/dataset")
-MODEL_HELP = ("Model space: a preset (offline, clip, siglip, clap, clip+clap: see configs/spaces/), a space YAML "
+MODEL_HELP = ("Model space: a shipped preset (offline, clip, siglip, clap, clip+clap), a space YAML "
               "file, or a Hugging Face id / local folder of a CLIP, SigLIP or CLAP model.")
-PROFILE_HELP = ("Run on Beam with a runner profile: flink, spark, dataflow, dask, portable (configs/runners/) or a "
+PROFILE_HELP = ("Run on Beam with a shipped runner profile (flink, spark, dataflow, dask, portable) or a "
                 "YAML file of Beam options.")
 SOURCES_HELP = ("Folders (files sharing a stem form one sample: cat.jpg + cat.txt + cat.json), manifests "
                 "(.csv .tsv .jsonl .parquet) and webdataset tars (.tar, .tar.gz, or a glob such as 'shards/*.tar'). "

@@ -22,19 +22,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from mmindex import presets
 from mmindex.bridge import mapping as mappings
 from mmindex.bridge.learn import LearnSettings
 from mmindex.bridge.texts import MAX_TEXTS
 from mmindex.encoders.base import Encoded, Encoder
 from mmindex.modalities import MODALITIES
-from mmindex.presets import folder
 
 if TYPE_CHECKING:
     import torch
 
     from mmindex.encoders.sentence import SentenceEncoder
 
-PRESETS = folder("spaces")
+PRESETS = presets.folder("spaces")
 DEFAULT_SPACE = "offline"
 KINDS = ("offline", "huggingface", "bridge")
 QUERY_ONLY = ("description", "queries")   # settings that change how queries are embedded, never stored vectors

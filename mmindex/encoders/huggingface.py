@@ -40,7 +40,7 @@ def load_config(reference: str) -> Any:
             f"model with save_pretrained and pass that folder to --model.") from None
     if config.model_type not in MODALITIES:
         raise ModelUnavailable(f"{reference!r} is a {config.model_type!r} model; mmindex embeds with "
-                               f"{', '.join(sorted(MODALITIES))} models (or a space YAML, see configs/spaces)")
+                               f"{', '.join(sorted(MODALITIES))} models (or a space YAML like the presets)")
     return config
 
 
