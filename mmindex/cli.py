@@ -77,7 +77,7 @@ def ingest(
     console.setup_logging(verbose)
     with console.errors():
         settings, beam_args = ingest_settings(ctx.params)
-        console.print_ingest(run(settings, on_beam("ingest", beam_args)), out)
+        console.print_ingest(run(settings, on_beam(beam_args, settings.workers)), out)
 
 
 @app.command(context_settings=EXTRA_ARGS)
@@ -113,7 +113,7 @@ def embed(
     console.setup_logging(verbose)
     with console.errors():
         settings, beam_args = embed_settings(ctx.params, ctx.args)
-        report = run(settings, on_beam("embed", beam_args, settings))
+        report = run(settings, on_beam(beam_args, settings.workers))
     console.print_embed(report)
     if report.failures:
         raise typer.Exit(1)

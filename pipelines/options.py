@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mmindex import storage
 from pipelines.failures import worker_errors
 
 if TYPE_CHECKING:
@@ -101,11 +100,6 @@ def main(run: Callable[[], Any]) -> None:
         usage.show()  # type: ignore[attr-defined]
         sys.exit(usage.exit_code)  # type: ignore[attr-defined]
     print(json.dumps(asdict(report), indent=2, default=str))
-
-
-def absolute(path: str) -> str:
-    """A local path made absolute (a cluster's workers do not run in the driver's folder); URLs as they are."""
-    return os.path.abspath(path) if storage.is_local(path) else path
 
 
 def run_to_completion(pipeline: Any) -> None:
