@@ -70,12 +70,14 @@ class Whole(Step):
 
 @dataclass(frozen=True)
 class Stage:
-    """A stage's declaration: its name, the elements it starts from, its steps in order, and ``scratch``, a path
-    prefix where an executor may leave a file for the driver (Beam's outcome)."""
+    """A stage's declaration: its name, the elements it starts from, its steps in order, the types of the facts
+    that reach the end, and ``scratch``, a path prefix where an executor may leave a file for the driver (Beam's
+    outcome)."""
 
     name: str
     start: list[Any]
     steps: list[Step]
+    facts: tuple[type, ...]
     scratch: str
 
 

@@ -18,7 +18,6 @@ small JSON file in the stage's scratch area, and the driver reads it back.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -116,7 +115,7 @@ class BeamExecutor:
         outcome_path = f"{stage.scratch}-outcome.json"
         build(pipeline, stage, outcome_path)
         run_to_completion(pipeline)
-        facts = decode(json.loads(storage.read_bytes(outcome_path)))
+        facts = decode(json.loads(storage.read_bytes(outcome_path)), {_name(cls): cls for cls in stage.facts})
         storage.delete([outcome_path])
         yield from facts
 
@@ -127,11 +126,15 @@ def write_outcome(group: tuple[None, Iterable[Any]], path: str) -> None:
     storage.write_atomic(path, json.dumps(encode([fact for fact in group[1] if fact is not None])).encode())
 
 
+def _name(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
 def encode(value: Any) -> Any:
-    """JSON for dataclasses of mmindex (named by module and class), tuples, and dicts with keys of any type."""
+    """JSON for dataclasses (named by module and class), tuples, and dicts with keys of any type."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        return {"~class": f"{type(value).__module__}:{type(value).__qualname__}", "fields": fields}
+        return {"~class": _name(type(value)), "fields": fields}
     if isinstance(value, tuple):
         return {"~tuple": [encode(v) for v in value]}
     if isinstance(value, dict):
@@ -141,18 +144,16 @@ def encode(value: Any) -> Any:
     return value
 
 
-def decode(value: Any) -> Any:
-    """What ``encode`` wrote; only dataclasses of mmindex are made."""
+def decode(value: Any, facts: dict[str, type]) -> Any:
+    """What ``encode`` wrote; of classes, only those of the stage's facts are made."""
     if isinstance(value, list):
-        return [decode(v) for v in value]
+        return [decode(v, facts) for v in value]
     if not isinstance(value, dict):
         return value
     if "~tuple" in value:
-        return tuple(decode(v) for v in value["~tuple"])
+        return tuple(decode(v, facts) for v in value["~tuple"])
     if "~dict" in value:
-        return {decode(k): decode(v) for k, v in value["~dict"]}
-    module, _, name = value["~class"].partition(":")
-    cls = getattr(importlib.import_module(module), name) if module.startswith("mmindex.") else None
-    if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
-        raise ValueError(f"the pipeline's outcome names {value['~class']!r}, which is not an mmindex dataclass")
-    return cls(**{k: decode(v) for k, v in value["fields"].items()})
+        return {decode(k, facts): decode(v, facts) for k, v in value["~dict"]}
+    if value["~class"] not in facts:
+        raise ValueError(f"the pipeline's outcome names {value['~class']!r}, which is not one of the stage's facts")
+    return facts[value["~class"]](**{k: decode(v, facts) for k, v in value["fields"].items()})

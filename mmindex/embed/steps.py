@@ -110,7 +110,7 @@ def declare(store: EmbeddingStore, pending: Iterable[int], device: str, batch_si
             decode_workers: int | None, threads: int | None, scratch: str) -> Stage:
     """Embedding ``pending`` shards of the store's dataset in its space."""
     shards = EmbedShards(store.dataset.root, store.space, device, batch_size, decode_workers, threads)
-    return Stage("embed", list(pending), [Each("EmbedShards", shards, int, runs="workers")], scratch)
+    return Stage("embed", list(pending), [Each("EmbedShards", shards, int, runs="workers")], (ShardSummary,), scratch)
 
 
 def devices(gpus: int | None, device: str, workers: int) -> list[str]:

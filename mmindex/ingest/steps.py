@@ -155,7 +155,7 @@ def declare(sources: Iterable[str], existing: Iterable[str], dataset: Dataset, f
         ByKey("JoinPlan", join_plan, (SampleRecord, Placed), key=_key),
         ByKey("WriteShards", partial(write, dataset=dataset, limits=limits), ShardPart, runs="io", key=_shard),
         Each("Commit", partial(commit, dataset=dataset), WrittenTar),
-    ], scratch)
+    ], (ShardWritten, Reject, Counted), scratch)
 
 
 def _key(element: Any) -> str:
