@@ -105,8 +105,8 @@ def embed(
     Finished shards are committed one by one: a killed run resumes where it stopped, and a repeat does
     nothing. Media a model cannot read, and audio with no speech for the offline space, are skipped with a
     reason listed per item and counted in the summary. Arguments of the form --name=value (such as
-    --runner=FlinkRunner) or --profile run the same encoders in a Beam RunInference pipeline instead of the
-    local worker pool.
+    --runner=FlinkRunner) or --profile run the same step on Beam (each worker loads the encoders once and embeds
+    whole shards) instead of the local worker processes.
     """
     from mmindex.embed.run import embed as run
 

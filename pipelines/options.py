@@ -4,14 +4,14 @@ With no ``--runner``, pipelines run on Beam's in-process FnApiRunner, named expl
 never tries to download a runner binary. ``workers`` > 1 uses that many processes on this machine
 (multi_processing; multi_threading was seen to lose records). Any other Beam option passes through.
 
-Both pipelines keep to what every runner runs, Beam's DaskRunner (2.77) included, which translates a pipeline
-into Dask bags and is narrower than the others:
+The Beam executor (pipelines.executor) gives every stage a shape that every runner runs, Beam's DaskRunner
+(2.77) included, which translates a pipeline into Dask bags and is narrower than the others:
 - a side input of a computed PCollection fails (the runner puts a Dask collection into the task graph, which
   cannot be serialised), so steps meet through CoGroupByKey or a GroupByKey into one group instead;
 - every output of a multi-output ParDo lands in one bag, so each step has one output and consumers tell the
   kinds of element apart by type (beam.Filter);
-- what a DoFn emits in finish_bundle is dropped, which drops BatchElements' last batch of each bundle, so the
-  embed pipeline forms its own batches;
+- what a DoFn emits in finish_bundle is dropped (BatchElements' last batch of each bundle, for one), so steps
+  emit everything in process, and the embed step forms its own batches;
 - only the last transform applied is computed, so every branch must flow into it.
 """
 

@@ -4,5 +4,6 @@ vectors.py reads the committed embeddings shard by shard (memory-mapped), choose
 the vector count, dimension, memory budget and target recall, build.py trains, fills, tunes (tune.py) and
 saves it, searchable.py searches it as tuned (with re-ranking), store.py is the on-disk layout and the
 consistency check between the index and the dataset, generations.py publishes each build whole (so searches
-never mix two builds). run.py is the driver: settings, lock, report.
+never mix two builds). steps.py declares the stage's steps (see mmindex.stages); run.py is the driver: settings,
+lock, report.
 """
