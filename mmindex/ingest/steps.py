@@ -2,7 +2,7 @@
 
     Source -> Discover -> Found (+ Counted found) -> Read (small files, ahead) -> Check -> SampleRecord | Reject
     Existing -> ExistingKeys -> Present
-    SampleRecord -> Offer (its claim on its key; the record goes on)
+    SampleRecord -> Offer (its claim on its key; the record goes on, and checked candidates are counted)
     Offer + Present, by key -> ChooseWinners -> Winner | Reject (a duplicate) | Counted (already present)
     every Winner -> PlanShards -> Placed
     SampleRecord + Placed, by key -> JoinPlan -> ShardPart
@@ -89,7 +89,6 @@ class Check:
 
     def setup(self, worker: Worker) -> None:
         self.keep = KeepWhileRoom(worker.keep_bytes)
-        self.progress = Progress("ingest: checked")
         self.pool = None if worker.local else ThreadPoolExecutor(min(4, os.cpu_count() or 1))
 
     def teardown(self) -> None:
@@ -100,17 +99,25 @@ class Check:
         return check(candidate_read[0], self.limits, self.keep, candidate_read[1])
 
     def __call__(self, batch: ReadAhead) -> list[SampleRecord | Reject]:
-        checked = list(self.pool.map(self.one, batch.candidates) if self.pool else map(self.one, batch.candidates))
-        self.progress.add(len(checked))
-        return checked
+        return list(self.pool.map(self.one, batch.candidates) if self.pool else map(self.one, batch.candidates))
 
 
 def existing_keys(existing: Existing) -> Iterator[Present]:
     return map(Present, sample_keys(existing.path))
 
 
-def offer(record: SampleRecord) -> tuple[Offer, SampleRecord]:
-    return Offer(record.key, record.source, record.sizes), record
+class Offers:
+    """A checked sample's Offer, with the record itself; counts the checked candidates as they come (in the driver,
+    on this machine, where checks may run on processes whose log is not shown)."""
+
+    def setup(self, worker: Worker) -> None:
+        self.progress = Progress("ingest: checked")
+
+    def __call__(self, checked: SampleRecord | Reject) -> tuple[Offer, SampleRecord] | tuple[Reject]:
+        self.progress.add()
+        if isinstance(checked, Reject):
+            return (checked,)
+        return Offer(checked.key, checked.source, checked.sizes), checked
 
 
 def choose(key: str, elements: list[Offer | Present]) -> Iterator[Winner | Reject | Counted]:
@@ -149,7 +156,7 @@ def declare(sources: Iterable[str], existing: Iterable[str], dataset: Dataset, f
         Each("Read", partial(read, limits=limits), Found, runs="io", threads=1),
         Each("Check", Check(limits), ReadAhead, runs="cpu"),
         Each("ExistingKeys", existing_keys, Existing),
-        Each("Offer", offer, SampleRecord),
+        Each("Offer", Offers(), (SampleRecord, Reject)),
         ByKey("ChooseWinners", choose, (Offer, Present), key=_key),
         Whole("PlanShards", partial(plan_winners, first_shard=first_shard, size=size), Winner),
         ByKey("JoinPlan", join_plan, (SampleRecord, Placed), key=_key),
