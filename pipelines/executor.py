@@ -1,15 +1,17 @@
 """Any stage declared with mmindex.stages, as a Beam pipeline for any runner: one labelled transform per step.
 
-    Start -> for each step: the elements it takes -> [Spread] -> <step>, flattened with those it passes on
+    Start -> [Spread] -> Each step: one ParDo over the stream, which passes on what the step does not take
+          -> ByKey / Whole step: what it takes, grouped -> the step; flattened with what goes around it
           -> ... -> Gather -> Outcome
 
-Each is a ParDo; ByKey keys the elements it takes and groups them (GroupByKey) before the step; Whole groups
-them all under one key. A run of consecutive parallel Each steps (``runs`` io, cpu or workers) is spread over
-the workers first (Reshuffle), and then runs fused, as the in-process executor fuses such steps onto its
-processes. The shape is one every runner runs, Beam's DaskRunner included (see pipelines.options): no side
-inputs (steps meet through GroupByKey), one output per step (what a step takes and what it passes on are told
-apart by type, with beam.Filter), nothing emitted in finish_bundle, and a single sink, Outcome, applied last,
-which every branch flows into.
+ByKey keys the elements it takes and groups them (GroupByKey) before the step; Whole groups them all under one
+key. A run of consecutive parallel Each steps (``runs`` io, cpu or workers) is spread over the workers first
+(Reshuffle), and then runs fused, as the in-process executor fuses such steps onto its processes. Every
+transform costs each element that goes through it, so an Each step is a single ParDo, and only grouping steps
+split the stream. The shape is one every runner runs, Beam's DaskRunner included (see pipelines.options): no side
+inputs (steps meet through GroupByKey), one output per step (what a grouping step takes and what goes around it
+are told apart by type, with beam.Filter), nothing emitted in finish_bundle, and a single sink, Outcome, applied
+last, which every branch flows into.
 
 The workers share nothing with the driver but storage, so Outcome writes what reached the end of the steps as a
 small JSON file in the stage's scratch area, and the driver reads it back.
@@ -44,8 +46,8 @@ class StepFn(beam.DoFn):
         tear_down(self.step.fn)
 
     def process(self, element: Any) -> Iterator[Any]:
-        if isinstance(self.step, Each):
-            yield from self.step.fn(element)
+        if isinstance(self.step, Each):  # it sees every element, and passes on those it does not take
+            yield from self.step.fn(element) if self.step.wants(element) else (element,)
         elif isinstance(self.step, ByKey):
             key, group = element
             yield from self.step.fn(key, list(group))
@@ -62,10 +64,14 @@ def _keyed(element: Any, step: ByKey) -> tuple[Any, Any]:
 
 
 def apply(stream: beam.PCollection, step: Step, spread: bool) -> beam.PCollection:
-    """The stream after ``step``: its outputs and the elements it passes on."""
-    taken = stream | f"{step.name}: takes" >> beam.Filter(step.wants)
+    """The stream after ``step``: its outputs and the elements it passes on. An Each step is one ParDo over the
+    whole stream (a transform costs every element that goes through it); a step that groups gets only what it
+    takes, and the rest goes around it."""
     if spread:
-        taken = taken | f"{step.name}: spread" >> beam.Reshuffle()
+        stream = stream | f"{step.name}: spread" >> beam.Reshuffle()
+    if isinstance(step, Each):
+        return stream | step.name >> beam.ParDo(StepFn(step))
+    taken = stream | f"{step.name}: takes" >> beam.Filter(step.wants)
     if isinstance(step, ByKey):
         taken = (taken
                  | f"{step.name}: key" >> beam.Map(_keyed, step)

@@ -1,7 +1,7 @@
 """The ingest stage, declared once as steps (see mmindex.stages); every executor runs these.
 
-    Source -> Discover -> Found (+ Counted found) -> Read (small files, ahead) -> Check -> SampleRecord | Reject
     Existing -> ExistingKeys -> Present
+    Source -> Discover -> Found (+ Counted found) -> Read (small files, ahead) -> Check -> SampleRecord | Reject
     SampleRecord -> Offer (its claim on its key; the record goes on, and checked candidates are counted)
     Offer + Present, by key -> ChooseWinners -> Winner | Reject (a duplicate) | Counted (already present)
     every Winner -> PlanShards -> Placed
@@ -152,10 +152,10 @@ def declare(sources: Iterable[str], existing: Iterable[str], dataset: Dataset, f
     """The ingest of ``sources`` into ``dataset``, whose committed shards' samples parquet are ``existing`` and
     whose new shards start at ``first_shard``; compressed tars are unpacked under ``scratch``."""
     return Stage("ingest", [*map(Source, sources), *map(Existing, existing)], [
+        Each("ExistingKeys", existing_keys, Existing),
         Each("Discover", partial(discover, columns=columns, limits=limits, scratch=scratch), Source),
         Each("Read", partial(read, limits=limits), Found, runs="io", threads=1),
         Each("Check", Check(limits), ReadAhead, runs="cpu"),
-        Each("ExistingKeys", existing_keys, Existing),
         Each("Offer", Offers(), (SampleRecord, Reject)),
         ByKey("ChooseWinners", choose, (Offer, Present), key=_key),
         Whole("PlanShards", partial(plan_winners, first_shard=first_shard, size=size), Winner),
