@@ -27,7 +27,7 @@ from typing import Any
 
 from mmindex.executors.processes import on_processes
 from mmindex.parallel import ordered_map
-from mmindex.stages import ByKey, Each, Stage, Step, Whole, Worker, set_up, tear_down
+from mmindex.stages import ByKey, Each, Stage, Step, Worker, set_up, tear_down
 
 KEPT_BYTES = 2**30   # data steps may hold in memory for later ones (past it, they read files again)
 
@@ -102,8 +102,12 @@ def _fusable(step: Step) -> bool:
 
 def _each(step: Each, stream: Iterator[Any], pool: ThreadPoolExecutor | None, ahead: int) -> Iterator[Any]:
     if pool is None:
+        fn, takes = step.fn, step.takes
         for element in stream:
-            yield from step.fn(element) if step.wants(element) else (element,)
+            if isinstance(element, takes):
+                yield from fn(element)
+            else:
+                yield element
         return
     passed: deque[Any] = deque()
     for outputs in ordered_map(pool, _listed(step.fn), _taking(step, stream, passed), ahead):
@@ -114,22 +118,21 @@ def _each(step: Each, stream: Iterator[Any], pool: ThreadPoolExecutor | None, ah
 
 def _gathered(step: Step, stream: Iterator[Any], pool: ThreadPoolExecutor | None, ahead: int) -> Iterator[Any]:
     """A ByKey or Whole step: the elements it takes, gathered; the others handed on as they come."""
-    taken: list[Any] = []
+    takes, key = step.takes, step.key if isinstance(step, ByKey) else None
+    groups: dict[Any, list[Any]] = defaultdict(list)
     for element in stream:
-        if step.wants(element):
-            taken.append(element)
+        if isinstance(element, takes):
+            groups[key(element) if key else None].append(element)
         else:
             yield element
-    if isinstance(step, Whole):
-        yield from step.fn(taken)
-        return
-    assert isinstance(step, ByKey)
-    groups: dict[Any, list[Any]] = defaultdict(list)
-    for element in taken:
-        groups[step.key(element)].append(element)
-    del taken
-    for outputs in ordered_map(pool, _listed(lambda group: step.fn(*group)), sorted(groups.items()), ahead):
-        yield from outputs
+    if key is None:
+        yield from step.fn(groups.pop(None, []))
+    elif pool is None:
+        for group in sorted(groups):
+            yield from step.fn(group, groups.pop(group))
+    else:
+        for outputs in ordered_map(pool, _listed(lambda group: step.fn(*group)), sorted(groups.items()), ahead):
+            yield from outputs
 
 
 def _taking(step: Step, stream: Iterable[Any], passed: deque[Any]) -> Iterator[Any]:
