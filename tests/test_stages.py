@@ -126,3 +126,18 @@ def test_the_outcome_file_keeps_facts_whole_and_makes_only_the_stages_facts():
     assert decode(encode(facts), allowed) == facts
     with pytest.raises(ValueError, match="not one of the stage's facts"):
         decode({"~class": "subprocess:Popen", "fields": {"args": ["true"]}}, allowed)
+
+
+def shout(note: Note) -> list[Note]:
+    return [Note(note.what.upper())]
+
+
+def test_fused_steps_on_processes_take_what_any_of_them_takes(tmp_path):
+    """On processes, Split and Shout run fused; a Note given at the start, which only Shout takes, is shouted too."""
+    declared = Stage("shout", [*map(Line, LINES), Note("given at the start")], [
+        Each("Split", Split(), Line, runs="cpu"),
+        Each("Shout", shout, Note, runs="io"),
+    ], (Note, Word), str(tmp_path / "scratch"))
+    on_threads, on_processes = (Counter(LocalExecutor(workers=n).run(declared)) for n in (1, 2))
+    assert on_processes == on_threads
+    assert on_threads[Note("GIVEN AT THE START")] == 1 and on_threads[Note("SPLIT ON A LOCAL WORKER")] == 3

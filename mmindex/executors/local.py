@@ -78,7 +78,8 @@ class LocalExecutor:
     def _on_processes(self, steps: list[Step], stream: Iterator[Any], name: str) -> Iterator[Any]:
         workers = [self._worker(n, self.workers, self.keep_bytes // self.workers) for n in range(self.workers)]
         passed: deque[Any] = deque()
-        for output in on_processes(steps, workers, _taking(steps[0], stream, passed), 4 * self.workers, name):
+        wanted = tuple(t for step in steps for t in (step.takes if isinstance(step.takes, tuple) else (step.takes,)))
+        for output in on_processes(steps, workers, _taking(wanted, stream, passed), 4 * self.workers, name):
             yield from _drain(passed)
             yield output
         yield from _drain(passed)
@@ -110,7 +111,7 @@ def _each(step: Each, stream: Iterator[Any], pool: ThreadPoolExecutor | None, ah
                 yield element
         return
     passed: deque[Any] = deque()
-    for outputs in ordered_map(pool, _listed(step.fn), _taking(step, stream, passed), ahead):
+    for outputs in ordered_map(pool, _listed(step.fn), _taking(step.takes, stream, passed), ahead):
         yield from _drain(passed)
         yield from outputs
     yield from _drain(passed)
@@ -135,10 +136,11 @@ def _gathered(step: Step, stream: Iterator[Any], pool: ThreadPoolExecutor | None
             yield from outputs
 
 
-def _taking(step: Step, stream: Iterable[Any], passed: deque[Any]) -> Iterator[Any]:
-    """The elements ``step`` takes; the others are put aside in ``passed``, to be handed on as they come."""
+def _taking(takes: type | tuple[type, ...], stream: Iterable[Any], passed: deque[Any]) -> Iterator[Any]:
+    """The elements of the types a step (or fused steps) takes; the others are put aside in ``passed``, to be
+    handed on as they come."""
     for element in stream:
-        if step.wants(element):
+        if isinstance(element, takes):
             yield element
         else:
             passed.append(element)
