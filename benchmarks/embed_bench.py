@@ -46,8 +46,9 @@ from mmindex.dataset import Dataset
 from mmindex.demo import CORPUS
 from mmindex.embed.run import EmbedSettings, embed
 from mmindex.embed.shard import Chunk, prepare_chunk, shard_items
-from mmindex.embed.workers import WorkerPool
+from mmindex.embed.steps import decode_processes, devices
 from mmindex.encoders.base import inference
+from mmindex.executors.local import LocalExecutor
 from mmindex.ingest.run import IngestSettings, ingest
 from mmindex.spaces import resolve_space
 
@@ -161,9 +162,9 @@ def main() -> None:
         shutil.rmtree(dataset / "embeddings", ignore_errors=True)
         settings = EmbedSettings(str(dataset), model, gpus=args.gpus, device=args.device,
                                  batch_size=args.batch_size, decode_workers=decode_workers)
-        pool = WorkerPool.for_settings(settings)
-        report = embed(settings, pool)
-        chosen = pool.settings.decode_workers
+        workers = devices(settings.gpus, settings.device, settings.workers)
+        report = embed(settings, LocalExecutor(devices=workers))
+        chosen = decode_processes(decode_workers, workers[0], len(workers))
         for modality, embedded in sorted(report.embedded.items()):
             prepare_rate, encode_rate, alone = raw[modality]
             rate = report.rate(modality) or 0.0

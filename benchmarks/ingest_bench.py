@@ -10,7 +10,7 @@ as FLAC), CC0 animal sounds, and WordNet glosses as text samples. Then, on a war
               (no validation: a near floor for the I/O and tar work)
     checks    mmindex's validation alone in one process (decode every image and clip, hash, parse text),
               without Beam and without writing: the share of the time that checking costs
-    mmindex   `mmindex ingest` (the local executor: full decode of every image and clip, dedup, parquet,
+    mmindex   `mmindex ingest` (the in-process executor: full decode of every image and clip, dedup, parquet,
               atomic commits) with 1 and 2 worker processes
     beam      the same job on the Beam executor, Beam's in-process runner
 
@@ -43,7 +43,7 @@ from mmindex.ingest.discover import ManifestColumns, discover
 from mmindex.ingest.run import IngestSettings, ingest
 from mmindex.ingest.validate import inspect_candidate
 from mmindex.media import Limits, Rejected
-from pipelines.ingest.pipeline import BeamExecutor
+from pipelines.executor import BeamExecutor
 
 
 def build_corpus(root: Path, samples: int, workdir: Path) -> None:
@@ -178,7 +178,7 @@ def run_once(name: str, root: Path, out: Path) -> int:
     if name == "checks only":
         return checks_only(root)
     settings = IngestSettings((str(root),), str(out), workers=int(name.split()[-1]))
-    return ingest(settings, BeamExecutor([]) if name.startswith("beam") else None).counts.ingested
+    return ingest(settings, BeamExecutor([], settings.workers) if name.startswith("beam") else None).counts.ingested
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def ingest(
     console.setup_logging(verbose)
     with console.errors():
         settings, beam_args = ingest_settings(ctx.params)
-        console.print_ingest(run(settings, on_beam("ingest", beam_args)), out)
+        console.print_ingest(run(settings, on_beam(beam_args, settings.workers)), out)
 
 
 @app.command(context_settings=EXTRA_ARGS)
@@ -105,15 +105,15 @@ def embed(
     Finished shards are committed one by one: a killed run resumes where it stopped, and a repeat does
     nothing. Media a model cannot read, and audio with no speech for the offline space, are skipped with a
     reason listed per item and counted in the summary. Arguments of the form --name=value (such as
-    --runner=FlinkRunner) or --profile run the same encoders in a Beam RunInference pipeline instead of the
-    local worker pool.
+    --runner=FlinkRunner) or --profile run the same step on Beam (each worker loads the encoders once and embeds
+    whole shards) instead of the local worker processes.
     """
     from mmindex.embed.run import embed as run
 
     console.setup_logging(verbose)
     with console.errors():
         settings, beam_args = embed_settings(ctx.params, ctx.args)
-        report = run(settings, on_beam("embed", beam_args, settings))
+        report = run(settings, on_beam(beam_args, settings.workers))
     console.print_embed(report)
     if report.failures:
         raise typer.Exit(1)

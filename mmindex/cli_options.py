@@ -56,13 +56,13 @@ def embed_settings(options: dict[str, Any], extra: list[str]) -> tuple[EmbedSett
     return EmbedSettings(*(options[name] for name in names)), beam_args
 
 
-def on_beam(stage: str, beam_args: list[str], *settings: Any) -> Any:
-    """The stage's Beam executor when Beam options were given (None: its local executor)."""
+def on_beam(beam_args: list[str], workers: int) -> Any:
+    """The Beam executor when Beam options were given (None: the stage's in-process executor)."""
     if not beam_args:
         return None
     import importlib
 
-    return importlib.import_module(f"pipelines.{stage}.pipeline").BeamExecutor(beam_args, *settings)
+    return importlib.import_module("pipelines.executor").BeamExecutor(beam_args, workers)
 
 
 def split_options(arguments: list[str], profile: str | None) -> tuple[list[str], list[str]]:

@@ -1,1 +1,1 @@
-"""Apache Beam wiring of mmindex's ingest and embed, over functions from mmindex/; any Beam runner runs them."""
+"""Apache Beam wiring only: executor.py runs any stage declared in mmindex/ (ingest, embed) on any Beam runner."""

@@ -4,14 +4,14 @@ With no ``--runner``, pipelines run on Beam's in-process FnApiRunner, named expl
 never tries to download a runner binary. ``workers`` > 1 uses that many processes on this machine
 (multi_processing; multi_threading was seen to lose records). Any other Beam option passes through.
 
-Both pipelines keep to what every runner runs, Beam's DaskRunner (2.77) included, which translates a pipeline
-into Dask bags and is narrower than the others:
+The Beam executor (pipelines.executor) gives every stage a shape that every runner runs, Beam's DaskRunner
+(2.77) included, which translates a pipeline into Dask bags and is narrower than the others:
 - a side input of a computed PCollection fails (the runner puts a Dask collection into the task graph, which
   cannot be serialised), so steps meet through CoGroupByKey or a GroupByKey into one group instead;
 - every output of a multi-output ParDo lands in one bag, so each step has one output and consumers tell the
   kinds of element apart by type (beam.Filter);
-- what a DoFn emits in finish_bundle is dropped, which drops BatchElements' last batch of each bundle, so the
-  embed pipeline forms its own batches;
+- what a DoFn emits in finish_bundle is dropped (BatchElements' last batch of each bundle, for one), so steps
+  emit everything in process, and the embed step forms its own batches;
 - only the last transform applied is computed, so every branch must flow into it.
 """
 
@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from mmindex import storage
 from pipelines.failures import worker_errors
 
 if TYPE_CHECKING:
@@ -65,11 +63,6 @@ def main(run: Callable[[], Any]) -> None:
         usage.show()  # type: ignore[attr-defined]
         sys.exit(usage.exit_code)  # type: ignore[attr-defined]
     print(json.dumps(asdict(report), indent=2, default=str))
-
-
-def absolute(path: str) -> str:
-    """A local path made absolute (a cluster's workers do not run in the driver's folder); URLs as they are."""
-    return os.path.abspath(path) if storage.is_local(path) else path
 
 
 def run_to_completion(pipeline: Any) -> None:

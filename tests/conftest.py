@@ -23,7 +23,7 @@ from mmindex.cli_options import ingest_settings
 from mmindex.demo import CORPUS
 from mmindex.ingest.run import IngestReport
 from mmindex.ingest.run import ingest as run_ingest
-from pipelines.ingest.pipeline import BeamExecutor
+from pipelines.executor import BeamExecutor
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def corpus(tmp_path: Path) -> Path:
 def ingest(*sources: Path | str, dataset: Path | str, extra: tuple[str, ...] = (), beam: bool = False) -> IngestReport:
     """Ingests as `mmindex ingest` does: the local executor, or Beam when ``beam`` or a Beam option is given."""
     settings, beam_args = ingest_settings(parse("ingest", [*map(str, sources), "--out", str(dataset), *extra])[0])
-    return run_ingest(settings, BeamExecutor(beam_args) if beam or beam_args else None)
+    return run_ingest(settings, BeamExecutor(beam_args, settings.workers) if beam or beam_args else None)
 
 
 def read_shards(dataset: Path) -> dict[str, dict[str, bytes]]:

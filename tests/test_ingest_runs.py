@@ -81,7 +81,7 @@ def test_an_interrupted_run_is_completed_by_the_next(corpus: Path, tmp_path: Pat
             raise RuntimeError("killed")
         return real_write_shard(number, records, *args)
 
-    monkeypatch.setattr("mmindex.ingest.local.write_shard_tar", dies_on_third_shard)
+    monkeypatch.setattr("mmindex.ingest.steps.write_shard_tar", dies_on_third_shard)
     with pytest.raises(Exception, match="killed"):
         ingest(corpus, dataset=dataset, extra=("--shard-size=10",))
     (dataset / "shards" / "000099.tar").write_bytes(b"leftover of a killed writer")

@@ -1,9 +1,9 @@
-"""One ``mmindex embed`` run: the driver that both executors serve.
+"""One ``mmindex embed`` run: the driver that every executor serves.
 
 The driver resolves the space, locks the dataset, claims the space's folder, lists the shards still to embed,
-hands them to an executor (the local worker pool in workers.py, or Beam RunInference in pipelines.embed),
-tallies what each committed shard holds, and records the run in stats.json. Executors only embed and commit
-shards, reporting each one as it is committed.
+has an executor run the stage's steps over them (declared in steps.py; the in-process executor by default, one
+worker per device, or Beam's from pipelines.executor), tallies what each committed shard holds as it is reported,
+and records the run in stats.json.
 """
 
 from __future__ import annotations
@@ -11,16 +11,20 @@ from __future__ import annotations
 import datetime
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from mmindex.dataset import shard_name
+from mmindex.dataset import Dataset, shard_name
 from mmindex.dataset.embeddings import EmbeddingStore, ShardSummary
 from mmindex.dataset.lock import exclusive
 from mmindex.embed.bridge import learn_bridge
+from mmindex.embed.steps import declare, decode_processes, devices
+from mmindex.executors.local import LocalExecutor
 from mmindex.spaces import DEFAULT_SPACE, Space, resolve_space
+from mmindex.stages import Executor, Stage, WorkerDied, portable
 
 log = logging.getLogger("mmindex")
 
@@ -43,17 +47,6 @@ class EmbedSettings:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.decode_workers is not None and self.decode_workers < 0:
             raise ValueError("--decode-workers must be 0 or more")
-
-
-OnShard = Callable[[ShardSummary], None]
-
-
-class EmbedExecutor(Protocol):
-    def describe(self) -> dict[str, Any]:
-        """How it runs, as stats.json records it."""
-
-    def __call__(self, store: EmbeddingStore, pending: list[int], on_shard: OnShard) -> list[str]:
-        """Embeds and commits ``pending``, calling ``on_shard`` per shard; returns failures beyond shards."""
 
 
 @dataclass
@@ -84,16 +77,13 @@ class EmbedReport:
         return self.embedded[modality] / seconds if seconds else None
 
 
-def embed(settings: EmbedSettings, executor: EmbedExecutor | None = None, space: Space | None = None) -> EmbedReport:
+def embed(settings: EmbedSettings, executor: Executor | None = None, space: Space | None = None) -> EmbedReport:
     """Embeds every committed shard of the dataset that has no committed embeddings in the space yet (``space``:
     the space already resolved, as a repair has it from the dataset's space.json)."""
     space = space or resolve_space(settings.model)
     store = EmbeddingStore.of(settings.dataset, space)
     space.modalities()  # fails early, before anything is written, if the model cannot be found
-    if executor is None:
-        from mmindex.embed.workers import WorkerPool
-
-        executor = WorkerPool.for_settings(settings)
+    executor = executor or LocalExecutor(devices=devices(settings.gpus, settings.device, settings.workers))
     with exclusive(store.dataset, "embed"):
         if space.settings["kind"] == "bridge" and store.space.mapping is None:  # learned once, before any vector
             store = EmbeddingStore(store.dataset, learn_bridge(store))
@@ -102,7 +92,8 @@ def embed(settings: EmbedSettings, executor: EmbedExecutor | None = None, space:
         report = EmbedReport(space.name, store.root, len(store.dataset.committed_shards()), len(pending))
         if not pending:
             return report
-        described = {k: ", ".join(map(str, v)) if isinstance(v, list) else v for k, v in executor.describe().items()}
+        settings_used = _describe(executor, settings)
+        described = {k: ", ".join(map(str, v)) if isinstance(v, list) else v for k, v in settings_used.items()}
         log.info("embed: %d of %d shard(s) to embed into space %r (%s)", len(pending), report.shards, space.name,
                  "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in described.items() if v is not None))
         started = time.monotonic()
@@ -115,10 +106,42 @@ def embed(settings: EmbedSettings, executor: EmbedExecutor | None = None, space:
         for number, problem in refused.items():  # a tar not of its recorded size: never embedded as it is
             committed(ShardSummary(number, failed=problem))
         rest = [n for n in pending if n not in refused]
-        report.failures += executor(store, rest, committed) if rest else []
+        if rest:
+            where = str if executor.local else portable  # a cluster's workers run in other folders
+            stage = declare(EmbeddingStore(Dataset(where(store.dataset.root)), store.space), rest, settings.device,
+                            settings.batch_size, settings.decode_workers, settings.threads,
+                            where(store.dataset.scratch_path(f"embed-{uuid.uuid4().hex[:12]}")))
+            report.failures += _embedded(executor, stage, committed)
+            store.remove_incomplete()  # the temporary files of tasks that a cluster ran again after losing a worker
         report.wall_seconds = time.monotonic() - started
-        store.record_run(_stats(report, executor))
+        store.record_run(_stats(report, settings_used))
     return report
+
+
+def _embedded(executor: Executor, stage: Stage, committed: Callable[[ShardSummary], None]) -> list[str]:
+    """Runs the stage, reporting each shard as it is committed; returns the failures beyond shards."""
+    reported = set()
+    try:
+        for shard in executor.run(stage):
+            reported.add(shard.number)
+            committed(shard)
+    except WorkerDied as died:  # the other workers' shards are committed; the next run embeds the rest
+        return died.failures
+    for number in stage.start:
+        if number not in reported:
+            committed(ShardSummary(number, failed=f"shard {shard_name(number)} was not committed by the pipeline"))
+    return []
+
+
+def _describe(executor: Executor, settings: EmbedSettings) -> dict[str, Any]:
+    """How the run goes, as stats.json records it."""
+    described = {**executor.describe(), "batch_size": settings.batch_size, "threads": settings.threads}
+    if executor.local:
+        used = described.get("devices") or [settings.device] * described.get("workers", 1)
+        described["decode_workers"] = decode_processes(settings.decode_workers, used[0], len(used))
+    else:
+        described["device"] = settings.device
+    return described
 
 
 def _log_shard(shard: ShardSummary) -> None:
@@ -130,7 +153,7 @@ def _log_shard(shard: ShardSummary) -> None:
              f" on {shard.device}" if shard.device else "", embedded or "nothing to embed")
 
 
-def _stats(report: EmbedReport, executor: EmbedExecutor) -> dict[str, Any]:
+def _stats(report: EmbedReport, settings: dict[str, Any]) -> dict[str, Any]:
     """One run's entry in stats.json."""
     per_modality = {}
     for modality, items in sorted(report.embedded.items()):
@@ -139,7 +162,7 @@ def _stats(report: EmbedReport, executor: EmbedExecutor) -> dict[str, Any]:
                                   "per_worker_items_per_s": round(rate, 2) if rate else None}
     return {
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "settings": executor.describe(),
+        "settings": settings,
         "shards": report.committed,
         "wall_seconds": round(report.wall_seconds, 3),
         "modalities": per_modality,

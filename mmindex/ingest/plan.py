@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mmindex.ingest.records import DUPLICATE, Reject
+from mmindex.ingest.records import DUPLICATE, Placed, Reject, Winner
 from mmindex.sizes import is_size, parse_size
 from mmindex.webdataset import tar_member_bytes
 
@@ -55,9 +55,6 @@ def plan_shards(sizes: list[tuple[str, list[int]]], first_shard: int, size: Shar
     return plan
 
 
-Winner = tuple[str, str, list[int]]  # key, winning source, its member sizes
-
-
 def choose_winner(key: str, new: list[tuple[str, list[int]]], present: bool) -> tuple[Winner | None, list[Reject], int]:
     """Per key: the first source by name wins, unless the dataset already holds the key.
 
@@ -71,10 +68,10 @@ def choose_winner(key: str, new: list[tuple[str, list[int]]], present: bool) -> 
         return None, [], 0
     source, sizes = new[0]
     duplicates = [Reject(other, DUPLICATE, f"same content as {source}") for other, _ in new[1:]]
-    return (key, source, sizes), duplicates, 0
+    return Winner(key, source, sizes), duplicates, 0
 
 
-def plan_winners(winners: list[Winner], first_shard: int, size: ShardSize) -> dict[str, tuple[int, str]]:
-    """Key -> (shard number, winning source)."""
-    shards = plan_shards([(key, sizes) for key, _, sizes in winners], first_shard, size)
-    return {key: (shards[key], source) for key, source, _ in winners}
+def plan_winners(winners: list[Winner], first_shard: int, size: ShardSize) -> list[Placed]:
+    """Each winner with the shard it goes into."""
+    shards = plan_shards([(w.key, w.sizes) for w in winners], first_shard, size)
+    return [Placed(w.key, w.source, shards[w.key]) for w in winners]

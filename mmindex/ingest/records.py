@@ -82,3 +82,82 @@ class IngestOutcome:
     rejects: list[Reject]       # bad inputs and duplicates within the run, each with a reason
     found: int                  # candidate samples discovered
     already_present: int        # candidates whose content the dataset already held
+
+
+# --- what else flows between the steps (mmindex.ingest.steps) --------------------------------------------
+
+@dataclass(frozen=True)
+class Source:
+    """A SRC argument to discover."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Existing:
+    """The samples parquet of a committed shard: its keys are already in the dataset."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Found:
+    """Candidates discovered together: the unit that executors spread over threads and workers."""
+
+    candidates: list[Candidate]
+
+
+Read = tuple[bytes, str]  # a member's bytes and their sha256, taken ahead of its check
+
+
+@dataclass(frozen=True)
+class ReadAhead:
+    """Found candidates with their small members' bytes and digests (None: read by the check), read ahead."""
+
+    candidates: list[tuple[Candidate, tuple[Read | None, ...]]]
+
+
+@dataclass(frozen=True)
+class Present:
+    key: str
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A checked sample's claim on its key: only what choosing a winner needs, so records travel once."""
+
+    key: str
+    source: str
+    sizes: list[int]
+
+
+@dataclass(frozen=True)
+class Winner:
+    """The sample that a key's offers chose: the first source by name."""
+
+    key: str
+    source: str
+    sizes: list[int]
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A key's winner and the shard it goes into."""
+
+    key: str
+    source: str
+    shard: int
+
+
+@dataclass(frozen=True)
+class ShardPart:
+    shard: int
+    record: SampleRecord
+
+
+@dataclass(frozen=True)
+class Counted:
+    """A count for the outcome: candidates found, or candidates whose content the dataset already held."""
+
+    what: str  # "found" or "already_present"
+    n: int

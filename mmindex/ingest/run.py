@@ -1,9 +1,9 @@
 """One ``mmindex ingest`` run: the driver that every executor serves.
 
-The driver checks the sources, locks the dataset, clears what an interrupted run left, hands an IngestJob to
-an executor (the local one in mmindex.ingest.local, or Beam's in pipelines.ingest), then writes the rejects,
-records the run in mmindex.json and returns a typed report. Executors only discover, validate, deduplicate,
-plan and write shards, so any runner gives the same dataset.
+The driver checks the sources, locks the dataset, clears what an interrupted run left, has an executor run the
+stage's steps (declared in steps.py; the in-process executor by default, or Beam's from pipelines.executor),
+then writes the rejects, records the run in mmindex.json and returns a typed report. The steps only discover,
+validate, deduplicate, plan and write shards, so any executor gives the same dataset.
 """
 
 from __future__ import annotations
@@ -14,17 +14,20 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from mmindex import storage
 from mmindex.dataset import Dataset
 from mmindex.dataset.lock import exclusive
 from mmindex.dataset.runs import ingest_settings, metadata_behind, read_metadata, record_run
 from mmindex.dataset.samples import recorded_rejects, write_rejects
+from mmindex.executors.local import LocalExecutor
 from mmindex.ingest.discover import ManifestColumns, check_source
 from mmindex.ingest.plan import DEFAULT_SHARD_SIZE, ShardSize
 from mmindex.ingest.records import DUPLICATE, IngestOutcome, ShardWritten
+from mmindex.ingest.steps import declare, outcome
 from mmindex.media import Limits
+from mmindex.stages import Executor, portable
 
 log = logging.getLogger("mmindex")
 
@@ -44,25 +47,6 @@ class IngestSettings:
         if self.workers < 1:
             raise ValueError("--workers must be at least 1")
         ShardSize.parse(self.shard_size)  # refuses a bad size before anything runs
-
-
-@dataclass(frozen=True)
-class IngestJob:
-    """What an executor needs: the settings, where new shards start, and the dataset's existing samples."""
-
-    settings: IngestSettings
-    dataset: Dataset
-    first_shard: int
-    existing: list[str]   # samples parquet of every committed shard (their keys are already present)
-    scratch: str          # a prefix in the dataset's scratch area, for decompressed tars
-
-    @property
-    def shard_size(self) -> ShardSize:
-        return ShardSize.parse(self.settings.shard_size)
-
-
-class IngestExecutor(Protocol):
-    def __call__(self, job: IngestJob) -> IngestOutcome: ...
 
 
 @dataclass(frozen=True)
@@ -95,8 +79,8 @@ class IngestReport:
         return self.finished - self.started
 
 
-def ingest(settings: IngestSettings, executor: IngestExecutor | None = None) -> IngestReport:
-    """Ingests the sources into the dataset with ``executor`` (default: the local one); returns the run's report."""
+def ingest(settings: IngestSettings, executor: Executor | None = None) -> IngestReport:
+    """Ingests the sources into the dataset with ``executor`` (default: in-process); returns the run's report."""
     for src in settings.sources:
         check_source(src)
     root = settings.dataset
@@ -104,10 +88,8 @@ def ingest(settings: IngestSettings, executor: IngestExecutor | None = None) -> 
         raise ValueError(f"the dataset {root!r} is a file; give a folder")
     dataset = Dataset(root)
     read_metadata(dataset)  # refuses a folder of another format before anything is written
-    if executor is None:
-        from mmindex.ingest.local import LocalExecutor
-
-        executor = LocalExecutor(settings.workers)
+    executor = executor or LocalExecutor(settings.workers)
+    where = str if executor.local else portable  # a cluster's workers run in other folders
     with exclusive(dataset, "ingest"):
         removed = dataset.remove_incomplete()
         if removed:
@@ -115,18 +97,21 @@ def ingest(settings: IngestSettings, executor: IngestExecutor | None = None) -> 
         committed = dataset.committed_shards()
         run_id = uuid.uuid4().hex[:12]
         started = time.time()
-        job = IngestJob(settings, dataset, committed[-1] + 1 if committed else 0,
-                        [dataset.samples_path(n) for n in committed], dataset.scratch_path(run_id))
+        scratch = dataset.scratch_path(run_id)
+        stage = declare(map(where, settings.sources), [where(dataset.samples_path(n)) for n in committed],
+                        Dataset(where(root)), committed[-1] + 1 if committed else 0,
+                        ShardSize.parse(settings.shard_size), settings.limits, settings.columns, where(scratch))
         recorded = recorded_rejects(dataset)
-        outcome = executor(job)
-        storage.delete(storage.glob(f"{job.scratch}-*"))  # decompressed tars: every shard that read them is written
-        return _record(job, outcome, run_id, started, recorded)
+        result = outcome(executor.run(stage))
+        # Decompressed tars (every shard that read them is written), and the temporary files of tasks that a
+        # cluster ran again after losing a worker.
+        dataset.remove_incomplete()
+        return _record(settings, dataset, result, run_id, started, recorded)
 
 
-def _record(job: IngestJob, outcome: IngestOutcome, run_id: str, started: float,
+def _record(settings: IngestSettings, dataset: Dataset, outcome: IngestOutcome, run_id: str, started: float,
             recorded: set[tuple[str, str, str]]) -> IngestReport:
     """Writes the rejects not listed before and, when the run changed anything, records it in mmindex.json."""
-    dataset, settings = job.dataset, job.settings
     fresh = {(r.source, r.reason, r.detail) for r in outcome.rejects} - recorded
     duplicates = sum(r.reason == DUPLICATE for r in outcome.rejects)
     by_reason = Counter(r.reason for r in outcome.rejects if r.reason != DUPLICATE)

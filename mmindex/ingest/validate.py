@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from mmindex import storage
-from mmindex.ingest.records import Candidate, Member, Reject, SampleRecord
+from mmindex.ingest.records import Candidate, Member, Read, Reject, SampleRecord
 from mmindex.media import Limits, Rejected
 from mmindex.modalities import BY_NAME, KINDS, MODALITIES, modality_of, stored_ext
 
@@ -44,7 +44,6 @@ def load_member(member: Member, limits: Limits) -> bytes:
 
 
 READ_AHEAD_BYTES = 256 * 1024  # bounds what batches waiting for a checking thread hold
-Read = tuple[bytes, str]       # a member's bytes and their sha256, taken ahead of its check
 
 
 def read_ahead(candidate: Candidate, limits: Limits) -> tuple[Read | None, ...]:

@@ -1,0 +1,156 @@
+"""The in-process executor: any declared stage on this machine, without a pipeline runner's per-element costs.
+
+Elements stream from step to step as generators, so a stage's first steps overlap (candidates are checked while
+they are discovered) and memory holds only what a ByKey or Whole step must gather. Where a step runs follows
+its ``runs`` hint (see mmindex.stages):
+
+    driver   in the driver's thread, in order: cheap steps, and commits, which then follow the key order
+    io       on a thread pool (``Each.threads`` threads, or the executor's), ahead of the next step
+    cpu      on the executor's threads with one worker; with more, consecutive Each steps run fused on worker
+             processes (an element crosses to a process once, and the process reads for itself)
+    workers  one element at a time per worker, on one process per worker (one per device), each set up once;
+             a single worker runs in this process
+
+ByKey steps run their groups in key order and hand their outputs on in that order (on threads for ``io`` and
+``cpu``): groups already sit in this process. A step's set-up learns its memory budget (``keep_bytes``, shared by
+the threads of a process, divided between processes) and its worker's device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from mmindex.executors.processes import on_processes
+from mmindex.parallel import ordered_map
+from mmindex.stages import ByKey, Each, Stage, Step, Worker, set_up, tear_down
+
+KEPT_BYTES = 2**30   # data steps may hold in memory for later ones (past it, they read files again)
+
+
+class LocalExecutor:
+    """Runs stages with ``workers`` processes where steps run on processes (or one per entry of ``devices``),
+    ``threads`` threads where they run on threads (None: up to 4, as the cores allow)."""
+
+    local = True
+
+    def __init__(self, workers: int = 1, threads: int | None = None, devices: list[str] | None = None,
+                 keep_bytes: int = KEPT_BYTES):
+        self.devices = devices
+        self.workers = len(devices) if devices else workers
+        self.threads = threads or min(4, os.cpu_count() or 1)
+        self.keep_bytes = keep_bytes
+
+    def describe(self) -> dict[str, Any]:
+        return {"devices": self.devices} if self.devices else {"workers": self.workers, "threads": self.threads}
+
+    def run(self, stage: Stage) -> Iterator[Any]:
+        with contextlib.ExitStack() as resources:
+            stream: Iterator[Any] = iter(stage.start)
+            for steps in self._units(stage.steps):
+                if self._needs_processes(steps):
+                    stream = self._on_processes(steps, stream, stage.name)
+                else:
+                    stream = self._in_process(steps[0], stream, resources)
+            yield from stream
+
+    def _needs_processes(self, steps: list[Step]) -> bool:
+        return self.workers > 1 and isinstance(steps[0], Each) and any(s.runs in ("cpu", "workers") for s in steps)
+
+    def _units(self, steps: list[Step]) -> list[list[Step]]:
+        """The steps one by one, but runs of consecutive parallel Each steps fused where they go to processes."""
+        units: list[list[Step]] = []
+        for step in steps:
+            if units and all(_fusable(s) for s in (*units[-1], step)) and self._needs_processes([*units[-1], step]):
+                units[-1].append(step)
+            else:
+                units.append([step])
+        return units
+
+    def _worker(self, number: int = 0, count: int = 1, keep_bytes: int | None = None) -> Worker:
+        device = self.devices[number] if self.devices else None
+        return Worker(number, count, device, self.keep_bytes if keep_bytes is None else keep_bytes, local=True)
+
+    def _on_processes(self, steps: list[Step], stream: Iterator[Any], name: str) -> Iterator[Any]:
+        workers = [self._worker(n, self.workers, self.keep_bytes // self.workers) for n in range(self.workers)]
+        passed: deque[Any] = deque()
+        wanted = tuple(t for step in steps for t in (step.takes if isinstance(step.takes, tuple) else (step.takes,)))
+        for output in on_processes(steps, workers, _taking(wanted, stream, passed), 4 * self.workers, name):
+            yield from _drain(passed)
+            yield output
+        yield from _drain(passed)
+
+    def _in_process(self, step: Step, stream: Iterator[Any], resources: contextlib.ExitStack) -> Iterator[Any]:
+        set_up(step.fn, self._worker())
+        resources.callback(tear_down, step.fn)
+        pool, size = None, 1
+        if step.runs in ("io", "cpu"):
+            size = (step.threads if isinstance(step, Each) else None) or (
+                self.threads if step.runs == "cpu" else max(self.workers, self.threads))
+            pool = resources.enter_context(ThreadPoolExecutor(size, thread_name_prefix=step.name))
+        if isinstance(step, Each):
+            return _each(step, stream, pool, 4 * size)
+        return _gathered(step, stream, pool, 4 * size)
+
+
+def _fusable(step: Step) -> bool:
+    return isinstance(step, Each) and step.runs in ("io", "cpu", "workers")
+
+
+def _each(step: Each, stream: Iterator[Any], pool: ThreadPoolExecutor | None, ahead: int) -> Iterator[Any]:
+    if pool is None:
+        fn, takes = step.fn, step.takes
+        for element in stream:
+            if isinstance(element, takes):
+                yield from fn(element)
+            else:
+                yield element
+        return
+    passed: deque[Any] = deque()
+    for outputs in ordered_map(pool, _listed(step.fn), _taking(step.takes, stream, passed), ahead):
+        yield from _drain(passed)
+        yield from outputs
+    yield from _drain(passed)
+
+
+def _gathered(step: Step, stream: Iterator[Any], pool: ThreadPoolExecutor | None, ahead: int) -> Iterator[Any]:
+    """A ByKey or Whole step: the elements it takes, gathered; the others handed on as they come."""
+    takes, key = step.takes, step.key if isinstance(step, ByKey) else None
+    groups: dict[Any, list[Any]] = defaultdict(list)
+    for element in stream:
+        if isinstance(element, takes):
+            groups[key(element) if key else None].append(element)
+        else:
+            yield element
+    if key is None:
+        yield from step.fn(groups.pop(None, []))
+    elif pool is None:
+        for group in sorted(groups):
+            yield from step.fn(group, groups.pop(group))
+    else:
+        for outputs in ordered_map(pool, _listed(lambda group: step.fn(*group)), sorted(groups.items()), ahead):
+            yield from outputs
+
+
+def _taking(takes: type | tuple[type, ...], stream: Iterable[Any], passed: deque[Any]) -> Iterator[Any]:
+    """The elements of the types a step (or fused steps) takes; the others are put aside in ``passed``, to be
+    handed on as they come."""
+    for element in stream:
+        if isinstance(element, takes):
+            yield element
+        else:
+            passed.append(element)
+
+
+def _drain(passed: deque[Any]) -> Iterator[Any]:
+    while passed:
+        yield passed.popleft()
+
+
+def _listed(fn: Callable[..., Iterable[Any]]) -> Callable[..., list[Any]]:
+    """``fn`` whose outputs are made where it runs (on a pool's thread), not where they are read."""
+    return lambda element: list(fn(element))

@@ -1,0 +1,187 @@
+"""The ingest stage, declared once as steps (see mmindex.stages); every executor runs these.
+
+    Existing -> ExistingKeys -> Present
+    Source -> Discover -> Found (+ Counted found) -> Read (small files, ahead) -> Check -> SampleRecord | Reject
+    SampleRecord -> Offer (its claim on its key; the record goes on, and checked candidates are counted)
+    Offer + Present, by key -> ChooseWinners -> Winner | Reject (a duplicate) | Counted (already present)
+    every Winner -> PlanShards -> Placed
+    SampleRecord + Placed, by key -> JoinPlan -> ShardPart
+    ShardPart, by shard -> WriteShards (its tar) -> Commit (its samples parquet) -> ShardWritten
+
+What reaches the end (ShardWritten, Reject, Counted) is the run's outcome. Only an Offer, not the record, meets
+the other samples of its key, so a cluster shuffles records once more, to meet their shard. The in-process
+executor reads small files ahead on a thread of their own, checks on threads (or processes), keeps checked bytes
+in memory within its budget so that shards are written without reading files again, and commits shards in
+order, so that a run that stops leaves shards up to some number and the next run's plan continues from there
+exactly as this one would have.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+from mmindex.dataset import Dataset
+from mmindex.dataset.samples import sample_keys
+from mmindex.ingest.discover import ManifestColumns, discover_batches
+from mmindex.ingest.plan import ShardSize, choose_winner, plan_winners
+from mmindex.ingest.records import (
+    Counted,
+    Existing,
+    Found,
+    IngestOutcome,
+    Offer,
+    Placed,
+    Present,
+    ReadAhead,
+    Reject,
+    SampleRecord,
+    ShardPart,
+    ShardWritten,
+    Source,
+    Winner,
+)
+from mmindex.ingest.validate import check, read_ahead, small_files_only
+from mmindex.ingest.write import WrittenTar, commit_shard, write_shard_tar
+from mmindex.media import Limits
+from mmindex.progress import Progress
+from mmindex.stages import ByKey, Each, Stage, Whole, Worker
+
+
+def discover(source: Source, columns: ManifestColumns, limits: Limits, scratch: str) -> Iterator[Found | Counted]:
+    for batch in discover_batches(source.path, columns, limits, scratch):
+        yield Counted("found", len(batch))
+        yield Found(batch)
+
+
+def read(found: Found, limits: Limits) -> list[ReadAhead]:
+    return [ReadAhead([(candidate, read_ahead(candidate, limits)) for candidate in found.candidates])]
+
+
+class KeepWhileRoom:
+    """Says yes to keeping a checked file's bytes until the budget is spent (shared by one process's threads)."""
+
+    def __init__(self, budget: int):
+        self.left = budget
+        self.lock = threading.Lock()
+
+    def __call__(self, size: int) -> bool:
+        if small_files_only(size):
+            return True
+        with self.lock:
+            if size > self.left:
+                return False
+            self.left -= size
+            return True
+
+
+class Check:
+    """Checks candidates: a SampleRecord, or a Reject with a reason, for each. A runner's worker gets one batch
+    at a time, so it checks a batch's candidates on a few threads (decoders and hashing release the GIL); the
+    in-process executor runs batches on its threads itself."""
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+
+    def setup(self, worker: Worker) -> None:
+        self.keep = KeepWhileRoom(worker.keep_bytes)
+        self.pool = None if worker.local else ThreadPoolExecutor(min(4, os.cpu_count() or 1))
+
+    def teardown(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def one(self, candidate_read: tuple) -> SampleRecord | Reject:
+        return check(candidate_read[0], self.limits, self.keep, candidate_read[1])
+
+    def __call__(self, batch: ReadAhead) -> list[SampleRecord | Reject]:
+        return list(self.pool.map(self.one, batch.candidates) if self.pool else map(self.one, batch.candidates))
+
+
+def existing_keys(existing: Existing) -> Iterator[Present]:
+    return map(Present, sample_keys(existing.path))
+
+
+class Offers:
+    """A checked sample's Offer, with the record itself; counts the checked candidates as they come (in the driver,
+    on this machine, where checks may run on processes whose log is not shown)."""
+
+    def setup(self, worker: Worker) -> None:
+        self.progress = Progress("ingest: checked")
+
+    def __call__(self, checked: SampleRecord | Reject) -> tuple[Offer, SampleRecord] | tuple[Reject]:
+        self.progress.add()
+        if isinstance(checked, Reject):
+            return (checked,)
+        return Offer(checked.key, checked.source, checked.sizes), checked
+
+
+def choose(key: str, elements: list[Offer | Present]) -> Iterator[Winner | Reject | Counted]:
+    offers = [(e.source, e.sizes) for e in elements if isinstance(e, Offer)]
+    winner, duplicates, held = choose_winner(key, offers, any(isinstance(e, Present) for e in elements))
+    if held:
+        yield Counted("already_present", held)
+    yield from duplicates
+    if winner:
+        yield winner
+
+
+def join_plan(key: str, elements: list[SampleRecord | Placed]) -> Iterator[ShardPart]:
+    """The winning record of a key, with its shard; the losers were counted by ``choose``."""
+    for placed in (e for e in elements if isinstance(e, Placed)):
+        for record in elements:
+            if isinstance(record, SampleRecord) and record.source == placed.source:
+                yield ShardPart(placed.shard, record)
+
+
+def write(shard: int, parts: list[ShardPart], dataset: Dataset, limits: Limits) -> list[WrittenTar]:
+    return [write_shard_tar(shard, [part.record for part in parts], dataset, limits)]
+
+
+def commit(tar: WrittenTar, dataset: Dataset) -> list[ShardWritten]:
+    commit_shard(tar, dataset)
+    return [tar.shard]
+
+
+def declare(sources: Iterable[str], existing: Iterable[str], dataset: Dataset, first_shard: int, size: ShardSize,
+            limits: Limits, columns: ManifestColumns, scratch: str) -> Stage:
+    """The ingest of ``sources`` into ``dataset``, whose committed shards' samples parquet are ``existing`` and
+    whose new shards start at ``first_shard``; compressed tars are unpacked under ``scratch``."""
+    return Stage("ingest", [*map(Source, sources), *map(Existing, existing)], [
+        Each("ExistingKeys", existing_keys, Existing),
+        Each("Discover", partial(discover, columns=columns, limits=limits, scratch=scratch), Source),
+        Each("Read", partial(read, limits=limits), Found, runs="io", threads=1),
+        Each("Check", Check(limits), ReadAhead, runs="cpu"),
+        Each("Offer", Offers(), (SampleRecord, Reject)),
+        ByKey("ChooseWinners", choose, (Offer, Present), key=_key),
+        Whole("PlanShards", partial(plan_winners, first_shard=first_shard, size=size), Winner),
+        ByKey("JoinPlan", join_plan, (SampleRecord, Placed), key=_key),
+        ByKey("WriteShards", partial(write, dataset=dataset, limits=limits), ShardPart, runs="io", key=_shard),
+        Each("Commit", partial(commit, dataset=dataset), WrittenTar),
+    ], (ShardWritten, Reject, Counted), scratch)
+
+
+def _key(element: Any) -> str:
+    return element.key
+
+
+def _shard(part: ShardPart) -> int:
+    return part.shard
+
+
+def outcome(facts: Iterable[ShardWritten | Reject | Counted]) -> IngestOutcome:
+    """The run's outcome from what reached the end of its steps."""
+    shards, rejects, counts = [], [], Counter[str]()
+    for fact in facts:
+        if isinstance(fact, ShardWritten):
+            shards.append(fact)
+        elif isinstance(fact, Reject):
+            rejects.append(fact)
+        else:
+            counts[fact.what] += fact.n
+    return IngestOutcome(shards, rejects, counts["found"], counts["already_present"])
