@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmindex.stages import Compact
 from mmindex.storage import readable
 
 
 @dataclass(frozen=True)
-class Member:
+class Member(Compact):
     """One file of a sample: where its bytes are and what type it claims to be."""
 
     ext: str
@@ -53,7 +54,7 @@ class Reject:
 
 
 @dataclass(frozen=True)
-class SampleRecord:
+class SampleRecord(Compact):
     """A validated sample: its key, where each member's bytes are, their digests, and its parquet row."""
 
     key: str
@@ -118,12 +119,12 @@ class ReadAhead:
 
 
 @dataclass(frozen=True)
-class Present:
+class Present(Compact):
     key: str
 
 
 @dataclass(frozen=True)
-class Offer:
+class Offer(Compact):
     """A checked sample's claim on its key: only what choosing a winner needs, so records travel once."""
 
     key: str
@@ -132,7 +133,7 @@ class Offer:
 
 
 @dataclass(frozen=True)
-class Winner:
+class Winner(Compact):
     """The sample that a key's offers chose: the first source by name."""
 
     key: str
@@ -141,7 +142,7 @@ class Winner:
 
 
 @dataclass(frozen=True)
-class Placed:
+class Placed(Compact):
     """A key's winner and the shard it goes into."""
 
     key: str
@@ -150,7 +151,7 @@ class Placed:
 
 
 @dataclass(frozen=True)
-class ShardPart:
+class ShardPart(Compact):
     shard: int
     record: SampleRecord
 
