@@ -261,12 +261,11 @@ def serve(
 ) -> None:
     """Serve datasets over HTTP: a web page at /, a JSON API (/docs), clip-retrieval's /knn-service."""
     from mmindex.serve.run import serve as run
-    from mmindex.serve.settings import ServeLimits, ServeSettings
-    from mmindex.sizes import parse_size
+    from mmindex.serve.settings import ServeSettings, read_limits
 
     console.setup_logging()
     with console.errors():
-        limits = ServeLimits(upload_bytes=parse_size(max_upload), timeout_s=timeout)
+        limits = read_limits(max_upload, timeout)
         run(ServeSettings(tuple(dataset or [DEFAULT_DATASET]), host, port, token, open_, limits,
                           cors_origins=tuple(cors or ())))
 

@@ -220,3 +220,13 @@ def looping(work: Callable[[], None], threads: int) -> Iterator[Tally]:
         done.set()
         for worker in workers:
             worker.join()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One `mmindex serve` for every serve test file: its own small dataset, token required."""
+    from serving import served_dataset, start_server
+
+    running = start_server(served_dataset(tmp_path_factory.mktemp("serve")))
+    yield running
+    running.stop()

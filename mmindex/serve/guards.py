@@ -54,7 +54,9 @@ class Guard:
 
 class TokenAuth(Guard):
     """Bearer-token auth for a server other machines can reach. A browser opens ``/?token=T`` once: the
-    token is then kept in an HttpOnly cookie, so the page, its images and its audio work without a header."""
+    token is then kept in an HttpOnly cookie, so the page, its images and its audio work without a header.
+    Every offered token is compared in constant time; the cookie is set only from a valid one, and holds the
+    server's own token: nothing a request sends reaches a response header."""
 
     def __init__(self, app: App, token: str):
         super().__init__(app)
@@ -65,24 +67,27 @@ class TokenAuth(Guard):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        from_query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
+        scheme, _, credentials = headers.get(b"authorization", b"").strip().partition(b" ")
+        from_header = credentials.strip() if scheme.lower() == b"bearer" else b""  # schemes are case-insensitive
+        from_query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0].encode("latin-1")
         cookie = SimpleCookie()
         with contextlib.suppress(CookieError):  # a malformed Cookie header offers no token
             cookie.load(headers.get(b"cookie", b"").decode("latin-1"))
-        offered = [headers.get(b"authorization", b"").removeprefix(b"Bearer ").strip(), from_query.encode(),
-                   cookie[COOKIE].value.encode() if COOKIE in cookie else b""]
-        if not any(hmac.compare_digest(value, self.token) for value in offered if value):
+        from_cookie = cookie[COOKIE].value.encode("latin-1") if COOKIE in cookie else b""
+        valid = [hmac.compare_digest(offered, self.token) for offered in (from_header, from_query, from_cookie)]
+        if not any(valid):
             await send_error(send, 401, "a token is required: send 'Authorization: Bearer TOKEN' (or open the "
                              "page as /?token=TOKEN)", [(b"www-authenticate", b"Bearer")])
             return
-        if not from_query:
+        if not valid[1] or valid[2]:  # the cookie is set from a valid ?token= only, and only once
             await self.app(scope, receive, send)
             return
+        cookie_header = (f"{COOKIE}={self.token.decode()}; Path=/; SameSite=Strict; HttpOnly"
+                         f"{'; Secure' if scope.get('scheme') == 'https' else ''}").encode()
 
         async def set_cookie(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"set-cookie", f"{COOKIE}={from_query}; "
-                                      f"HttpOnly; SameSite=Strict; Path=/".encode())]
+                message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie_header)]
             await send(message)
 
         await self.app(scope, receive, set_cookie)
