@@ -195,6 +195,8 @@ def search(
             batch[0].parts()  # an empty query is refused before anything loads
         searcher = Searcher(dataset, resolve_space(model), None if modality == "all" else [modality])
         console.warn(searcher.not_embedded())
+        for problem in searcher.damaged.values():  # the other modalities are searched
+            console.warn(problem)
         if queries:
             failed = console.print_lines(search_batch(searcher, batch, k))
         else:
