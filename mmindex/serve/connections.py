@@ -117,6 +117,11 @@ class GuardedH11(H11Protocol):
             self._enter(WAITING, self.gate.limits.header_timeout_s)
         super().on_response_complete()  # may start a pipelined request: handle_events moves the phase on
 
+    def send_400_response(self, msg: str) -> None:
+        """A request that is not HTTP/1.1 (a control character in a header, say): the API's error shape."""
+        self.transport.write(raw_error(400, "Bad Request", f"not a valid HTTP/1.1 request: {msg}"))
+        self.transport.close()
+
     def _enter(self, phase: str, seconds: float | None) -> None:
         self._disarm()
         self.phase, self.since = phase, time.monotonic()
