@@ -6,6 +6,7 @@ similarities in the space's shared vector space, so results from several modalit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -150,6 +151,8 @@ class Searcher:
             try:
                 with self._encoding[modality]:
                     encoder = self.encoder(modality)
+                turn = contextlib.nullcontext() if getattr(encoder, "locks_itself", False) else self._encoding[modality]
+                with turn:
                     result = encoder.encode([encoder.preparer()(payload)])
             except Rejected as err:
                 raise BadQuery(f"{label}: {err.reason}: {err.detail}") from None
