@@ -5,6 +5,7 @@ anyway, serves the other modalities, says what is damaged in /info, and serves t
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -87,3 +88,16 @@ def test_a_server_starts_with_a_damaged_index_serves_the_rest_and_takes_the_repa
         assert server.http.get(f"{server.url}/info", timeout=10).json()["datasets"][0]["spaces"][0]["damaged"] == []
     finally:
         server.stop()
+
+
+def test_a_space_is_named_by_its_folder_never_by_the_name_its_file_holds(indexed_small, tmp_path):
+    from mmindex.dataset import Dataset
+    from mmindex.dataset.embeddings import recorded_spaces
+
+    dataset = copy_dataset(indexed_small, tmp_path)
+    space_file = dataset / "embeddings" / "offline" / "space.json"
+    recorded = json.loads(space_file.read_text())
+    space_file.write_text(json.dumps({**recorded, "name": "../../../../../../tmp/elsewhere"}))
+    assert [space.name for space in recorded_spaces(Dataset(str(dataset)))] == ["offline"]
+    checked = run("check", str(dataset))
+    assert "elsewhere" not in checked.output and "Traceback" not in checked.output, checked.output
