@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from serve_bench import free_port, percentile, rss_mb
+from serve_bench import free_port, indexed_dataset, percentile, rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = json.dumps({"text": "a photo of a cat", "k": 10}).encode()
@@ -168,10 +168,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="per attack")
     parser.add_argument("--code", type=Path, default=ROOT, help="the source tree whose server is measured")
     args = parser.parse_args()
-    dataset = args.dataset or str(Path(args.workdir) / "dataset")
-    if not args.dataset and not (Path(dataset) / "indexes").is_dir():
-        subprocess.run([sys.executable, "-m", "mmindex", "demo", "--out", args.workdir], cwd=ROOT, check=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL)
+    dataset = indexed_dataset(args.dataset, args.workdir)
     port = free_port()
     process = start(args.code.resolve(), dataset, port)
     print(f"{'attack':12} {'p50 ms':>8} {'p99 ms':>8} {'queries':>8} {'errors':>7} {'RSS MB':>7}  attackers")
