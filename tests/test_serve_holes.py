@@ -108,3 +108,12 @@ def test_bad_options_get_one_line_and_exit_2(args, says):
     result = CliRunner().invoke(app, ["serve", "--dataset", "/no/such/dataset", *args])
     assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_images_in_a_knn_answer_are_held_to_the_upload_limit(server):
+    """include_image reads every hit's image: the answer may carry no more than a request may send."""
+    asked = {"text": "a photo", "indice_name": "demo", "modality": "image", "num_images": 4, "include_image": True}
+    response = requests.post(f"{server.url}/knn-service?token={TOKEN}", json=asked, timeout=60)
+    assert response.status_code == 413 and "num_images" in response.json()["error"], response.text[:200]
+    one = requests.post(f"{server.url}/knn-service?token={TOKEN}", json={**asked, "num_images": 1}, timeout=60)
+    assert one.status_code == 200 and "image" in one.json()[0]

@@ -87,7 +87,7 @@ class KnnRequest:
     k: int
     query: Query | None           # a text or an image to embed, or None with:
     vector: list[float] | None    # embedding_input
-    include_image: bool
+    image_bytes: int              # the images an answer may carry (include_image), in all; 0: none
 
 
 def knn_request(fields: dict[str, Any], limits: ServeLimits) -> KnnRequest:
@@ -104,7 +104,8 @@ def knn_request(fields: dict[str, Any], limits: ServeLimits) -> KnnRequest:
             query.parts()
         except BadQuery as err:
             raise ApiError(422, str(err)) from None
-    return KnnRequest(indice_name, modality or "image", k, query, vector, fields.get("include_image") is True)
+    images = limits.upload_bytes if fields.get("include_image") is True else 0
+    return KnnRequest(indice_name, modality or "image", k, query, vector, images)
 
 
 def knn(catalog: dict[str, ServedDataset], asked: KnnRequest, base: str) -> list[dict[str, Any]]:
@@ -114,12 +115,17 @@ def knn(catalog: dict[str, ServedDataset], asked: KnnRequest, base: str) -> list
         hits = searcher.search_vector(query_vector(asked.vector, searcher), asked.k, asked.modality, describe=False)
     else:
         hits = searcher.search(asked.query, asked.k, asked.modality, describe=False)
-    results = []
+    results, budget = [], asked.image_bytes
     for hit in hits:
         result = {"id": served.sample(hit["key"]).id, "similarity": hit["score"], "modality": hit["modality"],
                   **described(served, hit["key"], hit["modality"], base)}
-        if asked.include_image and "image" in media_urls(served, hit["key"]):
-            result["image"] = base64.b64encode(find_member(served, hit["key"], "image").bytes()).decode()
+        if asked.image_bytes and "image" in media_urls(served, hit["key"]):
+            image = find_member(served, hit["key"], "image")
+            budget -= image.size
+            if budget < 0:  # an answer is held to what a request may send: no amplification
+                raise ApiError(413, f"the images of {len(hits)} hits pass {asked.image_bytes:,} bytes: ask for fewer "
+                               f"num_images, or for their URLs without include_image")
+            result["image"] = base64.b64encode(image.bytes()).decode()
         results.append(result)
     return results
 
