@@ -258,6 +258,7 @@ def serve(
     = False,
     max_upload: Annotated[str, typer.Option(help="Largest request body (a size).")] = "20MiB",
     timeout: Annotated[float, typer.Option(help="Seconds a request may take before it is answered 503.")] = 30.0,
+    per_client: Annotated[int, typer.Option(help="Connections one address may hold (raise it behind a proxy).")] = 32,
     cors: Annotated[list[str] | None, typer.Option(help="A web page's origin allowed to call the API (clip "
                                                    "front elsewhere, say); repeat for several.")] = None,
 ) -> None:
@@ -267,7 +268,7 @@ def serve(
 
     console.setup_logging()
     with console.errors():
-        limits = read_limits(max_upload, timeout)
+        limits = read_limits(max_upload, timeout, per_client)
         run(ServeSettings(tuple(dataset or [DEFAULT_DATASET]), host, port, token, open_, limits,
                           cors_origins=tuple(cors or ())))
 

@@ -103,6 +103,7 @@ def test_the_cookie_holds_the_servers_token_with_its_attributes(server):
     (["--timeout", "inf"], "--timeout"), (["--port", "70000"], "--port"), (["--port", "-1"], "--port"),
     (["--max-upload", "0"], "--max-upload"), (["--max-upload", "lots"], "--max-upload"),
     (["--max-upload", "5GB"], "--max-upload"), (["--token", "bad token;x"], "--token"),
+    (["--per-client", "0"], "--per-client"),
 ])
 def test_bad_options_get_one_line_and_exit_2(args, says):
     result = CliRunner().invoke(app, ["serve", "--dataset", "/no/such/dataset", *args])

@@ -13,7 +13,7 @@ LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 TOKEN = re.compile(r"[A-Za-z0-9._~+/-]{8,}")
 MAX_UPLOAD = 2**30
 MAX_TIMEOUT_S = 3600.0
-OPTIONS = {"upload_bytes": "--max-upload", "timeout_s": "--timeout"}   # limits the command line sets
+OPTIONS = {"upload_bytes": "--max-upload", "timeout_s": "--timeout", "client_connections": "--per-client"}
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,13 @@ class ServeLimits:
             raise ValueError(f"--timeout {self.timeout_s:g}: at least 0.01 seconds")
 
 
-def read_limits(max_upload: str, timeout: float) -> ServeLimits:
-    """The limits the command line sets, each refusal naming its option."""
+def read_limits(max_upload: str, timeout: float, per_client: int = 32) -> ServeLimits:
+    """The limits the command line sets (OPTIONS), each refusal naming its option."""
     try:
         upload = parse_size(max_upload)
     except ValueError as err:
         raise ValueError(f"--max-upload {err}") from None
-    return ServeLimits(upload_bytes=upload, timeout_s=timeout)
+    return ServeLimits(upload_bytes=upload, timeout_s=timeout, client_connections=per_client)
 
 
 @dataclass(frozen=True)
