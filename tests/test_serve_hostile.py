@@ -20,6 +20,7 @@ from mmindex.serve.fairness import Lane
 from mmindex.serve.policy import ApiError
 from mmindex.serve.run import protocol
 from mmindex.serve.settings import ServeLimits, ServeSettings
+from serve_cases import TOKEN
 from serving import running
 
 pytestmark = pytest.mark.hostile
@@ -161,3 +162,20 @@ def test_a_lane_serves_the_client_that_used_it_least_first_and_drops_cancelled_w
     ran, refused = asyncio.run(scenario())
     assert ran[:2] == ["heavy0", "newcomer"] and "heavy3" not in ran and len(ran) == 4
     assert refused is not None and refused.status == 429
+
+
+def test_the_real_server_keeps_answering_past_300_idle_connections(server):
+    """`mmindex serve` itself (the session's server): uvicorn alone answered everyone 503 from 256 on."""
+    port = int(server.url.rsplit(":", 1)[1])
+    idle = [connect(port) for _ in range(300)]
+    try:
+        time.sleep(0.3)
+        assert healthz(port) == 200
+        other = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=("127.0.0.2", 0))
+        other.request("POST", "/search", json.dumps({"text": "a photo of a cat", "k": 1}),
+                      {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        answer = other.getresponse()
+        assert answer.status == 200 and json.loads(answer.read())["hits"]
+    finally:
+        for client in idle:
+            client.close()
