@@ -179,3 +179,21 @@ def test_the_real_server_keeps_answering_past_300_idle_connections(server):
     finally:
         for client in idle:
             client.close()
+
+
+def test_a_thread_freed_as_a_waiting_query_is_cancelled_goes_back_to_the_lane():
+    """The deadline cancels a waiting query in the same turn of the loop as a thread frees up: the thread
+    skips it (it is no longer waiting) and nothing is lost or handed out twice."""
+    async def scenario() -> Lane:
+        lane = Lane(threads=1, client_queue=3)
+        await lane._acquire("a")   # a holds the lane's one thread
+        waiting = asyncio.create_task(lane.run("b", time.sleep, 0))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        lane._release("a", 0.0)    # and frees it in the same turn of the loop
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        return lane
+
+    lane = asyncio.run(scenario())
+    assert lane.waiting == {} and lane.free == 1

@@ -62,9 +62,9 @@ class Lane:
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
                 self._hand_on()  # granted as it was cancelled: the thread goes to the next query
-            else:
+            elif turn in queue:
                 queue.remove(turn)
-                if not queue:
+                if not queue and self.waiting.get(client) is queue:
                     del self.waiting[client]
             raise
 
@@ -80,16 +80,18 @@ class Lane:
         return used * math.exp2(-(time.monotonic() - when) / HALF_LIFE_S)
 
     def _hand_on(self) -> None:
-        """A thread freed: to the waiting client that used the least lately, else back to the lane."""
-        if not self.waiting:
-            self.free += 1
-            return
-        client = min(self.waiting, key=self._used)
-        queue = self.waiting[client]
-        turn = queue.popleft()
-        if not queue:
-            del self.waiting[client]
-        turn.set_result(None)
+        """A thread freed: to the waiting client that used the least lately, else back to the lane. A turn whose
+        task was cancelled (and has not yet left the queue) is skipped."""
+        while self.waiting:
+            client = min(self.waiting, key=self._used)
+            queue = self.waiting[client]
+            turn = queue.popleft()
+            if not queue:
+                del self.waiting[client]
+            if not turn.cancelled():
+                turn.set_result(None)
+                return
+        self.free += 1
 
 
 class Lanes:
