@@ -14,6 +14,7 @@ bounded by the Timeout guard (guards.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -82,10 +83,10 @@ class GuardedH11(H11Protocol):
         self.phase = WAITING
         self.since = time.monotonic()   # when the phase began
         self.served = 0                 # requests answered on this connection
-        self._deadline: Any = None
-        self._reading_cycle: object = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._reading_cycle: object = None   # the request whose body the deadline is timing
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.address = self.client[0] if self.client else "unknown"
         refusal = self.gate.admit(self)

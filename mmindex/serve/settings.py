@@ -49,7 +49,7 @@ class ServeLimits:
             raise ValueError(f"--timeout {self.timeout_s:g}: at least 0.01 seconds")
 
 
-def read_limits(max_upload: str, timeout: float, per_client: int = 32) -> ServeLimits:
+def read_limits(max_upload: str, timeout: float, per_client: int) -> ServeLimits:
     """The limits the command line sets (OPTIONS), each refusal naming its option."""
     try:
         upload = parse_size(max_upload)
