@@ -43,7 +43,7 @@ def router(catalog: dict[str, ServedDataset], limits: ServeLimits, lanes: Lanes)
 
     @routes.post("/knn-service")
     async def knn_service(request: Request) -> list[dict[str, Any]]:
-        fields = await read_json(request)
+        fields = await read_json(request, limits)
         unknown = sorted(set(fields) - FIELDS - IGNORED)
         if unknown:
             raise ApiError(422, f"unknown field(s) {unknown} for /knn-service")
@@ -56,7 +56,7 @@ def router(catalog: dict[str, ServedDataset], limits: ServeLimits, lanes: Lanes)
 
     @routes.post("/metadata")
     async def metadata(request: Request) -> list[dict[str, Any]]:
-        fields = await read_json(request)
+        fields = await read_json(request, limits)
         served = index_named(catalog, fields.get("indice_name"))[0]
         ids = policy.ids(fields.get("ids"), limits)
         base = str(request.base_url).rstrip("/")
