@@ -207,3 +207,32 @@ def test_a_body_of_more_json_values_than_any_request_needs_is_refused_unparsed(g
                        {"Content-Type": "application/json"})
     response = connection.getresponse()
     assert response.status == 413 and "values" in json.loads(response.read())["error"]
+
+
+def test_uploads_received_at_once_share_a_budget():
+    """Two slow 1,000-byte uploads hold a 2,500-byte budget: a third is answered 503 at once, and once one
+    ends another fits."""
+    limits = ServeLimits(upload_bytes=1000, bodies_bytes=2500)
+    server, thread, url = running(create_app(ServeSettings(("unused",), limits=limits), {}), **protocol(limits))
+    port = int(url.rsplit(":", 1)[1])
+    head = b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    try:
+        slow = [connect(port, f"127.0.6.{n}") for n in (1, 2, 3)]
+        for client in slow[:2]:
+            client.sendall(head)
+        time.sleep(0.3)
+        slow[2].sendall(head)
+        status, message = error_of(closed_within(slow[2], 5))
+        assert status == 503 and "too many uploads" in message
+        slow[0].close()
+        time.sleep(0.3)
+        again = connect(port, "127.0.6.4")
+        again.sendall(head + b'{"k": 0, "text": "' + b"a" * 980 + b'"}')
+        again.settimeout(10)
+        assert b"422" in again.recv(4096).split(b"\r\n")[0]   # read and checked (no dataset here): not refused
+        slow.append(again)
+    finally:
+        for client in slow:
+            client.close()
+        server.should_exit = True
+        thread.join()

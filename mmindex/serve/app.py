@@ -116,7 +116,7 @@ def create_app(settings: ServeSettings, catalog: dict[str, ServedDataset]) -> Fa
     _docs(app)
     # the last added runs first: refuse strangers, then oversized bodies, then time the rest
     app.add_middleware(Timeout, seconds=limits.timeout_s)
-    app.add_middleware(BodyLimit, limit=limits.upload_bytes)
+    app.add_middleware(BodyLimit, limit=limits.upload_bytes, budget=max(limits.bodies_bytes, limits.upload_bytes))
     if settings.token:
         app.add_middleware(TokenAuth, token=settings.token)
     if settings.cors_origins:  # outermost: a browser's preflight carries no token

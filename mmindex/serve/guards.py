@@ -29,10 +29,12 @@ class BodyTooLarge(Exception):
 
 
 async def send_error(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """A refusal before the request's body was read: the connection closes after it (what is left of the body
+    would otherwise be read as the next request, or hold the connection)."""
     body = json.dumps({"error": message}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
+                            (b"connection", b"close"), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -95,18 +97,26 @@ class TokenAuth(Guard):
 
 class BodyLimit(Guard):
     """Refuses a body over ``limit`` bytes: at once when Content-Length says so, else when the bytes read
-    pass it (a chunked upload)."""
+    pass it (a chunked upload). Bodies being received at once share ``budget`` bytes (a chunked one counts as
+    ``limit``): past it a request is answered 503, so many uploads together cannot exhaust memory."""
 
-    def __init__(self, app: App, limit: int):
+    def __init__(self, app: App, limit: int, budget: int):
         super().__init__(app)
-        self.limit = limit
+        self.limit, self.budget = limit, budget
+        self.reserved = 0
 
     async def guard(self, scope: Scope, receive: Receive, send: Send) -> None:
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.limit:
             await send_error(send, 413 if declared.isdigit() else 400,
                              str(BodyTooLarge(self.limit)) if declared.isdigit() else "bad Content-Length")
             return
+        size = self.limit if b"transfer-encoding" in headers else int(declared)
+        if size and self.reserved + size > self.budget:
+            await send_error(send, 503, "the server is receiving too many uploads at once: try again soon")
+            return
+        self.reserved += size
         seen = 0
 
         async def counted() -> Message:
@@ -117,7 +127,10 @@ class BodyLimit(Guard):
                 raise BodyTooLarge(self.limit)
             return message
 
-        await self.app(scope, counted, send)
+        try:
+            await self.app(scope, counted, send)
+        finally:
+            self.reserved -= size
 
 
 class Timeout(Guard):

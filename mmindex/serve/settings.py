@@ -22,6 +22,7 @@ class ServeLimits:
     Every endpoint reads its bounds from here (policy.py applies them)."""
 
     upload_bytes: int = 20 * 2**20        # a whole request body (JSON with base64, or multipart)
+    bodies_bytes: int = 256 * 2**20       # the bodies being received at once, in all; past it 503
     image_pixels: int = 40_000_000        # a query image's declared size (decompression bombs)
     audio_seconds: float = 120.0          # a query clip's duration
     text_bytes: int = 64 * 2**10          # a query text; refused past this
