@@ -178,6 +178,8 @@ class Searcher:
         if modality is not None and modality not in indexes:
             raise BadQuery(self.damaged.get(modality) or f"no {modality} index is loaded (indexed: "
                            f"{', '.join(indexes)})")
+        if not indexes:  # every index of the space is damaged
+            raise BadQuery("; ".join(self.damaged.values()) or "no index is loaded")
         hits = []
         for name, loaded in indexes.items():
             if modality is None or name == modality:

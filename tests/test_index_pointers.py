@@ -101,3 +101,12 @@ def test_a_space_is_named_by_its_folder_never_by_the_name_its_file_holds(indexed
     assert [space.name for space in recorded_spaces(Dataset(str(dataset)))] == ["offline"]
     checked = run("check", str(dataset))
     assert "elsewhere" not in checked.output and "Traceback" not in checked.output, checked.output
+
+
+def test_with_every_index_damaged_search_says_what_to_run(indexed_small, tmp_path):
+    dataset = copy_dataset(indexed_small, tmp_path)
+    for modality in ("image", "audio", "text"):
+        (dataset / "indexes" / "offline" / modality / "CURRENT").write_bytes(b"\xff")
+    searched = run("search", "a cat", "--dataset", str(dataset), "--modality", "all")
+    assert searched.exit_code == 2 and f"mmindex check {dataset} --repair" in searched.output, searched.output
+    assert "Traceback" not in searched.output
