@@ -1,8 +1,9 @@
 """The HTTP API: routes, and the one error shape every refusal takes ({"error": "..."} with a 4xx status).
 
 Model calls and file reads run in threads, never on the event loop, so requests are served concurrently.
-Each model runs one query at a time (Searcher). Searches take threads from lanes shared fairly between client
-addresses (fairness.py): one client's heavy queries cannot stall everyone.
+Each model runs one query at a time (Searcher; the multilingual text encoder takes its own turns). Searches take
+threads from lanes shared fairly between client addresses (fairness.py): one client's heavy queries cannot
+stall everyone.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from mmindex.serve.hits import api_hit
 from mmindex.serve.members import RangeNotSatisfiable, byte_range, find_member
 from mmindex.serve.policy import ApiError
 from mmindex.serve.queries import SearchRequest, read_search
-from mmindex.serve.settings import ServeSettings
+from mmindex.serve.settings import ServeLimits, ServeSettings
 from mmindex.serve.thumbnails import Thumbnails
 
 log = logging.getLogger("mmindex")
@@ -43,9 +44,10 @@ SEARCH_BODY = {"requestBody": {"required": True, "content": {
         "dataset": {"type": "string"}, "space": {"type": "string"}, "text": {"type": "string"},
         "image": {"type": "string", "description": "base64 (or a data: URL)"},
         "audio": {"type": "string", "description": "base64 (or a data: URL)"},
-        "weights": {"type": "object", "additionalProperties": {"type": "number"}},
+        "weights": {"type": "object", "additionalProperties": {"type": "number", "minimum": -ServeLimits.max_weight,
+                                                                "maximum": ServeLimits.max_weight}},
         "modality": {"type": "string", "enum": [*MODALITIES, "all"]},
-        "k": {"type": "integer", "minimum": 1}}}},
+        "k": {"type": "integer", "minimum": 1, "maximum": ServeLimits.max_k}}}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {
         "text": {"type": "string"}, "image": {"type": "string", "format": "binary"},
         "audio": {"type": "string", "format": "binary"}, "weights": {"type": "string"},
