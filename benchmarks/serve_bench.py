@@ -139,6 +139,16 @@ def cli_cold_start(dataset: str) -> dict[str, float]:
     return seconds
 
 
+def indexed_dataset(dataset: str | None, workdir: str) -> str:
+    """``dataset``, else the demo dataset under ``workdir`` (built with `mmindex demo` if it is not there)."""
+    if dataset:
+        return dataset
+    if not (Path(workdir) / "dataset" / "indexes").is_dir():
+        subprocess.run([sys.executable, "-m", "mmindex", "demo", "--out", workdir], cwd=ROOT, check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL)
+    return str(Path(workdir) / "dataset")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", help="an indexed dataset (default: the demo dataset under --workdir)")
@@ -147,10 +157,7 @@ def main() -> None:
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--warm", type=int, default=50, help="sequential queries per kind for latency")
     args = parser.parse_args()
-    dataset = args.dataset or str(Path(args.workdir) / "dataset")
-    if not args.dataset and not (Path(dataset) / "indexes").is_dir():
-        subprocess.run([sys.executable, "-m", "mmindex", "demo", "--out", args.workdir], cwd=ROOT, check=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL)
+    dataset = indexed_dataset(args.dataset, args.workdir)
     port = free_port()
     process, start_s = start_server(dataset, port)
     url = f"http://127.0.0.1:{port}/search"

@@ -195,6 +195,8 @@ def search(
             batch[0].parts()  # an empty query is refused before anything loads
         searcher = Searcher(dataset, resolve_space(model), None if modality == "all" else [modality])
         console.warn(searcher.not_embedded())
+        for problem in searcher.damaged.values():  # the other modalities are searched
+            console.warn(problem)
         if queries:
             failed = console.print_lines(search_batch(searcher, batch, k))
         else:
@@ -256,17 +258,17 @@ def serve(
     = False,
     max_upload: Annotated[str, typer.Option(help="Largest request body (a size).")] = "20MiB",
     timeout: Annotated[float, typer.Option(help="Seconds a request may take before it is answered 503.")] = 30.0,
+    per_client: Annotated[int, typer.Option(help="Connections one address may hold (raise it behind a proxy).")] = 32,
     cors: Annotated[list[str] | None, typer.Option(help="A web page's origin allowed to call the API (clip "
                                                    "front elsewhere, say); repeat for several.")] = None,
 ) -> None:
     """Serve datasets over HTTP: a web page at /, a JSON API (/docs), clip-retrieval's /knn-service."""
     from mmindex.serve.run import serve as run
-    from mmindex.serve.settings import ServeLimits, ServeSettings
-    from mmindex.sizes import parse_size
+    from mmindex.serve.settings import ServeSettings, read_limits
 
     console.setup_logging()
     with console.errors():
-        limits = ServeLimits(upload_bytes=parse_size(max_upload), timeout_s=timeout)
+        limits = read_limits(max_upload, timeout, per_client)
         run(ServeSettings(tuple(dataset or [DEFAULT_DATASET]), host, port, token, open_, limits,
                           cors_origins=tuple(cors or ())))
 

@@ -51,7 +51,11 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
     # Pillow's own guard refuses twice our limit inside open(); our check below refuses the rest with a
     # clearer reason, so its warning is silenced (in the module: catch_warnings is not thread-safe).
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
-    image = Image.open(io.BytesIO(data))
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:  # its message names twice our limit
+        raise Rejected("image too large", f"it declares more than twice the limit of {limits.max_image_pixels:,} "
+                       f"pixels (a decompression bomb?)") from None
     width, height = image.size
     if width * height > limits.max_image_pixels:
         raise Rejected("image too large", f"{width}x{height} pixels is over the limit of "

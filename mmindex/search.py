@@ -6,6 +6,7 @@ similarities in the space's shared vector space, so results from several modalit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mmindex.dataset.embeddings import EmbeddingStore
-from mmindex.dataset.indexes import published
+from mmindex.dataset.indexes import PointerDamaged, published
 from mmindex.dataset.samples import read_samples
 from mmindex.encoders.base import Encoder
 from mmindex.index.store import IndexFiles, LoadedIndex, not_embedded
@@ -74,10 +75,24 @@ class Searcher:
         self._encoders: dict[str, Encoder] = {}
         self._reloading = threading.Lock()
         self._encoding = {m: threading.Lock() for m in MODALITIES}  # a model runs one query at a time
-        self.targets = targets or [m for m in MODALITIES if IndexFiles(self.store, m).exists()]
-        if not self.targets:
+        self.damaged: dict[str, str] = {}  # modality -> what is wrong with its index (a damaged CURRENT)
+        self.targets = targets or [m for m in MODALITIES if self._published(m)]
+        if not self.targets and not self.damaged:
             IndexFiles(self.store, "text").info()  # raises IndexMissing with the command to run
         self.indexes: dict[str, LoadedIndex] = {m: self._load(m) for m in self.targets}
+
+    def _published(self, modality: str) -> bool:
+        """Whether ``modality`` has an index to load; a damaged one is noted in ``damaged`` (and not followed),
+        so the other modalities keep serving."""
+        try:
+            found = IndexFiles(self.store, modality).exists()
+        except PointerDamaged as err:
+            if self.damaged.get(modality) != str(err):
+                log.warning("search: the %s index cannot be used: %s", modality, err)
+            self.damaged[modality] = str(err)
+            return False
+        self.damaged.pop(modality, None)
+        return found
 
     def _load(self, modality: str) -> LoadedIndex:
         return IndexFiles(self.store, modality).load_published(check=True)  # checked and loaded: one generation
@@ -90,8 +105,13 @@ class Searcher:
             return []  # another thread is loading it
         try:
             changed = {m: loaded for m, loaded in self.indexes.items()
-                       if published(IndexFiles(self.store, m).root) != loaded.generation}
+                       if self._published(m) and published(IndexFiles(self.store, m).root) != loaded.generation}
             fresh = dict(self.indexes)
+            for modality in [m for m in list(self.damaged) if m not in fresh and self._published(m)]:
+                try:  # its CURRENT was repaired
+                    fresh[modality] = self._load(modality)
+                except (OSError, RuntimeError, ValueError) as err:
+                    self.damaged[modality] = str(err)
             for modality, loaded in changed.items():
                 try:
                     fresh[modality] = self._load(modality)
@@ -100,8 +120,9 @@ class Searcher:
                                 modality, err)
                     generation = published(IndexFiles(self.store, modality).root)  # not tried again until the next
                     fresh[modality] = dataclasses.replace(loaded, generation=generation)
+            loaded_now = sorted({*changed, *(set(fresh) - set(self.indexes))})
             self.indexes = fresh  # one assignment: a search sees the old set or the new one, never a mix
-            return sorted(changed)
+            return loaded_now
         finally:
             self._reloading.release()
 
@@ -130,6 +151,8 @@ class Searcher:
             try:
                 with self._encoding[modality]:
                     encoder = self.encoder(modality)
+                turn = contextlib.nullcontext() if getattr(encoder, "locks_itself", False) else self._encoding[modality]
+                with turn:
                     result = encoder.encode([encoder.preparer()(payload)])
             except Rejected as err:
                 raise BadQuery(f"{label}: {err.reason}: {err.detail}") from None
@@ -153,7 +176,10 @@ class Searcher:
         hit's caption and source from the samples parquet (a server that holds them in memory says no)."""
         indexes = self.indexes  # one build per modality for the whole search, even if a refresh swaps them
         if modality is not None and modality not in indexes:
-            raise BadQuery(f"no {modality} index is loaded (indexed: {', '.join(indexes)})")
+            raise BadQuery(self.damaged.get(modality) or f"no {modality} index is loaded (indexed: "
+                           f"{', '.join(indexes)})")
+        if not indexes:  # every index of the space is damaged
+            raise BadQuery("; ".join(self.damaged.values()) or "no index is loaded")
         hits = []
         for name, loaded in indexes.items():
             if modality is None or name == modality:

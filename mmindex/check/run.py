@@ -11,7 +11,9 @@ from mmindex.check.scan import Checked, Finding, scan
 from mmindex.check.shards import LostSample, rebuild_shard
 from mmindex.check.units import Unit
 from mmindex.dataset import Dataset, checksums, shard_name
+from mmindex.dataset.indexes import repair_pointer
 from mmindex.dataset.lock import exclusive
+from mmindex.index.store import IndexFiles
 from mmindex.spaces import Space
 
 
@@ -75,11 +77,17 @@ def _repair(dataset: Dataset, results: list[Checked], report: CheckReport) -> di
             else:
                 report.repaired.append(f"rebuilt {unit.files[0]} from its sources (byte for byte as recorded)")
         spaces: dict[str, Space] = {}
+        for unit in (r.unit for r in damaged if r.unit.kind == "pointer" and r.unit.store and r.unit.modality):
+            named = repair_pointer(IndexFiles(unit.store, unit.modality).root)
+            report.repaired.append(f"pointed {unit.files[0]} at {named}, the newest complete generation" if named
+                                   else f"removed {unit.files[0]} (no complete generation to point at)")
+            if named is None:
+                spaces[unit.store.space.name] = unit.store.space  # its index is built again below
         for unit in (r.unit for r in damaged if r.unit.kind in ("embeddings", "index") and r.unit.store):
             spaces[unit.store.space.name] = unit.store.space
             if unit.kind == "embeddings":
                 storage.delete([unit.store.parquet_path(unit.number or 0)])  # uncommitted: the next embed redoes it
-    indexed = {r.unit.store.space.name for r in results if r.unit.kind == "index" and r.unit.store}
+    indexed = {r.unit.store.space.name for r in results if r.unit.kind in ("index", "pointer") and r.unit.store}
     for space in spaces.values():
         _reembed_and_reindex(dataset, space, [r.unit for r in damaged], space.name in indexed, report)
     return unrebuilt

@@ -42,6 +42,9 @@ def repair_of(unit: Unit, path: str, root: str) -> str:
     if unit.kind == "rejects":
         return "restore it from a copy, or delete it and run the same `mmindex ingest` again to list those inputs again"
     space = unit.store.space.name if unit.store else ""
+    if unit.kind == "pointer":
+        return (f"`{fix}` points it at the newest complete generation (or, with none, rebuilds the index); it is "
+                f"never followed meanwhile")
     if unit.kind == "embeddings":
         return f"`{fix}` embeds shard {shard_name(unit.number or 0)} again in space {space!r}"
     return f"`{fix}` rebuilds the index (as does `mmindex index {root} --model {space}`)"
@@ -51,6 +54,9 @@ def check_unit(unit: Unit, root: str, progress: Progress, deep: bool = True) -> 
     """Every file of ``unit`` read whole: present, of its recorded size and sha256, and parsing; then the unit's
     files against each other (``deep``)."""
     checked = Checked(unit)
+    if unit.kind == "pointer":
+        checked.findings.append(Finding(unit.files[0], unit.problem or "damaged", repair_of(unit, unit.files[0], root)))
+        return checked
     try:
         recorded = checksums.read_record(unit.record)
     except checksums.RecordUnreadable as err:

@@ -14,7 +14,7 @@ import pyarrow as pa
 from mmindex import storage
 from mmindex.dataset import Dataset, checksums, shard_name
 from mmindex.dataset.embeddings import DamagedEmbeddings, EmbeddingStore, load_vectors, recorded_spaces
-from mmindex.dataset.indexes import INDEX, INFO, KEYS, RECORD, published
+from mmindex.dataset.indexes import INDEX, INFO, KEYS, RECORD, PointerDamaged, pointer_path, published
 from mmindex.dataset.members import shard_members
 from mmindex.dataset.parquet import read_parquet
 from mmindex.dataset.samples import sample_keys
@@ -28,12 +28,13 @@ PARSE_ERRORS = (OSError, ValueError, EOFError, RuntimeError, tarfile.TarError, p
 class Unit:
     """Files committed together under one checksum record."""
 
-    kind: str                 # shard, rejects, embeddings, index
+    kind: str                 # shard, rejects, embeddings, index, pointer (an index's damaged CURRENT)
     number: int | None        # the shard, for shard and embeddings units
     record: str
     files: tuple[str, ...]
-    store: EmbeddingStore | None = None   # embeddings and index units
-    modality: str | None = None           # index units
+    store: EmbeddingStore | None = None   # embeddings, index and pointer units
+    modality: str | None = None           # index and pointer units
+    problem: str | None = None            # pointer units: what is wrong with it
 
     @property
     def label(self) -> str:
@@ -41,7 +42,8 @@ class Unit:
         return {"shard": f"shard {shard_name(self.number or 0)}",
                 "rejects": f"rejects {posixpath.basename(self.files[0])}",
                 "embeddings": f"embeddings of shard {shard_name(self.number or 0)} in space {space!r}",
-                "index": f"{self.modality} index of space {space!r}"}[self.kind]
+                "index": f"{self.modality} index of space {space!r}",
+                "pointer": f"CURRENT of the {self.modality} index of space {space!r}"}[self.kind]
 
 
 def units(dataset: Dataset) -> list[Unit]:
@@ -62,8 +64,12 @@ def units(dataset: Dataset) -> list[Unit]:
 
 
 def index_unit(files: IndexFiles) -> Unit | None:
-    """The published generation of one index, or None when none is built."""
-    generation = published(files.root)
+    """The published generation of one index, None when none is built, or its damaged CURRENT (never followed)."""
+    try:
+        generation = published(files.root)
+    except PointerDamaged as err:
+        pointer = pointer_path(files.root)
+        return Unit("pointer", None, "", (pointer,), files.embeddings, files.modality, f"damaged: {err.problem}")
     if generation is None:
         return None
     return Unit("index", None, generation.path(RECORD), tuple(generation.path(n) for n in (INDEX, KEYS, INFO)),

@@ -118,11 +118,13 @@ def embedded_keys(table: pa.Table, modality: str) -> list[str]:
 
 
 def recorded_spaces(dataset: Dataset) -> list[Space]:
-    """The spaces the dataset holds embeddings of, as their space.json recorded them, by name."""
+    """The spaces the dataset holds embeddings of, with the settings their space.json recorded. A space is named
+    by its folder, never by the name the file holds: a name is a path (embeddings/NAME, indexes/NAME), and one
+    read from a file could lead out of the dataset."""
     found = []
     for path in storage.glob(storage.join(dataset.embeddings_path("*"), SPACE_FILE)):
         recorded = json.loads(storage.read_bytes(path))
-        found.append(Space(recorded["name"], recorded["settings"]))
+        found.append(Space(posixpath.basename(posixpath.dirname(path)), recorded["settings"]))
     return found
 
 

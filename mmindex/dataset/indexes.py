@@ -15,8 +15,9 @@ settings it was tuned with never come from two builds. Readers hold a shared loc
 exclusively, so no reader loses a file it is about to open (a memory-mapped index stays readable after its
 file is removed). Object stores have no such lock: there the previous generation is kept, older ones go.
 An index written before generations (its files directly in the modality's folder) is read where it is.
-CURRENT must name a generation of its own folder (``g`` and six digits): anything else is reported as damaged,
-never followed.
+CURRENT must name a generation of its own folder (``g`` and six digits, a real folder, not a link): anything
+else is reported as damaged (PointerDamaged), never followed; ``repair_pointer`` points it at the newest complete
+generation again.
 """
 
 from __future__ import annotations
@@ -50,7 +51,12 @@ _NAME = re.compile(r"g(\d{6})")
 
 
 class PointerDamaged(ValueError):
-    """A CURRENT file that does not name a generation of its own folder."""
+    """A CURRENT file that does not name a generation of its own folder; the message says what to run."""
+
+    def __init__(self, pointer: str, problem: str):
+        dataset = posixpath.dirname(posixpath.dirname(posixpath.dirname(posixpath.dirname(pointer))))
+        super().__init__(f"{pointer} is damaged ({problem}): run `mmindex check {dataset} --repair`")
+        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -72,21 +78,40 @@ class Generation:
 def published(root: str) -> Generation | None:
     """The generation readers use now, or None when no index has been built. PointerDamaged, naming the file,
     when CURRENT does not name a generation (``g`` and six digits) of ``root``."""
-    pointer = storage.join(root, CURRENT)
+    pointer = pointer_path(root)
     if storage.exists(pointer):
         return Generation(storage.join(root, pointed(pointer)))
     return Generation(root) if storage.exists(storage.join(root, INFO)) else None
+
+
+def pointer_path(root: str) -> str:
+    """The CURRENT file of the index folder ``root``."""
+    return storage.join(root, CURRENT)
 
 
 def pointed(pointer: str) -> str:
     """The generation a CURRENT file names; PointerDamaged, saying what to run, when it is not one."""
     raw = storage.read_bytes(pointer)
     name = raw.decode("ascii", "replace").strip()
-    if not _NAME.fullmatch(name):
-        dataset = posixpath.dirname(posixpath.dirname(posixpath.dirname(posixpath.dirname(pointer))))
-        raise PointerDamaged(f"{pointer} is damaged (it holds {raw[:40]!r}, not a generation name such as g000001): "
-                             f"run `mmindex check {dataset} --repair`")
+    problem = None if _NAME.fullmatch(name) else f"it holds {raw[:40]!r}, not a generation name such as g000001"
+    folder = storage.join(posixpath.dirname(pointer), name)
+    if problem is None and storage.is_local(pointer) and os.path.islink(folder):
+        problem = f"it names {name}, a link (generations are folders of their own)"
+    if problem:
+        raise PointerDamaged(pointer, problem)
     return name
+
+
+def repair_pointer(root: str) -> str | None:
+    """Points a damaged CURRENT at the newest complete generation (info.json written) and returns its name; with
+    none complete, removes CURRENT (the index is then built again) and returns None."""
+    complete = [name for name in _names(root) if storage.exists(storage.join(root, name, INFO))
+                and not (storage.is_local(root) and os.path.islink(storage.join(root, name)))]
+    if complete:
+        storage.write_atomic(pointer_path(root), complete[-1].encode())
+        return complete[-1]
+    storage.delete([pointer_path(root)])
+    return None
 
 
 def write_generation(dataset_root: str, root: str, write_index: Callable[[BinaryIO], None],
@@ -131,7 +156,7 @@ def new_generation(root: str) -> Generation:
 def publish(root: str, generation: Generation) -> None:
     """Makes ``generation`` the one readers use, then removes what no reader can still need (and the temporary
     copies of CURRENT that a killed build left)."""
-    storage.write_atomic(storage.join(root, CURRENT), posixpath.basename(generation.folder.rstrip("/")).encode())
+    storage.write_atomic(pointer_path(root), posixpath.basename(generation.folder.rstrip("/")).encode())
     storage.delete(storage.glob(storage.join(root, f"{storage.TEMP_MARK}*")))
     names = [n for n in _names(root) if storage.join(root, n) != generation.folder]
     if storage.is_local(root):

@@ -1,49 +1,53 @@
 """The HTTP API: routes, and the one error shape every refusal takes ({"error": "..."} with a 4xx status).
 
 Model calls and file reads run in threads, never on the event loop, so requests are served concurrently.
-Each model runs one query at a time (Searcher). Searches take threads from a small pool per kind of query
-(its set of parts): a queue of slow speech queries holds two threads, not every thread a text query needs.
+Each model runs one query at a time (Searcher; the multilingual text encoder takes its own turns). Searches take
+threads from lanes shared fairly between client addresses (fairness.py): one client's heavy queries cannot
+stall everyone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-import anyio
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from mmindex.modalities import MODALITIES
 from mmindex.search import BadQuery
 from mmindex.serve import clip_compat
 from mmindex.serve.catalog import NotFound, ServedDataset, pick
+from mmindex.serve.fairness import Lanes, client_of
 from mmindex.serve.guards import BodyLimit, BodyTooLarge, Timeout, TokenAuth
 from mmindex.serve.hits import api_hit
 from mmindex.serve.members import RangeNotSatisfiable, byte_range, find_member
-from mmindex.serve.queries import ApiError, SearchRequest, read_search
-from mmindex.serve.settings import ServeSettings
+from mmindex.serve.policy import ApiError
+from mmindex.serve.queries import SearchRequest, read_search
+from mmindex.serve.settings import ServeLimits, ServeSettings
 from mmindex.serve.thumbnails import Thumbnails
 
 log = logging.getLogger("mmindex")
 STATIC = Path(__file__).parent / "static"
-THREADS_PER_KIND = 2
 IMMUTABLE = "public, max-age=31536000, immutable"   # keys are content digests: a member's bytes never change
 SEARCH_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "properties": {
         "dataset": {"type": "string"}, "space": {"type": "string"}, "text": {"type": "string"},
         "image": {"type": "string", "description": "base64 (or a data: URL)"},
         "audio": {"type": "string", "description": "base64 (or a data: URL)"},
-        "weights": {"type": "object", "additionalProperties": {"type": "number"}},
+        "weights": {"type": "object", "additionalProperties": {"type": "number", "minimum": -ServeLimits.max_weight,
+                                                                "maximum": ServeLimits.max_weight}},
         "modality": {"type": "string", "enum": [*MODALITIES, "all"]},
-        "k": {"type": "integer", "minimum": 1}}}},
+        "k": {"type": "integer", "minimum": 1, "maximum": ServeLimits.max_k}}}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {
         "text": {"type": "string"}, "image": {"type": "string", "format": "binary"},
         "audio": {"type": "string", "format": "binary"}, "weights": {"type": "string"},
@@ -56,7 +60,7 @@ def create_app(settings: ServeSettings, catalog: dict[str, ServedDataset]) -> Fa
     app = FastAPI(title="mmindex", description="Search images, audio and text across modalities.", docs_url=None,
                   redoc_url=None)
     thumbnails = Thumbnails(limits.image_pixels)
-    pools: dict[frozenset[str], anyio.CapacityLimiter] = {}
+    lanes = Lanes(limits.client_queue)
     _errors(app)
 
     @app.get("/healthz")
@@ -71,9 +75,8 @@ def create_app(settings: ServeSettings, catalog: dict[str, ServedDataset]) -> Fa
     async def search(request: Request) -> dict[str, Any]:
         """Text, image and audio parts fused into one query; hits of every modality, or only ``modality``."""
         asked = await read_search(request, limits)
-        kind = frozenset(asked.query.parts())
-        pool = pools.get(kind) or pools.setdefault(kind, anyio.CapacityLimiter(THREADS_PER_KIND))
-        return await anyio.to_thread.run_sync(run_search, catalog, asked, limiter=pool)
+        return await lanes.run(client_of(request), frozenset(asked.query.parts()), asked.query.text, run_search,
+                               catalog, asked)
 
     @app.get("/media/{dataset}/{key:path}/{member}")
     def media(dataset: str, key: str, member: str, request: Request) -> Response:
@@ -105,7 +108,7 @@ def create_app(settings: ServeSettings, catalog: dict[str, ServedDataset]) -> Fa
             raise ApiError(422, f"the image of sample {key!r} cannot be shown: {err}") from None
         return Response(made, media_type="image/jpeg", headers={"Cache-Control": IMMUTABLE})
 
-    app.include_router(clip_compat.router(catalog, limits))
+    app.include_router(clip_compat.router(catalog, limits, lanes))
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -115,7 +118,7 @@ def create_app(settings: ServeSettings, catalog: dict[str, ServedDataset]) -> Fa
     _docs(app)
     # the last added runs first: refuse strangers, then oversized bodies, then time the rest
     app.add_middleware(Timeout, seconds=limits.timeout_s)
-    app.add_middleware(BodyLimit, limit=limits.upload_bytes)
+    app.add_middleware(BodyLimit, limit=limits.upload_bytes, budget=max(limits.bodies_bytes, limits.upload_bytes))
     if settings.token:
         app.add_middleware(TokenAuth, token=settings.token)
     if settings.cors_origins:  # outermost: a browser's preflight carries no token
@@ -159,18 +162,19 @@ def checked_key(key: str) -> str:
 
 def _errors(app: FastAPI) -> None:
     """Every refusal as {"error": "..."}: what was wrong, in one sentence."""
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status)
+    def error(status: int, message: str) -> Response:  # plain ASCII JSON, whatever a message quotes
+        return Response(json.dumps({"error": message}), status, media_type="application/json")
 
     app.add_exception_handler(ApiError, lambda _, err: error(err.status, err.message))
     app.add_exception_handler(NotFound, lambda _, err: error(404, str(err)))
     app.add_exception_handler(BadQuery, lambda _, err: error(422, str(err)))
     app.add_exception_handler(BodyTooLarge, lambda _, err: error(413, str(err)))
+    app.add_exception_handler(ClientDisconnect, lambda _, err: error(400, "the client left before its body arrived"))
     app.add_exception_handler(HTTPException, lambda _, err: error(err.status_code, str(err.detail)))
     app.add_exception_handler(RequestValidationError, lambda _, err: error(422, "; ".join(
         f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in err.errors())))
 
     @app.exception_handler(Exception)
-    async def failed(_: Request, err: Exception) -> JSONResponse:
+    async def failed(_: Request, err: Exception) -> Response:
         log.exception("serve: request failed")
         return error(500, f"the server failed: {type(err).__name__}: {err}")

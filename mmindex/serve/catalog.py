@@ -14,7 +14,7 @@ from typing import Any
 
 from mmindex.dataset import Dataset
 from mmindex.dataset.embeddings import recorded_spaces
-from mmindex.dataset.indexes import published
+from mmindex.dataset.indexes import PointerDamaged, published
 from mmindex.dataset.samples import read_samples
 from mmindex.modalities import MODALITIES
 from mmindex.search import Searcher
@@ -104,13 +104,20 @@ def space_info(searcher: Searcher) -> dict[str, Any]:
                 "recall": loaded.info.get("recall_at_10"), "target_recall": loaded.info.get("target_recall")}
                for modality, loaded in searcher.indexes.items()]
     return {"name": space.name, "description": space.settings.get("description"),
-            "query_modalities": space.modalities(), "indexes": indexes}
+            "query_modalities": space.modalities(), "indexes": indexes,
+            "damaged": [{"modality": modality, "problem": problem} for modality, problem in searcher.damaged.items()]}
 
 
 def indexed_spaces(dataset: Dataset) -> list[Space]:
-    """The spaces with at least one published index, as their embeddings recorded them (space.json)."""
-    return [space for space in recorded_spaces(dataset)
-            if any(published(dataset.index_path(space.name, modality)) for modality in MODALITIES)]
+    """The spaces with at least one published index (or one whose CURRENT is damaged: the searcher says so, and
+    serves the others), as their embeddings recorded them (space.json)."""
+    def indexed(space: Space, modality: str) -> bool:
+        try:
+            return published(dataset.index_path(space.name, modality)) is not None
+        except PointerDamaged:
+            return True
+
+    return [space for space in recorded_spaces(dataset) if any(indexed(space, m) for m in MODALITIES)]
 
 
 def load_catalog(datasets: dict[str, str], device: str = "cpu") -> dict[str, ServedDataset]:

@@ -12,18 +12,20 @@ image_url is refused: the server never fetches URLs it is given.
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 
-from mmindex.modalities import MODALITIES
-from mmindex.search import Query, Searcher
+from mmindex.search import BadQuery, Query, Searcher
+from mmindex.serve import policy
 from mmindex.serve.catalog import NotFound, ServedDataset
+from mmindex.serve.fairness import Lanes, client_of
 from mmindex.serve.hits import media_urls
 from mmindex.serve.members import find_member
-from mmindex.serve.queries import ApiError, media_bytes, read_json
+from mmindex.serve.policy import ApiError
+from mmindex.serve.queries import read_json
 from mmindex.serve.settings import ServeLimits
 
 IGNORED = {"use_mclip", "deduplicate", "use_safety_model", "use_violence_detector", "aesthetic_score",
@@ -31,7 +33,7 @@ IGNORED = {"use_mclip", "deduplicate", "use_safety_model", "use_violence_detecto
 FIELDS = {"text", "image", "image_url", "embedding_input", "modality", "num_images", "indice_name", "include_image"}
 
 
-def router(catalog: dict[str, ServedDataset], limits: ServeLimits) -> APIRouter:
+def router(catalog: dict[str, ServedDataset], limits: ServeLimits, lanes: Lanes) -> APIRouter:
     routes = APIRouter(tags=["clip-retrieval"])
 
     @routes.get("/indices-list")
@@ -41,22 +43,22 @@ def router(catalog: dict[str, ServedDataset], limits: ServeLimits) -> APIRouter:
 
     @routes.post("/knn-service")
     async def knn_service(request: Request) -> list[dict[str, Any]]:
-        fields = await read_json(request)
+        fields = await read_json(request, limits)
         unknown = sorted(set(fields) - FIELDS - IGNORED)
         if unknown:
             raise ApiError(422, f"unknown field(s) {unknown} for /knn-service")
         if fields.get("image_url"):
             raise ApiError(422, "image_url is not supported (the server fetches no URLs): send the image as base64")
-        base = str(request.base_url).rstrip("/")
-        return await run_in_threadpool(knn, catalog, fields, limits, base)
+        asked = knn_request(fields, limits)
+        parts = frozenset() if asked.query is None else frozenset(asked.query.parts())
+        return await lanes.run(client_of(request), parts, asked.query and asked.query.text, knn, catalog, asked,
+                               str(request.base_url).rstrip("/"))
 
     @routes.post("/metadata")
     async def metadata(request: Request) -> list[dict[str, Any]]:
-        fields = await read_json(request)
-        ids, served = fields.get("ids"), index_named(catalog, fields.get("indice_name"))[0]
-        if not isinstance(ids, list) or len(ids) > limits.max_k or not all(
-                isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise ApiError(422, f"ids must be a list of at most {limits.max_k} whole numbers")
+        fields = await read_json(request, limits)
+        served = index_named(catalog, fields.get("indice_name"))[0]
+        ids = policy.ids(fields.get("ids"), limits)
         base = str(request.base_url).rstrip("/")
         return [{"id": i, "metadata": described(served, served.key_of(i), None, base)} for i in ids]
 
@@ -78,30 +80,52 @@ def described(served: ServedDataset, key: str, modality: str | None, base: str) 
     return {"caption": served.sample(key).caption, "url": base + url, "key": key}
 
 
-def knn(catalog: dict[str, ServedDataset], fields: dict[str, Any], limits: ServeLimits,
-        base: str) -> list[dict[str, Any]]:
-    served, space = index_named(catalog, fields.get("indice_name"))
+@dataclass(frozen=True)
+class KnnRequest:
+    indice_name: str | None
+    modality: str
+    k: int
+    query: Query | None           # a text or an image to embed, or None with:
+    vector: list[float] | None    # embedding_input
+    image_bytes: int              # the images an answer may carry (include_image), in all; 0: none
+
+
+def knn_request(fields: dict[str, Any], limits: ServeLimits) -> KnnRequest:
+    """ClipClient's request checked by the same policy as /search, before any work is queued."""
+    modality = policy.modality(fields.get("modality", "image"), allow_all=False)
+    k = policy.k(fields.get("num_images", 40), limits, "num_images")
+    indice_name = policy.string("indice_name", fields.get("indice_name"))
+    text, image = policy.text(fields.get("text"), limits), policy.media("image", fields.get("image"), limits)
+    vector = fields.get("embedding_input")
+    query = None
+    if vector is None:
+        try:
+            query = Query(text=text, image=image)
+            query.parts()
+        except BadQuery as err:
+            raise ApiError(422, str(err)) from None
+    images = limits.upload_bytes if fields.get("include_image") is True else 0
+    return KnnRequest(indice_name, modality or "image", k, query, vector, images)
+
+
+def knn(catalog: dict[str, ServedDataset], asked: KnnRequest, base: str) -> list[dict[str, Any]]:
+    served, space = index_named(catalog, asked.indice_name)
     searcher = served.searcher(space)
-    modality = fields.get("modality", "image")
-    if modality not in MODALITIES:
-        raise ApiError(422, f"modality must be image, text or audio, not {modality!r}")
-    k = fields.get("num_images", 40)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limits.max_k:
-        raise ApiError(422, f"num_images must be a whole number from 1 to {limits.max_k}")
-    text, image, vector = fields.get("text"), fields.get("image"), fields.get("embedding_input")
-    if text is not None and not isinstance(text, str):
-        raise ApiError(422, "text must be a string")
-    if vector is not None:
-        hits = searcher.search_vector(query_vector(vector, searcher), k, modality, describe=False)
+    if asked.query is None:
+        hits = searcher.search_vector(query_vector(asked.vector, searcher), asked.k, asked.modality, describe=False)
     else:
-        query = Query(text=text, image=media_bytes("image", image, limits))
-        hits = searcher.search(query, k, modality, describe=False)
-    results = []
+        hits = searcher.search(asked.query, asked.k, asked.modality, describe=False)
+    results, budget = [], asked.image_bytes
     for hit in hits:
         result = {"id": served.sample(hit["key"]).id, "similarity": hit["score"], "modality": hit["modality"],
                   **described(served, hit["key"], hit["modality"], base)}
-        if fields.get("include_image") is True and "image" in media_urls(served, hit["key"]):
-            result["image"] = base64.b64encode(find_member(served, hit["key"], "image").bytes()).decode()
+        if asked.image_bytes and "image" in media_urls(served, hit["key"]):
+            image = find_member(served, hit["key"], "image")
+            budget -= image.size
+            if budget < 0:  # an answer is held to what a request may send: no amplification
+                raise ApiError(413, f"the images of {len(hits)} hits pass {asked.image_bytes:,} bytes: ask for fewer "
+                               f"num_images, or for their URLs without include_image")
+            result["image"] = base64.b64encode(image.bytes()).decode()
         results.append(result)
     return results
 

@@ -29,10 +29,12 @@ class BodyTooLarge(Exception):
 
 
 async def send_error(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """A refusal before the request's body was read: the connection closes after it (what is left of the body
+    would otherwise be read as the next request, or hold the connection)."""
     body = json.dumps({"error": message}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
+                            (b"connection", b"close"), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -54,7 +56,9 @@ class Guard:
 
 class TokenAuth(Guard):
     """Bearer-token auth for a server other machines can reach. A browser opens ``/?token=T`` once: the
-    token is then kept in an HttpOnly cookie, so the page, its images and its audio work without a header."""
+    token is then kept in an HttpOnly cookie, so the page, its images and its audio work without a header.
+    Every offered token is compared in constant time; the cookie is set only from a valid one, and holds the
+    server's own token: nothing a request sends reaches a response header."""
 
     def __init__(self, app: App, token: str):
         super().__init__(app)
@@ -65,24 +69,27 @@ class TokenAuth(Guard):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        from_query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
+        scheme, _, credentials = headers.get(b"authorization", b"").strip().partition(b" ")
+        from_header = credentials.strip() if scheme.lower() == b"bearer" else b""  # schemes are case-insensitive
+        from_query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0].encode("latin-1")
         cookie = SimpleCookie()
         with contextlib.suppress(CookieError):  # a malformed Cookie header offers no token
             cookie.load(headers.get(b"cookie", b"").decode("latin-1"))
-        offered = [headers.get(b"authorization", b"").removeprefix(b"Bearer ").strip(), from_query.encode(),
-                   cookie[COOKIE].value.encode() if COOKIE in cookie else b""]
-        if not any(hmac.compare_digest(value, self.token) for value in offered if value):
+        from_cookie = cookie[COOKIE].value.encode("latin-1") if COOKIE in cookie else b""
+        valid = [hmac.compare_digest(offered, self.token) for offered in (from_header, from_query, from_cookie)]
+        if not any(valid):
             await send_error(send, 401, "a token is required: send 'Authorization: Bearer TOKEN' (or open the "
                              "page as /?token=TOKEN)", [(b"www-authenticate", b"Bearer")])
             return
-        if not from_query:
+        if not valid[1] or valid[2]:  # the cookie is set from a valid ?token= only, and only once
             await self.app(scope, receive, send)
             return
+        cookie_header = (f"{COOKIE}={self.token.decode()}; Path=/; SameSite=Strict; HttpOnly"
+                         f"{'; Secure' if scope.get('scheme') == 'https' else ''}").encode()
 
         async def set_cookie(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"set-cookie", f"{COOKIE}={from_query}; "
-                                      f"HttpOnly; SameSite=Strict; Path=/".encode())]
+                message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie_header)]
             await send(message)
 
         await self.app(scope, receive, set_cookie)
@@ -90,18 +97,26 @@ class TokenAuth(Guard):
 
 class BodyLimit(Guard):
     """Refuses a body over ``limit`` bytes: at once when Content-Length says so, else when the bytes read
-    pass it (a chunked upload)."""
+    pass it (a chunked upload). Bodies being received at once share ``budget`` bytes (a chunked one counts as
+    ``limit``): past it a request is answered 503, so many uploads together cannot exhaust memory."""
 
-    def __init__(self, app: App, limit: int):
+    def __init__(self, app: App, limit: int, budget: int):
         super().__init__(app)
-        self.limit = limit
+        self.limit, self.budget = limit, budget
+        self.reserved = 0
 
     async def guard(self, scope: Scope, receive: Receive, send: Send) -> None:
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.limit:
             await send_error(send, 413 if declared.isdigit() else 400,
                              str(BodyTooLarge(self.limit)) if declared.isdigit() else "bad Content-Length")
             return
+        size = self.limit if b"transfer-encoding" in headers else int(declared)
+        if size and self.reserved + size > self.budget:
+            await send_error(send, 503, "the server is receiving too many uploads at once: try again soon")
+            return
+        self.reserved += size
         seen = 0
 
         async def counted() -> Message:
@@ -112,7 +127,10 @@ class BodyLimit(Guard):
                 raise BodyTooLarge(self.limit)
             return message
 
-        await self.app(scope, counted, send)
+        try:
+            await self.app(scope, counted, send)
+        finally:
+            self.reserved -= size
 
 
 class Timeout(Guard):

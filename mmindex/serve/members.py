@@ -18,7 +18,7 @@ from mmindex.serve.catalog import NotFound, ServedDataset
 
 CHUNK = 256 * 1024
 MEMBERS = (*MODALITIES, "json")   # what a URL names; "json" is the metadata member
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")   # longer numbers are no range of a member: ignored
 
 
 class RangeNotSatisfiable(ValueError):
