@@ -59,8 +59,21 @@ def discover(source: Source, columns: ManifestColumns, limits: Limits, scratch: 
         yield Found(batch)
 
 
-def read(found: Found, limits: Limits) -> list[ReadAhead]:
-    return [ReadAhead([(candidate, read_ahead(candidate, limits)) for candidate in found.candidates])]
+class Read:
+    """Small files read ahead of their check (see read_ahead), where something else can run meanwhile: on this
+    machine, a thread of their own ahead of the checking threads. A runner's worker gets one batch at a time and
+    would only read it before checking it, so there the checking threads read the files themselves."""
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+
+    def setup(self, worker: Worker) -> None:
+        self.ahead = worker.local
+
+    def __call__(self, found: Found) -> list[ReadAhead]:
+        if not self.ahead:
+            return [ReadAhead([(candidate, ()) for candidate in found.candidates])]
+        return [ReadAhead([(candidate, read_ahead(candidate, self.limits)) for candidate in found.candidates])]
 
 
 class KeepWhileRoom:
@@ -155,7 +168,7 @@ def declare(sources: Iterable[str], existing: Iterable[str], dataset: Dataset, f
     return Stage("ingest", [*map(Source, sources), *map(Existing, existing)], [
         Each("ExistingKeys", existing_keys, Existing),
         Each("Discover", partial(discover, columns=columns, limits=limits, scratch=scratch), Source),
-        Each("Read", partial(read, limits=limits), Found, runs="io", threads=1),
+        Each("Read", Read(limits), Found, runs="io", threads=1),
         Each("Check", Check(limits), ReadAhead, runs="cpu"),
         Each("Offer", Offers(), (SampleRecord, Reject)),
         ByKey("ChooseWinners", choose, (Offer, Present), key=_key),
