@@ -51,13 +51,6 @@ class WrittenTar:
     recorder: Recorder
 
 
-def write_shard(number: int, records: list[SampleRecord], dataset: Dataset, limits: Limits) -> ShardWritten:
-    """Writes one shard and then its samples parquet (the commit); returns the shard's summary."""
-    written = write_shard_tar(number, records, dataset, limits)
-    commit_shard(written, dataset)
-    return written.shard
-
-
 def write_shard_tar(number: int, records: list[SampleRecord], dataset: Dataset, limits: Limits) -> WrittenTar:
     """Writes one shard's tar; what it returns is committed by ``commit_shard``."""
     records = list({r.key: r for r in sorted(records, key=lambda r: r.key)}.values())  # a SRC given twice
