@@ -94,8 +94,7 @@ def pointed(pointer: str) -> str:
     raw = storage.read_bytes(pointer)
     name = raw.decode("ascii", "replace").strip()
     problem = None if _NAME.fullmatch(name) else f"it holds {raw[:40]!r}, not a generation name such as g000001"
-    folder = storage.join(posixpath.dirname(pointer), name)
-    if problem is None and storage.is_local(pointer) and os.path.islink(folder):
+    if problem is None and _linked(storage.join(posixpath.dirname(pointer), name)):
         problem = f"it names {name}, a link (generations are folders of their own)"
     if problem:
         raise PointerDamaged(pointer, problem)
@@ -106,12 +105,17 @@ def repair_pointer(root: str) -> str | None:
     """Points a damaged CURRENT at the newest complete generation (info.json written) and returns its name; with
     none complete, removes CURRENT (the index is then built again) and returns None."""
     complete = [name for name in _names(root) if storage.exists(storage.join(root, name, INFO))
-                and not (storage.is_local(root) and os.path.islink(storage.join(root, name)))]
+                and not _linked(storage.join(root, name))]
     if complete:
         storage.write_atomic(pointer_path(root), complete[-1].encode())
         return complete[-1]
     storage.delete([pointer_path(root)])
     return None
+
+
+def _linked(folder: str) -> bool:
+    """Whether a generation's name leads to a link: never followed, since it could lead out of the dataset."""
+    return storage.is_local(folder) and os.path.islink(folder)
 
 
 def write_generation(dataset_root: str, root: str, write_index: Callable[[BinaryIO], None],
