@@ -1,7 +1,9 @@
 """The in-process executor: any declared stage on this machine, without a pipeline runner's per-element costs.
 
-Elements stream from step to step as generators, so a stage's first steps overlap (candidates are checked while
-they are discovered) and memory holds only what a ByKey or Whole step must gather. Where a step runs follows
+Elements stream from step to step as generators of batches, so a stage's first steps overlap (candidates are
+checked while they are discovered) and memory holds only what a ByKey or Whole step must gather. A batch is
+what one step's call made (or what a step let pass): elements cross a step's generator a batch at a time, not
+one by one, which keeps the driver's thread out of the way of the threads that do the work. Where a step runs follows
 its ``runs`` hint (see mmindex.stages):
 
     driver   in the driver's thread, in order: cheap steps, and commits, which then follow the key order
@@ -30,6 +32,7 @@ from mmindex.parallel import ordered_map
 from mmindex.stages import ByKey, Each, Stage, Step, Worker, set_up, tear_down
 
 KEPT_BYTES = 2**30   # data steps may hold in memory for later ones (past it, they read files again)
+BATCH = 1024         # outputs of a ByKey step's groups handed on together (many groups make one output each)
 
 
 class LocalExecutor:
@@ -50,13 +53,14 @@ class LocalExecutor:
 
     def run(self, stage: Stage) -> Iterator[Any]:
         with contextlib.ExitStack() as resources:
-            stream: Iterator[Any] = iter(stage.start)
+            stream: Iterator[list[Any]] = iter([stage.start])
             for steps in self._units(stage.steps):
                 if self._needs_processes(steps):
                     stream = self._on_processes(steps, stream, stage.name)
                 else:
                     stream = self._in_process(steps[0], stream, resources)
-            yield from stream
+            for batch in stream:
+                yield from batch
 
     def _needs_processes(self, steps: list[Step]) -> bool:
         return self.workers > 1 and isinstance(steps[0], Each) and any(s.runs in ("cpu", "workers") for s in steps)
@@ -75,16 +79,17 @@ class LocalExecutor:
         device = self.devices[number] if self.devices else None
         return Worker(number, count, device, self.keep_bytes if keep_bytes is None else keep_bytes, local=True)
 
-    def _on_processes(self, steps: list[Step], stream: Iterator[Any], name: str) -> Iterator[Any]:
+    def _on_processes(self, steps: list[Step], stream: Iterator[list[Any]], name: str) -> Iterator[list[Any]]:
         workers = [self._worker(n, self.workers, self.keep_bytes // self.workers) for n in range(self.workers)]
-        passed: deque[Any] = deque()
+        passed: deque[list[Any]] = deque()
         wanted = tuple(t for step in steps for t in (step.takes if isinstance(step.takes, tuple) else (step.takes,)))
         for output in on_processes(steps, workers, _taking(wanted, stream, passed), 4 * self.workers, name):
             yield from _drain(passed)
-            yield output
+            yield [output]
         yield from _drain(passed)
 
-    def _in_process(self, step: Step, stream: Iterator[Any], resources: contextlib.ExitStack) -> Iterator[Any]:
+    def _in_process(self, step: Step, stream: Iterator[list[Any]],
+                    resources: contextlib.ExitStack) -> Iterator[list[Any]]:
         set_up(step.fn, self._worker())
         resources.callback(tear_down, step.fn)
         pool, size = None, 1
@@ -101,52 +106,69 @@ def _fusable(step: Step) -> bool:
     return isinstance(step, Each) and step.runs in ("io", "cpu", "workers")
 
 
-def _each(step: Each, stream: Iterator[Any], pool: ThreadPoolExecutor | None, ahead: int) -> Iterator[Any]:
+def _each(step: Each, stream: Iterator[list[Any]], pool: ThreadPoolExecutor | None,
+          ahead: int) -> Iterator[list[Any]]:
     if pool is None:
         fn, takes = step.fn, step.takes
-        for element in stream:
-            if isinstance(element, takes):
-                yield from fn(element)
-            else:
-                yield element
+        for batch in stream:
+            out: list[Any] = []
+            for element in batch:
+                if isinstance(element, takes):
+                    out.extend(fn(element))
+                else:
+                    out.append(element)
+            yield out
         return
-    passed: deque[Any] = deque()
+    passed: deque[list[Any]] = deque()
     for outputs in ordered_map(pool, _listed(step.fn), _taking(step.takes, stream, passed), ahead):
         yield from _drain(passed)
-        yield from outputs
+        yield outputs
     yield from _drain(passed)
 
 
-def _gathered(step: Step, stream: Iterator[Any], pool: ThreadPoolExecutor | None, ahead: int) -> Iterator[Any]:
+def _gathered(step: Step, stream: Iterator[list[Any]], pool: ThreadPoolExecutor | None,
+              ahead: int) -> Iterator[list[Any]]:
     """A ByKey or Whole step: the elements it takes, gathered; the others handed on as they come."""
     takes, key = step.takes, step.key if isinstance(step, ByKey) else None
     groups: dict[Any, list[Any]] = defaultdict(list)
-    for element in stream:
-        if isinstance(element, takes):
-            groups[key(element) if key else None].append(element)
-        else:
-            yield element
+    for batch in stream:
+        passed = []
+        for element in batch:
+            if isinstance(element, takes):
+                groups[key(element) if key else None].append(element)
+            else:
+                passed.append(element)
+        if passed:
+            yield passed
     if key is None:
-        yield from step.fn(groups.pop(None, []))
+        yield list(step.fn(groups.pop(None, [])))
     elif pool is None:
+        outputs: list[Any] = []
         for group in sorted(groups):
-            yield from step.fn(group, groups.pop(group))
+            outputs.extend(step.fn(group, groups.pop(group)))
+            if len(outputs) >= BATCH:
+                yield outputs
+                outputs = []
+        yield outputs
     else:
-        for outputs in ordered_map(pool, _listed(lambda group: step.fn(*group)), sorted(groups.items()), ahead):
-            yield from outputs
+        yield from ordered_map(pool, _listed(lambda group: step.fn(*group)), sorted(groups.items()), ahead)
 
 
-def _taking(takes: type | tuple[type, ...], stream: Iterable[Any], passed: deque[Any]) -> Iterator[Any]:
-    """The elements of the types a step (or fused steps) takes; the others are put aside in ``passed``, to be
-    handed on as they come."""
-    for element in stream:
-        if isinstance(element, takes):
-            yield element
-        else:
-            passed.append(element)
+def _taking(takes: type | tuple[type, ...], stream: Iterable[list[Any]], passed: deque[list[Any]]) -> Iterator[Any]:
+    """The elements of the types a step (or fused steps) takes, one by one; the others are put aside in
+    ``passed``, a batch for each batch they came in, to be handed on as they come."""
+    for batch in stream:
+        others = []
+        for element in batch:
+            if isinstance(element, takes):
+                yield element
+            else:
+                others.append(element)
+        if others:
+            passed.append(others)
 
 
-def _drain(passed: deque[Any]) -> Iterator[Any]:
+def _drain(passed: deque[list[Any]]) -> Iterator[list[Any]]:
     while passed:
         yield passed.popleft()
 
