@@ -20,6 +20,8 @@ from conftest import copy_dataset, embed, embeddings, file_digests, ingest
 from mmindex.demo import CORPUS
 from mmindex.presets import profile_args
 
+pytestmark = pytest.mark.dask
+
 ROOT = Path(__file__).resolve().parents[1]  # the checkout under test: the cluster's processes import it
 SHARDS = "--shard-size=4"
 

@@ -50,7 +50,7 @@ def find_chromium(env: Mapping[str, str]) -> tuple[str | None, str]:
 
 # Decided when the module is collected, before the session's fixtures embed anything.
 CHROMIUM, NO_BROWSER = find_chromium(os.environ)
-pytestmark = pytest.mark.skipif(not CHROMIUM, reason=NO_BROWSER)
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM, reason=NO_BROWSER)]
 
 
 @pytest.fixture(scope="module")
