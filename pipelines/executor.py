@@ -1,7 +1,7 @@
 """Any stage declared with mmindex.stages, as a Beam pipeline for any runner: one labelled transform per step.
 
     Start -> [Spread] -> Each step: one ParDo over the stream, which passes on what the step does not take
-          -> ByKey / Whole step: what it takes, grouped -> the step; flattened with what goes around it
+          -> ByKey / Whole step: what it takes, keyed and grouped -> the step; flattened with what goes around it
           -> ... -> Gather -> Outcome
 
 ByKey keys the elements it takes and groups them (GroupByKey) before the step; Whole groups them all under one
@@ -27,7 +27,7 @@ from typing import Any
 import apache_beam as beam
 
 from mmindex import storage
-from mmindex.stages import ByKey, Each, Stage, Step, Whole, Worker, set_up, tear_down
+from mmindex.stages import ByKey, Each, Stage, Step, Worker, set_up, tear_down
 from pipelines.options import run_to_completion, runner_and_options
 
 PARALLEL = ("io", "cpu", "workers")
@@ -59,8 +59,10 @@ def _passes(element: Any, step: Step) -> bool:
     return not step.wants(element)
 
 
-def _keyed(element: Any, step: ByKey) -> tuple[Any, Any]:
-    return step.key(element), element
+def _keyed(element: Any, step: Step) -> Iterator[tuple[Any, Any]]:
+    """What the grouping ``step`` takes, under its key (one key for a Whole step); the rest goes around it."""
+    if step.wants(element):
+        yield (step.key(element) if isinstance(step, ByKey) else None), element
 
 
 def apply(stream: beam.PCollection, step: Step, spread: bool) -> beam.PCollection:
@@ -71,16 +73,10 @@ def apply(stream: beam.PCollection, step: Step, spread: bool) -> beam.PCollectio
         stream = stream | f"{step.name}: spread" >> beam.Reshuffle()
     if isinstance(step, Each):
         return stream | step.name >> beam.ParDo(StepFn(step))
-    taken = stream | f"{step.name}: takes" >> beam.Filter(step.wants)
-    if isinstance(step, ByKey):
-        taken = (taken
-                 | f"{step.name}: key" >> beam.Map(_keyed, step)
-                 | f"{step.name}: group" >> beam.GroupByKey())
-    elif isinstance(step, Whole):
-        taken = (taken
-                 | f"{step.name}: one group" >> beam.Map(lambda element: (None, element))
-                 | f"{step.name}: gather" >> beam.GroupByKey())
-    made = taken | step.name >> beam.ParDo(StepFn(step))
+    made = (stream
+            | f"{step.name}: takes" >> beam.FlatMap(_keyed, step)
+            | f"{step.name}: group" >> beam.GroupByKey()
+            | step.name >> beam.ParDo(StepFn(step)))
     passed = stream | f"{step.name}: passes" >> beam.Filter(_passes, step)
     return (made, passed) | f"{step.name}: out" >> beam.Flatten()
 

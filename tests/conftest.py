@@ -120,11 +120,14 @@ def tiny_clap(tmp_path_factory) -> Path:
 
 
 def embed(dataset: Path, model: str = "offline", **settings):
-    """Runs ``mmindex embed`` in this process, as the CLI does (the local worker pool), and prints its summary."""
+    """Runs ``mmindex embed`` in this process, as the CLI does (the local worker pool), and prints its summary.
+    Batches are decoded in the worker itself unless ``decode_workers`` says otherwise: a decode process costs
+    seconds to start, and gives the same vectors (test_embed_runs checks it)."""
     from mmindex.console import print_embed
     from mmindex.embed.run import EmbedSettings
     from mmindex.embed.run import embed as run
 
+    settings.setdefault("decode_workers", 0)
     report = run(EmbedSettings(str(dataset), model, **settings))
     print_embed(report)
     return report
@@ -135,7 +138,7 @@ def offline_embedded(demo_dataset: Path, tmp_path_factory) -> Path:
     """The demo dataset embedded in the offline space by one CPU worker: the reference other runs must match
     (one torch thread, as each of two workers has on a 2-core machine: thread counts change float rounding)."""
     dataset = Path(shutil.copytree(demo_dataset, tmp_path_factory.mktemp("offline") / "dataset"))
-    embed(dataset, threads=1)
+    embed(dataset, threads=1, decode_workers=1)
     return dataset
 
 
