@@ -1,4 +1,4 @@
-"""Byte sizes as people write them, read and printed the same way by every command.
+"""Byte sizes as people write them, read and printed the same way by every command; and counts of things.
 
 ``KB MB GB TB`` are powers of 1000 and ``KiB MiB GiB TiB`` powers of 1024, as their names say
 (``--shard-size 512MB`` and ``--max-memory 512MB`` are the same 512,000,000 bytes). Letter case is not
@@ -39,3 +39,8 @@ def format_size(n: float) -> str:
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1000
     return f"{n:,.1f} TB"
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 sample', '2 samples', '1,204 shards': what every message says of a count (never '1 samples')."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"

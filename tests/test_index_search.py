@@ -204,10 +204,10 @@ def test_the_full_check_catches_ids_without_a_sample_and_samples_without_an_item
 
     assert check_with_samples(original).exit_code == 0
     lost = check_with_samples(original[1:])  # a sample the index still finds is gone from the dataset
-    assert lost.exit_code == 2 and "1 id(s) of shard 000001 in the image index map to no sample" in lost.output
+    assert lost.exit_code == 2 and "ids of shard 000001 in the image index that map to no sample" in lost.output
     extra = {**original[0], "key": "never-embedded", "sha256": "never-embedded"}
     unembedded = check_with_samples([*original, extra])  # a sample with an image that was never embedded
-    assert unembedded.exit_code == 2 and "1 sample(s) of shard 000001 with image are missing" in unembedded.output
+    assert unembedded.exit_code == 2 and "with image missing from its embeddings" in unembedded.output
 
 
 def test_samples_of_shards_not_embedded_yet_are_reported_by_check_index_and_search(indexed, tmp_path):

@@ -14,6 +14,7 @@ from mmindex.dataset import Dataset, checksums, shard_name
 from mmindex.dataset.indexes import repair_pointer
 from mmindex.dataset.lock import exclusive
 from mmindex.index.store import IndexFiles
+from mmindex.sizes import counted
 from mmindex.spaces import Space
 
 
@@ -104,9 +105,10 @@ def _reembed_and_reindex(dataset: Dataset, space: Space, damaged: list[Unit], in
     if shards:
         # A repair re-embeds a few shards: decoding in the worker itself spares starting decode processes.
         result = embed(EmbedSettings(dataset.root, space.name, decode_workers=0), space=space)
-        report.repaired.append(f"embedded {result.committed} shard(s) again in space {space.name!r} "
+        report.repaired.append(f"embedded {counted(result.committed, 'shard')} again in space {space.name!r} "
                                f"({', '.join(shard_name(n) for n in shards)})")
     if indexed:
         built = build_indexes(IndexSettings(dataset.root, space.name), space=space)
-        report.repaired.append(f"rebuilt the {', '.join(b.modality for b in built.indexes)} index(es) of space "
-                               f"{space.name!r}")
+        modalities = [b.modality for b in built.indexes]
+        report.repaired.append(f"rebuilt the {', '.join(modalities)} {'index' if len(modalities) == 1 else 'indexes'} "
+                               f"of space {space.name!r}")

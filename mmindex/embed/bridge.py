@@ -17,6 +17,7 @@ from mmindex.bridge.texts import MAX_TEXTS, texts_digest, training_texts
 from mmindex.dataset.embeddings import EmbeddingStore
 from mmindex.dataset.samples import captions
 from mmindex.encoders.base import Encoder
+from mmindex.sizes import counted
 from mmindex.spaces import Space
 
 log = logging.getLogger("mmindex")
@@ -31,7 +32,7 @@ def learn_bridge(store: EmbeddingStore) -> Space:
                            settings.seed)
     if len(texts) < 2:
         raise ValueError(f"space {space.name!r}: its texts ({', '.join(space.settings['texts'])}) give "
-                         f"{len(texts)} training text(s); a bridge needs many (add wordnet to texts)")
+                         f"{counted(len(texts), 'training text')}; a bridge needs many (add wordnet to texts)")
     base, bridged = space.joined()
     log.info("embed: learning the %s -> %s bridge from %d texts", bridged.name, base.name, len(texts))
     target = _embed_texts(base.load("cpu", {"text"})["text"], texts)

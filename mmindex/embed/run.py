@@ -23,6 +23,7 @@ from mmindex.dataset.lock import exclusive
 from mmindex.embed.bridge import learn_bridge
 from mmindex.embed.steps import declare, decode_processes, devices
 from mmindex.executors.local import LocalExecutor
+from mmindex.sizes import counted
 from mmindex.spaces import DEFAULT_SPACE, Space, resolve_space
 from mmindex.stages import Executor, Stage, WorkerDied, portable
 
@@ -94,8 +95,8 @@ def embed(settings: EmbedSettings, executor: Executor | None = None, space: Spac
             return report
         settings_used = _describe(executor, settings)
         described = {k: ", ".join(map(str, v)) if isinstance(v, list) else v for k, v in settings_used.items()}
-        log.info("embed: %d of %d shard(s) to embed into space %r (%s)", len(pending), report.shards, space.name,
-                 "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in described.items() if v is not None))
+        log.info("embed: %d of %s to embed into space %r (%s)", len(pending), counted(report.shards, "shard"),
+                 space.name, "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in described.items() if v is not None))
         started = time.monotonic()
 
         def committed(shard: ShardSummary) -> None:

@@ -29,6 +29,7 @@ from mmindex.embed.shard import Chunk, embed_shard, prepare_chunk
 from mmindex.embed.transfer import SharedBatch, pack
 from mmindex.encoders.base import Preparer
 from mmindex.executors.processes import child_setup
+from mmindex.sizes import counted
 from mmindex.spaces import Space
 from mmindex.stages import Each, Stage, Worker
 
@@ -120,7 +121,7 @@ def devices(gpus: int | None, device: str, workers: int) -> list[str]:
         if available < gpus:
             build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
             raise RuntimeError(f"--gpus {gpus} asked for, but torch ({torch.__version__}, {build}) sees "
-                               f"{available} CUDA device(s). Check `nvidia-smi` and install a CUDA build of "
+                               f"{counted(available, 'CUDA device')}. Check `nvidia-smi` and install a CUDA build of "
                                f"torch, or run on the CPU with --device cpu --workers N.")
         return [f"cuda:{i}" for i in range(gpus)]
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -16,6 +16,7 @@ from mmindex.index.searchable import ExactVectors, SearchableIndex, keeps_exact_
 from mmindex.index.store import IndexFiles
 from mmindex.index.tune import QUERIES, Tuned, cross_modal_sources, tune, tuning_queries
 from mmindex.index.vectors import ShardVectors, modality_shards, sample_rows, split_tail, total
+from mmindex.sizes import counted
 
 log = logging.getLogger("mmindex")
 ADD_BATCH = 65_536
@@ -93,7 +94,7 @@ def _reopen(previous: dict, index: faiss.Index, shards: Shards) -> tuple[faiss.I
         raise ValueError("--update only adds new shards, but indexed shards changed or disappeared: rebuild "
                          "without --update")
     new = [s for name, s in by_name.items() if name not in indexed]
-    log.info("index: adding %d new shard(s) to the %s index", len(new), previous["type"])
+    log.info("index: adding %s to the %s index", counted(len(new), "new shard"), previous["type"])
     info = {k: previous[k] for k in ("type", "lists", "chosen_by", "bytes_per_vector")}
     return index, info, [by_name[name] for name in indexed], new
 

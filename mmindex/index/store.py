@@ -22,6 +22,7 @@ from mmindex.dataset.indexes import INDEX, RECORD, Generation, published, readin
 from mmindex.dataset.layout import shard_name
 from mmindex.dataset.samples import read_samples
 from mmindex.index.searchable import ExactVectors, SearchableIndex
+from mmindex.sizes import counted
 
 T = TypeVar("T")
 
@@ -176,10 +177,10 @@ class IndexFiles:
         root, space = self.embeddings.dataset.root, self.embeddings.space.name
         problems = []
         if new:
-            problems.append(f"{len(new)} embedded shard(s) not in the index ({', '.join(new[:5])}"
+            problems.append(f"{counted(len(new), 'embedded shard')} not in the index ({', '.join(new[:5])}"
                             f"{'...' if len(new) > 5 else ''})")
         if gone or changed:
-            problems.append(f"{len(gone) + len(changed)} indexed shard(s) whose vectors are gone or changed")
+            problems.append(f"{counted(len(gone) + len(changed), 'indexed shard')} whose vectors are gone or changed")
         fix = (f"mmindex index {root} --model {space} --update" if new and not (gone or changed)
                else f"mmindex index {root} --model {space}")
         raise IndexStale(f"the {self.modality} index of space {space!r} does not match the embeddings: "
@@ -201,14 +202,14 @@ class IndexFiles:
             samples = read_samples(dataset.samples_path(int(shard)), columns=["key", "modalities"]).to_pylist()
             unknown = set(keys) - {row["key"] for row in samples}
             if unknown:
-                raise IndexStale(f"{len(unknown)} id(s) of shard {shard} in the {self.modality} index map to no "
-                                 f"sample of {dataset.samples_path(int(shard))} (e.g. {min(unknown)}): re-embed "
-                                 f"that shard (delete its embeddings) and rebuild: `{rebuild}`")
+                raise IndexStale(f"ids of shard {shard} in the {self.modality} index that map to no sample of "
+                                 f"{dataset.samples_path(int(shard))}: {len(unknown):,} (e.g. {min(unknown)}). "
+                                 f"Re-embed that shard (delete its embeddings) and rebuild: `{rebuild}`")
             listed = {r["key"] for r in items.to_pylist() if r["modality"] == self.modality}
             missing = {r["key"] for r in samples if self.modality in r["modalities"]} - listed
             if missing:
-                raise IndexStale(f"{len(missing)} sample(s) of shard {shard} with {self.modality} are missing from "
-                                 f"its embeddings and so from the index (e.g. {min(missing)}): re-embed that shard "
+                raise IndexStale(f"samples of shard {shard} with {self.modality} missing from its embeddings and so "
+                                 f"from the index: {len(missing):,} (e.g. {min(missing)}). Re-embed that shard "
                                  f"(delete its embeddings) and rebuild: `{rebuild}`")
 
 
@@ -218,7 +219,8 @@ def not_embedded(store: EmbeddingStore) -> str | None:
     if not pending:
         return None
     root, space = store.dataset.root, store.space.name
-    return (f"{len(pending)} ingested shard(s) of {root} are not embedded in space {space!r} yet "
+    verb = "is" if len(pending) == 1 else "are"
+    return (f"{counted(len(pending), 'ingested shard')} of {root} {verb} not embedded in space {space!r} yet "
             f"({', '.join(shard_name(n) for n in pending[:5])}{'...' if len(pending) > 5 else ''}): no index can "
             f"find their samples. Run `mmindex embed {root} --model {space}`, then `mmindex index {root} --model "
             f"{space} --update`.")

@@ -31,6 +31,7 @@ from mmindex.ingest.records import Candidate, Member
 from mmindex.media import Limits
 from mmindex.modalities import MEDIA, modality_of, unsupported_reason
 from mmindex.progress import Progress
+from mmindex.sizes import counted
 from mmindex.webdataset import split_key
 
 log = logging.getLogger("mmindex")
@@ -114,7 +115,7 @@ def discover_batches(src: str, columns: ManifestColumns, limits: Limits, scratch
             batch = []
     if batch:
         yield batch
-    log.info("ingest: found %s candidate samples in %s", f"{progress.count:,}", src)
+    log.info("ingest: found %s in %s", counted(progress.count, "candidate sample"), src)
 
 
 # --- folder trees -------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from mmindex.dataset.samples import samples_bytes
 from mmindex.ingest.records import SampleRecord, ShardWritten
 from mmindex.ingest.validate import load_member
 from mmindex.media import Limits
-from mmindex.sizes import format_size
+from mmindex.sizes import counted, format_size
 from mmindex.webdataset import write_tar
 
 log = logging.getLogger("mmindex")
@@ -67,4 +67,4 @@ def commit_shard(written: WrittenTar, dataset: Dataset) -> None:
     """Writes the shard's checksum record and then its samples parquet, which commits it."""
     shard = written.shard
     written.recorder.commit(dataset.samples_path(int(shard.name)), written.samples)
-    log.info("ingest: wrote shard %s (%s samples, %s)", shard.name, f"{shard.samples:,}", format_size(shard.bytes))
+    log.info("ingest: wrote shard %s (%s, %s)", shard.name, counted(shard.samples, "sample"), format_size(shard.bytes))
