@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from mmindex.sizes import format_size
+from mmindex.sizes import counted, format_size
 
 if TYPE_CHECKING:
     from mmindex.check.indexes import IndexCheck
@@ -84,11 +84,11 @@ def print_ingest(report: IngestReport, dataset: str) -> None:
         typer.echo("No inputs found: nothing to ingest.")
         return
     if not report.changed:
-        typer.echo(f"Nothing to do: all {c.found:,} inputs were already ingested or rejected "
-                   f"({c.already_present:,} of them match samples already in {dataset}).")
+        typer.echo(f"Nothing to do: {counted(c.found, 'input')} found, every one already ingested or rejected "
+                   f"({c.already_present:,} matching samples already in {dataset}).")
         return
     per_second = 1 / seconds if seconds else 0.0
-    typer.echo(f"Ingested {c.ingested:,} samples into {len(report.shards_added)} new shard(s) "
+    typer.echo(f"Ingested {counted(c.ingested, 'sample')} into {counted(len(report.shards_added), 'new shard')} "
                f"({format_size(c.bytes_written)}) in {seconds:.1f} s: {c.ingested * per_second:,.1f} samples/s, "
                f"{format_size(c.bytes_written * per_second)}/s")
     typer.echo(f"  found {c.found:,} = ingested {c.ingested:,} + rejected {c.rejected:,} "
@@ -96,17 +96,25 @@ def print_ingest(report: IngestReport, dataset: str) -> None:
                f"{c.already_present:,} already in the dataset)")
     for reason, count in c.rejected_by_reason.items():
         typer.echo(f"  rejected {count:>7,}  {reason}")
+    for source, reason, detail in report.rejected_first:
+        typer.echo(f"  rejected {source}: {reason} ({detail})")
+    if c.rejected > len(report.rejected_first):
+        typer.echo(f"  ... and {c.rejected - len(report.rejected_first):,} more")
     if report.rejects_file:
-        typer.echo(f"  reasons per input: {report.rejects_file}")
+        typer.echo(f"  every rejected input with its reason: {report.rejects_file}")
+    for shard in report.small_shards:
+        typer.echo(f"  Note: shard {shard.name} holds {counted(shard.samples, 'sample')}: finished shards are never "
+                   f"rewritten, so each ingest into an existing dataset starts a new shard. Add files in batches, "
+                   f"or ingest all sources again into a new folder for full shards.")
 
 
 def print_embed(report: EmbedReport) -> None:
     if not report.pending:
-        typer.echo(f"Nothing to do: all {report.shards:,} shard(s) already have embeddings in space "
-                   f"{report.space!r} ({report.root}).")
+        typer.echo(f"Nothing to do: every shard ({counted(report.shards, 'shard')}) already has embeddings in "
+                   f"space {report.space!r} ({report.root}).")
         return
-    typer.echo(f"Embedded {report.committed:,} of {report.pending:,} pending shard(s) into space {report.space!r} "
-               f"in {report.wall_seconds:.1f} s -> {report.root}")
+    typer.echo(f"Embedded {report.committed:,} of {counted(report.pending, 'pending shard')} into space "
+               f"{report.space!r} in {report.wall_seconds:.1f} s -> {report.root}")
     for modality, items in sorted(report.embedded.items()):
         rate = report.rate(modality)
         typer.echo(f"  {modality:<6}{items:>9,} embedded" + (f"  ({rate:,.1f}/s per worker)" if rate else ""))
@@ -157,7 +165,7 @@ def print_dataset_check(report: CheckReport) -> None:
     damaged, unrecorded = sum(f.damaged for f in after), sum(not f.damaged for f in after)
     typer.echo(f"Checked {report.files:,} files ({format_size(report.bytes)}) of {report.root}"
                f"{' and repaired' if repaired else ''}: {f'{damaged} damaged' if damaged else 'all as recorded'}"
-               + (f"; {unrecorded} file(s) with no checksum recorded" if unrecorded else ""))
+               + (f"; {counted(unrecorded, 'file')} with no checksum recorded" if unrecorded else ""))
 
 
 def print_json(document: Any) -> None:
@@ -207,7 +215,8 @@ def print_eval(rows: list[dict[str, Any]]) -> None:
 def print_samples(dataset: str, rows: list[dict[str, Any]], metadata: dict[str, Any]) -> None:
     """A glance at an ingested dataset: counts, then a few samples."""
     counts = metadata["counts"]
-    typer.echo(f"\nDataset {dataset}: {counts['samples']:,} samples in {len(metadata['shards'])} shard(s); "
+    typer.echo(f"\nDataset {dataset}: {counted(counts['samples'], 'sample')} in "
+               f"{counted(len(metadata['shards']), 'shard')}; "
                + ", ".join(f"{n} with {m}" for m, n in counts["modalities"].items()))
     typer.echo(f"{'key':<22}{'modalities':<16}caption")
     for row in sorted(rows, key=lambda r: r["source"])[::max(1, len(rows) // 8)]:

@@ -159,12 +159,12 @@ def test_ingest_and_embed_on_a_dask_cluster_match_the_in_process_runner(cluster,
     out = os.path.relpath(tmp_path / "ds", small_corpus.parent)
     done = cluster.run("ingest", "corpus", "--out", out, SHARDS, cwd=small_corpus.parent)
     assert done.returncode == 0, done.stderr
-    assert "Ingested 12 samples into 3 new shard(s)" in done.stdout
+    assert "Ingested 12 samples into 3 new shards" in done.stdout
     assert "rejected 1" in done.stdout and "1 within this run" in done.stdout
     assert committed(tmp_path / "ds") == committed(reference)
     done = cluster.run(*embed_args(out, tiny_clip), cwd=small_corpus.parent)
     assert done.returncode == 0, done.stderr
-    assert "Embedded 3 of 3 pending shard(s)" in done.stdout
+    assert "Embedded 3 of 3 pending shards" in done.stdout
     assert embeddings(tmp_path / "ds", "tiny-clip") == embeddings(reference, "tiny-clip")
 
 

@@ -38,6 +38,13 @@ class ShardSize:
             raise ValueError("--shard-size needs a sample count, a size, or both (e.g. 10000,1GB)")
         return cls(samples, nbytes)
 
+    def small(self, samples: int, nbytes: int) -> bool:
+        """Whether a shard holds under a tenth of what a full one would (by every limit set): an ingest into an
+        existing dataset starts a new shard, as finished ones are never rewritten, so small additions make small
+        shards."""
+        return ((self.max_samples is None or samples * 10 < self.max_samples)
+                and (self.max_bytes is None or nbytes * 10 < self.max_bytes))
+
 
 def plan_shards(sizes: list[tuple[str, list[int]]], first_shard: int, size: ShardSize) -> dict[str, int]:
     """Shard number for each key, given each sample's member sizes; shards numbered from ``first_shard``."""

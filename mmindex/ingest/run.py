@@ -8,6 +8,7 @@ validate, deduplicate, plan and write shards, so any executor gives the same dat
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import time
@@ -30,6 +31,8 @@ from mmindex.media import Limits
 from mmindex.stages import Executor, portable
 
 log = logging.getLogger("mmindex")
+REJECTS_NAMED = 5                                # rejected inputs a report names (the rejects file lists all)
+NOT_RECORDED = ("changed", "rejected_first", "small_shards")   # report fields mmindex.json does not keep
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class IngestReport:
     rejects_file: str | None
     stage: str = "ingest"    # as mmindex.json records each run
     changed: bool = False    # whether the run added shards or rejects (not recorded)
+    rejected_first: list[tuple[str, str, str]] = field(default_factory=list)  # (source, reason, detail), by source
+    small_shards: list[ShardWritten] = field(default_factory=list)  # new shards of a dataset that had some already
 
     @property
     def seconds(self) -> float:
@@ -106,11 +111,11 @@ def ingest(settings: IngestSettings, executor: Executor | None = None) -> Ingest
         # Decompressed tars (every shard that read them is written), and the temporary files of tasks that a
         # cluster ran again after losing a worker.
         dataset.remove_incomplete()
-        return _record(settings, dataset, result, run_id, started, recorded)
+        return _record(settings, dataset, result, run_id, started, recorded, bool(committed))
 
 
 def _record(settings: IngestSettings, dataset: Dataset, outcome: IngestOutcome, run_id: str, started: float,
-            recorded: set[tuple[str, str, str]]) -> IngestReport:
+            recorded: set[tuple[str, str, str]], added_to: bool) -> IngestReport:
     """Writes the rejects not listed before and, when the run changed anything, records it in mmindex.json."""
     fresh = {(r.source, r.reason, r.detail) for r in outcome.rejects} - recorded
     duplicates = sum(r.reason == DUPLICATE for r in outcome.rejects)
@@ -129,11 +134,14 @@ def _record(settings: IngestSettings, dataset: Dataset, outcome: IngestOutcome, 
     report = IngestReport(
         run_id=run_id, started=started, finished=time.time(), sources=list(settings.sources),
         settings=ingest_settings(settings.shard_size, asdict(settings.limits), asdict(settings.columns)),
-        counts=counts, shards_added=shards, rejects_file=write_rejects(dataset, fresh), changed=bool(shards or fresh))
+        counts=counts, shards_added=shards, rejects_file=write_rejects(dataset, fresh), changed=bool(shards or fresh),
+        rejected_first=heapq.nsmallest(REJECTS_NAMED, ((r.source, r.reason, r.detail) for r in outcome.rejects
+                                                       if r.reason != DUPLICATE)),
+        small_shards=[s for s in shards if added_to and ShardSize.parse(settings.shard_size).small(s.samples, s.bytes)])
     behind = metadata_behind(dataset)
     if behind and not report.changed:
         log.info("ingest: %s did not list every committed shard (deleted, or a run was stopped before it recorded "
                  "itself): rewritten from the committed shards", dataset.metadata_path)
     if report.changed or behind:
-        record_run(dataset, {k: v for k, v in asdict(report).items() if k != "changed"}, report.sources)
+        record_run(dataset, {k: v for k, v in asdict(report).items() if k not in NOT_RECORDED}, report.sources)
     return report
