@@ -13,15 +13,17 @@ import typer
 
 from mmindex import console
 from mmindex.cli_options import (
-    DEFAULT_DATASET,
+    DEFAULT_DATASET_HELP,
     EXTRA_ARGS,
     SOURCES_HELP,
     Model,
     Profile,
     Verbose,
+    default_dataset,
     embed_settings,
     ingest_settings,
     on_beam,
+    search_queries,
 )
 from mmindex.ingest.plan import DEFAULT_SHARD_SIZE
 from mmindex.media import Limits
@@ -163,8 +165,8 @@ def index(
 @app.command()
 def search(
     query: Annotated[str | None, typer.Argument(help="Text to search for.", show_default=False)] = None,
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset to search ($MMINDEX_DATASET).")]
-    = DEFAULT_DATASET,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help=f"Dataset to search ({DEFAULT_DATASET_HELP}).")]
+    = None,
     model: Model = "offline",
     image: Annotated[str | None, typer.Option(help="An image file as (part of) the query.")] = None,
     audio: Annotated[str | None, typer.Option(help="An audio file as (part of) the query.")] = None,
@@ -181,7 +183,7 @@ def search(
 ) -> None:
     """Find the images, sounds and texts nearest to a text, an image or a clip (or several, fused)."""
     from mmindex.modalities import MODALITIES
-    from mmindex.search import Query, Searcher, parse_weights, read_queries, search_batch
+    from mmindex.search import Searcher, search_batch
     from mmindex.spaces import resolve_space
 
     if modality not in (*MODALITIES, "all"):
@@ -189,14 +191,10 @@ def search(
     console.setup_logging()
     failed = 0
     with console.errors():
-        weights = parse_weights(weight or [])
-        batch = read_queries(queries, weights) if queries else [Query(query, image, audio, weights)]
-        if not queries:
-            batch[0].parts()  # an empty query is refused before anything loads
-        searcher = Searcher(dataset, resolve_space(model), None if modality == "all" else [modality])
-        console.warn(searcher.not_embedded())
-        for problem in searcher.damaged.values():  # the other modalities are searched
-            console.warn(problem)
+        batch = search_queries(query, image, audio, weight or [], queries)
+        targets = None if modality == "all" else [modality]
+        searcher = Searcher(dataset or default_dataset(), resolve_space(model), targets)
+        console.warn_unsearchable(searcher)
         if queries:
             failed = console.print_lines(search_batch(searcher, batch, k))
         else:
@@ -247,8 +245,8 @@ def check_dataset(dataset: Annotated[str, typer.Argument(help="A dataset.", show
 
 @app.command()
 def serve(
-    dataset: Annotated[list[str] | None, typer.Option("--dataset", "-d", help="A dataset to serve, as PATH or "
-                                                      "NAME=PATH; repeat for several ($MMINDEX_DATASET).")] = None,
+    dataset: Annotated[list[str] | None, typer.Option("--dataset", "-d", help="A dataset to serve, as PATH or NAME="
+                                                      f"PATH; repeat for several ({DEFAULT_DATASET_HELP}).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on; other than localhost needs --token or --open.")]
     = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
@@ -269,7 +267,7 @@ def serve(
     console.setup_logging()
     with console.errors():
         limits = read_limits(max_upload, timeout, per_client)
-        run(ServeSettings(tuple(dataset or [DEFAULT_DATASET]), host, port, token, open_, limits,
+        run(ServeSettings(tuple(dataset or [default_dataset()]), host, port, token, open_, limits,
                           cors_origins=tuple(cors or ())))
 
 

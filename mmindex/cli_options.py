@@ -15,11 +15,14 @@ from mmindex.media import Limits
 from mmindex.presets import profile_args
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from mmindex.embed.run import EmbedSettings
     from mmindex.ingest.run import IngestSettings
+    from mmindex.search import Query
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
-DEFAULT_DATASET = os.environ.get("MMINDEX_DATASET", "mmindex-demo/dataset")
+DEFAULT_DATASET_HELP = "default: $MMINDEX_DATASET, else the dataset `mmindex demo` built last"
 MODEL_HELP = ("Model space: a shipped preset (offline, clip, siglip, clap, clip+clap), a space YAML "
               "file, or a Hugging Face id / local folder of a CLIP, SigLIP or CLAP model.")
 PROFILE_HELP = ("Run on Beam with a shipped runner profile (flink, spark, dataflow, dask, portable) or a "
@@ -69,3 +72,32 @@ def split_options(arguments: list[str], profile: str | None) -> tuple[list[str],
     """Plain arguments, and the Beam options: a runner profile's, then those given as --name=value."""
     options = [a for a in arguments if a.startswith("--")]
     return [a for a in arguments if not a.startswith("--")], (profile_args(profile) if profile else []) + options
+
+
+def default_dataset() -> str:
+    """The dataset of `mmindex search` and `serve` when none is given: $MMINDEX_DATASET, else the one `mmindex
+    demo` built last, remembered in the user's data folder so that it is found from any folder."""
+    from mmindex.demo import remembered_dataset
+
+    dataset = os.environ.get("MMINDEX_DATASET") or remembered_dataset()
+    if not dataset:
+        raise FileNotFoundError("no dataset given: pass --dataset PATH (or set $MMINDEX_DATASET), or run `mmindex "
+                                "demo`, which builds the demo dataset and makes it the default")
+    return dataset
+
+
+def search_queries(text: str | None, image: str | None, audio: str | None, weights: list[str],
+                   queries: Path | None) -> list[Query]:
+    """`mmindex search`'s queries: a --queries file's, or the one its arguments give, which is refused before
+    anything loads if it is empty (in the CLI's terms: its options)."""
+    from mmindex.search import EmptyQuery, Query, parse_weights, read_queries
+
+    parsed = parse_weights(weights)
+    if queries:
+        return read_queries(queries, parsed)
+    query = Query(text, image, audio, parsed)
+    try:
+        query.parts()
+    except EmptyQuery:
+        raise EmptyQuery("empty query: give a text, --image PATH or --audio PATH") from None
+    return [query]

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mmindex.embed.run import EmbedReport
     from mmindex.index.run import IndexReport
     from mmindex.ingest.run import IngestReport
+    from mmindex.search import Searcher
 
 log = logging.getLogger("mmindex")
 
@@ -78,6 +79,16 @@ def warn(message: str | None) -> None:
         typer.echo(f"Warning: {message}", err=True)
 
 
+def warn_unsearchable(searcher: Searcher) -> None:
+    """What a search cannot find, and why: shards not embedded yet, damaged indexes (the other modalities are
+    searched), modalities of which the space skipped every item."""
+    warn(searcher.not_embedded())
+    for problem in searcher.damaged.values():
+        warn(problem)
+    for skipped in searcher.skipped.values():
+        warn(skipped.advice())
+
+
 def print_ingest(report: IngestReport, dataset: str) -> None:
     c, seconds = report.counts, report.seconds
     if c.found == 0:
@@ -112,14 +123,16 @@ def print_embed(report: EmbedReport) -> None:
     if not report.pending:
         typer.echo(f"Nothing to do: every shard ({counted(report.shards, 'shard')}) already has embeddings in "
                    f"space {report.space!r} ({report.root}).")
-        return
-    typer.echo(f"Embedded {report.committed:,} of {counted(report.pending, 'pending shard')} into space "
-               f"{report.space!r} in {report.wall_seconds:.1f} s -> {report.root}")
+    else:
+        typer.echo(f"Embedded {report.committed:,} of {counted(report.pending, 'pending shard')} into space "
+                   f"{report.space!r} in {report.wall_seconds:.1f} s -> {report.root}")
     for modality, items in sorted(report.embedded.items()):
         rate = report.rate(modality)
         typer.echo(f"  {modality:<6}{items:>9,} embedded" + (f"  ({rate:,.1f}/s per worker)" if rate else ""))
     for (modality, reason), items in sorted(report.skipped.items()):
         typer.echo(f"  {modality:<6}{items:>9,} skipped: {reason}")
+    for skipped in report.wholly_skipped:
+        warn(skipped.advice())
     for failure in report.failures:
         typer.echo(f"  failed: {failure}", err=True)
     if report.failures:
@@ -140,6 +153,8 @@ def print_index(report: IndexReport) -> None:
                  f"{report.target_recall}, even searched as deep as it goes: raise --max-memory (larger codes) or "
                  f"choose another --index-type")
     warn(report.not_embedded)
+    for skipped in report.wholly_skipped:
+        warn(skipped.advice())
 
 
 def print_check(check: IndexCheck) -> None:
@@ -187,7 +202,7 @@ def _table(header: str, lines: list[str], empty: str) -> None:
 
 def print_results(hits: list[dict[str, Any]]) -> None:
     def line(hit: dict[str, Any]) -> str:
-        caption = " ".join((hit.get("caption") or "").split())
+        caption = " ".join((hit.get("caption") or hit.get("name") or "").split())
         caption = caption if len(caption) <= 50 else caption[:49] + "…"
         return f"{hit['rank']:>4}  {hit['score']:>6.3f}  {hit['modality']:<8}  {caption:<50}  {hit.get('source')}"
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from mmindex.dataset.embeddings import EmbeddingStore
+from mmindex.dataset.embeddings import EmbeddingStore, Skipped
 from mmindex.dataset.indexes import PointerDamaged, published
-from mmindex.dataset.samples import read_samples
+from mmindex.dataset.samples import read_samples, shown
 from mmindex.encoders.base import Encoder
-from mmindex.index.store import IndexFiles, LoadedIndex, not_embedded
+from mmindex.index.store import IndexFiles, IndexMissing, LoadedIndex, not_embedded
 from mmindex.media import Rejected
 from mmindex.modalities import MEDIA, MODALITIES
 from mmindex.spaces import Space
@@ -33,6 +33,11 @@ log = logging.getLogger("mmindex")
 
 class BadQuery(ValueError):
     """A query that cannot be run: empty, a missing file, media that cannot be read."""
+
+
+class EmptyQuery(BadQuery):
+    """A query with nothing to search with. Each interface says in its own terms how to give a part (the CLI
+    its options, HTTP its fields); this message names none of them."""
 
 
 @dataclass
@@ -64,7 +69,7 @@ class Query:
         if "text" in parts and not parts["text"].strip():
             del parts["text"]
         if not parts:
-            raise BadQuery("empty query: give a text, an image (--image PATH) or an audio clip (--audio PATH)")
+            raise EmptyQuery("empty query: give a text, an image or an audio clip")
         return parts
 
 
@@ -76,8 +81,16 @@ class Searcher:
         self._reloading = threading.Lock()
         self._encoding = {m: threading.Lock() for m in MODALITIES}  # a model runs one query at a time
         self.damaged: dict[str, str] = {}  # modality -> what is wrong with its index (a damaged CURRENT)
-        self.targets = targets or [m for m in MODALITIES if self._published(m)]
+        published = [m for m in targets or MODALITIES if self._published(m)]
+        self.targets = targets or published
+        self.skipped = self._wholly_skipped([m for m in targets or space.modalities()
+                                             if m not in published and m not in self.damaged])
+        for modality in self.targets:
+            if modality in self.skipped:  # indexing again cannot help: say what can
+                raise IndexMissing(self.skipped[modality].advice())
         if not self.targets and not self.damaged:
+            if self.skipped:
+                raise IndexMissing("; and ".join(s.advice() for s in self.skipped.values()))
             IndexFiles(self.store, "text").info()  # raises IndexMissing with the command to run
         self.indexes: dict[str, LoadedIndex] = {m: self._load(m) for m in self.targets}
 
@@ -93,6 +106,12 @@ class Searcher:
             return False
         self.damaged.pop(modality, None)
         return found
+
+    def _wholly_skipped(self, unindexed: list[str]) -> dict[str, Skipped]:
+        """Of the modalities without an index, those the space skipped every item of (read only when some are)."""
+        if not unindexed:
+            return {}
+        return {s.modality: s for s in self.store.wholly_skipped() if s.modality in unindexed}
 
     def _load(self, modality: str) -> LoadedIndex:
         return IndexFiles(self.store, modality).load_published(check=True)  # checked and loaded: one generation
@@ -162,7 +181,7 @@ class Searcher:
             total = part if total is None else total + part
         norm = np.linalg.norm(total)
         if not norm:
-            raise BadQuery("the weighted query parts cancel out: check --weight")
+            raise BadQuery("the weighted query parts cancel out: check their weights")
         return total / norm
 
     def search(self, query: Query, k: int = 10, modality: str | None = None,
@@ -176,14 +195,16 @@ class Searcher:
         hit's caption and source from the samples parquet (a server that holds them in memory says no)."""
         indexes = self.indexes  # one build per modality for the whole search, even if a refresh swaps them
         if modality is not None and modality not in indexes:
-            raise BadQuery(self.damaged.get(modality) or f"no {modality} index is loaded (indexed: "
-                           f"{', '.join(indexes)})")
+            skipped = self.skipped.get(modality)
+            raise BadQuery(self.damaged.get(modality) or (str(skipped) if skipped else None)
+                           or f"no {modality} index is loaded (indexed: {', '.join(indexes)})")
         if not indexes:  # every index of the space is damaged
             raise BadQuery("; ".join(self.damaged.values()) or "no index is loaded")
         hits = []
         for name, loaded in indexes.items():
             if modality is None or name == modality:
                 scores, ids = loaded.index.search(vector[None, :], min(k, loaded.index.ntotal))
+                scores = np.clip(scores, -1.0, 1.0)  # a cosine: float16 vectors' rounding can pass 1 (1.000006)
                 hits += [{"score": float(s), "modality": name, "key": loaded.keys[i], "shard": loaded.shards[i]}
                          for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
         hits.sort(key=lambda h: -h["score"])
@@ -193,7 +214,7 @@ class Searcher:
         return [{"rank": rank, **hit} for rank, hit in enumerate(hits, 1)]
 
     def _describe(self, hits: list[dict[str, Any]]) -> None:
-        """Adds each hit's caption and source from the samples parquet of its shard."""
+        """Adds each hit's caption, name and source from the samples parquet of its shard."""
         dataset = self.store.dataset
         for shard in sorted({h["shard"] for h in hits}):
             table = read_samples(dataset.samples_path(int(shard)), columns=["key", "caption", "source"])
@@ -201,7 +222,7 @@ class Searcher:
             for hit in hits:
                 if hit["shard"] == shard:
                     row = rows.get(hit["key"], {})
-                    hit["caption"], hit["source"] = row.get("caption"), row.get("source")
+                    hit.update(shown(row.get("caption"), row.get("source")), source=row.get("source"))
 
 
 def _payload(modality: str, value: str | bytes) -> tuple[str, bytes]:

@@ -65,6 +65,11 @@ class Space:
             return sorted({*base.modalities(), *bridged.modalities()})
         return sorted(m for m in MODALITIES if self.settings.get(m))
 
+    def embeds_instead(self, modality: str) -> str | None:
+        """The shipped space that embeds the items of ``modality`` this one skips by design, if any: the offline
+        space hears speech only (through whisper), CLAP hears any sound."""
+        return "clap" if self.settings["kind"] == "offline" and modality == "audio" else None
+
     def joined(self) -> tuple[Space, Space]:
         """A bridge space's (base, bridged) spaces."""
         return resolve_space(self.settings["base"]), resolve_space(self.settings["bridged"])

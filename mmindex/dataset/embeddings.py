@@ -91,8 +91,41 @@ class ShardSummary:
     def of(cls, number: int, rows: list[dict[str, Any]], **measured: Any) -> ShardSummary:
         """From a shard's embeddings rows (key, modality, row, skipped: see EMBEDDINGS_SCHEMA)."""
         embedded = Counter(row["modality"] for row in rows if row["row"] is not None)
-        skipped = Counter((row["modality"], row["skipped"].split(":")[0]) for row in rows if row["skipped"])
+        skipped = Counter((row["modality"], reason_of(row["skipped"])) for row in rows if row["skipped"])
         return cls(number, dict(embedded), dict(skipped), **measured)
+
+
+def reason_of(skipped: str) -> str:
+    """A skipped item's reason without its detail ('unreadable audio: ...'), as summaries count them."""
+    return skipped.split(":")[0]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A modality of which a space embedded no item at all, every one skipped: no index of it can exist, and
+    running index again cannot change that."""
+
+    dataset: str               # its root
+    space: str
+    modality: str
+    reasons: dict[str, int]    # reason -> items, most frequent first
+    instead: str | None        # a shipped space that embeds what this one skips by design (Space.embeds_instead)
+
+    def __str__(self) -> str:
+        reasons = "; ".join(f"{reason}: {items:,}" for reason, items in self.reasons.items())
+        said = (f"every {self.modality} item of the dataset was skipped in space {self.space!r} ({reasons}), so no "
+                f"{self.modality} can be found in it")
+        if self.instead:
+            said += f"; space {self.instead!r} embeds them (its model comes from the Hugging Face hub)"
+        return said
+
+    def advice(self) -> str:
+        """The message with the commands that embed the modality (for an interface that runs commands)."""
+        if not self.instead:
+            return str(self)
+        root = self.dataset
+        return f"{self}: run `mmindex embed {root} --model {self.instead}`, then `mmindex index {root} --model " \
+               f"{self.instead}`"
 
 
 def load_vectors(path: str) -> np.ndarray:
@@ -246,6 +279,20 @@ class EmbeddingStore:
             if n:
                 out[shard_name(number)] = n
         return out
+
+    def wholly_skipped(self) -> list[Skipped]:
+        """The modalities of which the space skipped every item of the committed shards, with the reasons."""
+        embedded, reasons = set(), {}
+        for number in sorted(self.committed()):
+            table = read_parquet(self.parquet_path(number), columns=["modality", "row", "skipped"])
+            for modality, row, skipped in zip(*(table[c].to_pylist() for c in table.column_names), strict=True):
+                if row is not None:
+                    embedded.add(modality)
+                elif skipped:
+                    reasons.setdefault(modality, Counter())[reason_of(skipped)] += 1
+        return [Skipped(self.dataset.root, self.space.name, modality, dict(counts.most_common()),
+                        self.space.embeds_instead(modality))
+                for modality, counts in sorted(reasons.items()) if modality not in embedded]
 
     def summary(self, number: int) -> ShardSummary:
         """What a committed shard's embeddings hold."""

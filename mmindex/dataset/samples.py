@@ -17,6 +17,7 @@ from mmindex import storage
 from mmindex.dataset.checksums import Recorder
 from mmindex.dataset.layout import Dataset, shard_name
 from mmindex.dataset.parquet import parquet_bytes, read_parquet
+from mmindex.dataset.sources import source_name
 from mmindex.modalities import MODALITIES
 
 SAMPLES_SCHEMA = pa.schema([
@@ -58,6 +59,12 @@ def read_samples(samples_parquet: str, columns: list[str] | None = None) -> pa.T
         root = posixpath.dirname(posixpath.dirname(samples_parquet))
         raise ValueError(f"{samples_parquet} is damaged ({' '.join(str(err).split())[:100]}): restore it from a copy "
                          f"(`mmindex check {root}` lists every damaged file and what repairs it)") from None
+
+
+def shown(caption: str | None, source: str | None) -> dict[str, str | None]:
+    """A sample as a person is shown it: its caption trimmed (a text file's last newline is no part of it), and
+    the name of its source, which stands in where there is no caption."""
+    return {"caption": (caption or "").strip() or None, "name": source_name(source) if source else None}
 
 
 def sample_keys(samples_parquet: str) -> list[str]:

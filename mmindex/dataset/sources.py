@@ -9,6 +9,8 @@ Ingest writes these; a repair reads the file back out of them to look for it aga
 
 from __future__ import annotations
 
+import posixpath
+
 ROW = "#row="
 IN_TAR = "::"
 
@@ -24,3 +26,10 @@ def tar_source(tar: str, name: str) -> str:
 def source_file(source: str) -> str:
     """The file a source names: the manifest of a row, the tar of a member, else the source itself."""
     return source.split(IN_TAR)[0].split(ROW)[0]
+
+
+def source_name(source: str) -> str:
+    """A source without the folders above its file (cat.jpg, list.csv#row=7, part.tar::dir/key): what names a
+    sample that has no caption, and never reveals where the server keeps its files."""
+    file = source_file(source)
+    return posixpath.basename(file.rstrip("/")) + source[len(file):]

@@ -1,5 +1,34 @@
-"""The built-in demo corpus: a few MB of real photos, clipart, sounds, speech and texts (see ATTRIBUTION.md)."""
+"""The built-in demo corpus: a few MB of real photos, clipart, sounds, speech and texts (see ATTRIBUTION.md);
+and the dataset `mmindex demo` built last, remembered so that search and serve find it from any folder."""
 
+from __future__ import annotations
+
+import os
 from pathlib import Path
 
 CORPUS = Path(__file__).parent / "corpus"
+
+
+def data_folder() -> Path:
+    """mmindex's folder in the user's data directory: $XDG_DATA_HOME/mmindex, else ~/.local/share/mmindex."""
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "mmindex"
+
+
+def remember_dataset(dataset: Path) -> Path:
+    """Records ``dataset`` (made absolute) as the default dataset; returns the file that records it."""
+    record = data_folder() / "demo-dataset"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    temporary = record.with_name(f".{record.name}.{os.getpid()}")
+    temporary.write_text(f"{dataset.resolve()}\n", encoding="utf-8")
+    temporary.replace(record)  # a reader sees the old path or the new one, never half of one
+    return record
+
+
+def remembered_dataset() -> str | None:
+    """The dataset the demo built last, if it is recorded and still there."""
+    record = data_folder() / "demo-dataset"
+    try:
+        dataset = record.read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return dataset if dataset and Path(dataset).is_dir() else None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmindex.dataset import Dataset, shard_name
-from mmindex.dataset.embeddings import EmbeddingStore, ShardSummary
+from mmindex.dataset.embeddings import EmbeddingStore, ShardSummary, Skipped
 from mmindex.dataset.lock import exclusive
 from mmindex.embed.bridge import learn_bridge
 from mmindex.embed.steps import declare, decode_processes, devices
@@ -62,6 +62,7 @@ class EmbedReport:
     seconds: Counter = field(default_factory=Counter)    # modality -> worker seconds (where measured)
     failures: list[str] = field(default_factory=list)
     wall_seconds: float = 0.0
+    wholly_skipped: list[Skipped] = field(default_factory=list)  # modalities of which no item has a vector
 
     def add(self, shard: ShardSummary) -> None:
         if shard.failed:
@@ -92,6 +93,7 @@ def embed(settings: EmbedSettings, executor: Executor | None = None, space: Spac
         pending = sorted({*store.pending(), *store.damaged()})
         report = EmbedReport(space.name, store.root, len(store.dataset.committed_shards()), len(pending))
         if not pending:
+            report.wholly_skipped = store.wholly_skipped()
             return report
         settings_used = _describe(executor, settings)
         described = {k: ", ".join(map(str, v)) if isinstance(v, list) else v for k, v in settings_used.items()}
@@ -116,6 +118,7 @@ def embed(settings: EmbedSettings, executor: Executor | None = None, space: Spac
             store.remove_incomplete()  # the temporary files of tasks that a cluster ran again after losing a worker
         report.wall_seconds = time.monotonic() - started
         store.record_run(_stats(report, settings_used))
+        report.wholly_skipped = store.wholly_skipped()
     return report
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from mmindex.dataset.embeddings import EmbeddingStore
+from mmindex.dataset.embeddings import EmbeddingStore, Skipped
 from mmindex.dataset.lock import exclusive
 from mmindex.executors.local import LocalExecutor
 from mmindex.index.build import BuildSettings
@@ -35,6 +35,7 @@ class IndexReport:
     target_recall: float
     indexes: list[BuiltIndex]
     not_embedded: str | None   # what to run when ingested shards have no embeddings yet
+    wholly_skipped: list[Skipped] = field(default_factory=list)  # modalities with no index: every item skipped
 
 
 def build_indexes(settings: IndexSettings, space: Space | None = None) -> IndexReport:
@@ -43,7 +44,10 @@ def build_indexes(settings: IndexSettings, space: Space | None = None) -> IndexR
     store = EmbeddingStore.of(settings.dataset, space or resolve_space(settings.model))
     with exclusive(store.dataset, "index"):
         built = list(LocalExecutor().run(declare(store, settings.build, settings.update)))
+    skipped = store.wholly_skipped()
+    if not built and skipped:
+        raise FileNotFoundError("nothing to index: " + "; and ".join(s.advice() for s in skipped))
     if not built:
         raise FileNotFoundError(f"no vectors in space {store.space.name!r}: run `mmindex embed {settings.dataset} "
                                 f"--model {settings.model}` first")
-    return IndexReport(store.space.name, settings.build.target_recall, built, not_embedded(store))
+    return IndexReport(store.space.name, settings.build.target_recall, built, not_embedded(store), skipped)

@@ -15,7 +15,7 @@ from typing import Any
 from mmindex.dataset import Dataset
 from mmindex.dataset.embeddings import recorded_spaces
 from mmindex.dataset.indexes import PointerDamaged, published
-from mmindex.dataset.samples import read_samples
+from mmindex.dataset.samples import read_samples, shown
 from mmindex.modalities import MODALITIES
 from mmindex.search import Searcher
 from mmindex.spaces import DEFAULT_SPACE, Space
@@ -32,7 +32,8 @@ class Sample:
     id: int                       # the sample's row over all samples parquets in shard order (clip-retrieval's id)
     shard: int
     members: tuple[str, ...]      # extensions of its members in the shard
-    caption: str | None
+    caption: str | None           # trimmed
+    name: str | None              # its source's file name (dataset.samples.shown): never a path on the server
 
 
 class ServedDataset:
@@ -85,10 +86,10 @@ class ServedDataset:
         with self._reading:
             new = [n for n in self.dataset.committed_shards() if n not in self._shards]
             for number in sorted(new):
-                table = read_samples(self.dataset.samples_path(number), columns=["key", "members", "caption"])
-                for row in table.to_pylist():
+                columns = ["key", "members", "caption", "source"]
+                for row in read_samples(self.dataset.samples_path(number), columns=columns).to_pylist():
                     self._samples[row["key"]] = Sample(len(self._keys), number, tuple(row["members"]),
-                                                       row["caption"])
+                                                       **shown(row["caption"], row["source"]))
                     self._keys.append(row["key"])
                 self._shards.add(number)
             return bool(new)

@@ -17,5 +17,6 @@ def media_urls(served: ServedDataset, key: str) -> dict[str, str]:
 def api_hit(served: ServedDataset, hit: dict[str, Any]) -> dict[str, Any]:
     media = media_urls(served, hit["key"])
     thumbnail = f"/thumbnail/{quote(served.name)}/{quote(hit['key'])}" if "image" in media else None
+    sample = served.sample(hit["key"])
     return {"rank": hit["rank"], "score": round(hit["score"], 6), "modality": hit["modality"], "key": hit["key"],
-            "caption": served.sample(hit["key"]).caption, "media": media, "thumbnail": thumbnail}
+            "caption": sample.caption, "name": sample.name, "media": media, "thumbnail": thumbnail}

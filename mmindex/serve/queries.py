@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from mmindex.modalities import MEDIA, MODALITIES
-from mmindex.search import BadQuery, Query
+from mmindex.search import BadQuery, EmptyQuery, Query
 from mmindex.serve import policy
 from mmindex.serve.guards import BodyTooLarge
 from mmindex.serve.policy import ApiError
@@ -96,6 +96,9 @@ def search_request(fields: dict[str, Any], limits: ServeLimits) -> SearchRequest
     try:
         query = Query(text, media["image"], media["audio"], weights)
         query.parts()
+    except EmptyQuery:
+        raise ApiError(422, 'empty query: send a "text", or an "image" or "audio" (base64 in JSON, or a file in a '
+                            'multipart form)') from None
     except BadQuery as err:
         raise ApiError(422, str(err)) from None
     return SearchRequest(query, dataset, space, modality, k)

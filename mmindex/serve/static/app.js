@@ -282,6 +282,8 @@
   function card(hit) {
     const media = hit.media || {};
     const caption = typeof hit.caption === "string" ? hit.caption.trim() : "";
+    // a sample without a caption is named by its source's file name
+    const label = caption || (typeof hit.name === "string" && hit.name) || hit.key;
     const image = ownUrl(media.image);
     const thumbnail = ownUrl(hit.thumbnail) || image;
     const audio = ownUrl(media.audio);
@@ -289,11 +291,11 @@
     const item = el("li", { class: "hit", "data-modality": hit.modality, "data-key": hit.key });
     if (thumbnail) {
       item.append(el("a", { href: image || thumbnail, class: "thumb" },
-        el("img", { src: thumbnail, alt: caption || `image ${hit.key}`, loading: "lazy", decoding: "async" })));
+        el("img", { src: thumbnail, alt: label, loading: "lazy", decoding: "async" })));
     }
     if (audio) {
       const player = el("audio", { controls: true, preload: "metadata", src: audio,
-        "aria-label": `Play ${caption || hit.key}` });
+        "aria-label": `Play ${label}` });
       const note = el("p", { class: "note" }, "This clip cannot be played here.");
       player.addEventListener("error", () => player.replaceWith(note));
       item.append(player);
@@ -301,6 +303,8 @@
     if (caption) {
       const short = caption.length > SNIPPET ? `${caption.slice(0, SNIPPET).trimEnd()}…` : caption;
       item.append(el("p", { class: "snippet" }, short));
+    } else if (label !== hit.key) {
+      item.append(el("p", { class: "snippet name" }, label));
     }
     if (text && caption.length > SNIPPET) item.append(el("a", { href: text }, "Full text"));
     item.append(el("p", { class: "meta" },
