@@ -26,6 +26,17 @@ from mmindex.ingest.run import ingest as run_ingest
 from pipelines.executor import BeamExecutor
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _user_data_folder(tmp_path_factory) -> Iterator[Path]:
+    """A temporary data folder for the whole session, in place of the user's own (the demo remembers its dataset
+    there); and no $MMINDEX_DATASET, so that the default dataset is the one a test sets up."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("user-data")
+        patch.setenv("XDG_DATA_HOME", str(folder))
+        patch.delenv("MMINDEX_DATASET", raising=False)
+        yield folder
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     """A private copy of the demo corpus, so a test may add, break or link files."""

@@ -1,4 +1,4 @@
-"""The mmindex command as a user meets it: summaries, the demo, and errors that say what to do."""
+"""The mmindex command as a user meets it: summaries and errors that say what to do (the demo: test_first_hour)."""
 
 from __future__ import annotations
 
@@ -54,19 +54,6 @@ def test_errors_are_clear(tmp_path: Path):
     (not_ours / "mmindex.json").write_text('{"format": "something-else"}')
     foreign = runner.invoke(app, ["ingest", str(tmp_path / "other"), "--out", str(not_ours)])
     assert foreign.exit_code == 2 and "not an mmindex dataset" in foreign.output
-
-
-def test_demo_runs_the_whole_job(tmp_path: Path):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
-    assert result.exit_code == 0, result.output
-    assert "Ingested" in result.output
-    assert "with image" in result.output and "with audio" in result.output and "with text" in result.output
-    assert list((tmp_path / "demo" / "dataset" / "shards").glob("*.tar"))
-    searches = result.output.split("== mmindex search")[1:]
-    assert len(searches) == 2
-    cat_first = searches[0].splitlines()[2]  # the query line, the table header, then rank 1
-    assert cat_first.split()[:3] == ["1", cat_first.split()[1], "image"] and "chelsea_cat.jpg" in cat_first
-    assert "conference is locked" in searches[1].splitlines()[2].lower()
 
 
 def test_runner_profile_sends_the_job_to_a_job_server(corpus: Path, tmp_path: Path, job_service: str, monkeypatch):
