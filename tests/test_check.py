@@ -132,7 +132,7 @@ def test_re_embedded_vectors_are_indexed_again_though_the_index_files_were_whole
     before = {m: generation(dataset, space, m).name for m in ("image", "text")}
     result = check(dataset, "--repair")
     assert result.exit_code == 0, result.output
-    assert "repaired rebuilt the image, text index(es)" in result.output
+    assert "repaired rebuilt the image, text indexes" in result.output
     assert {m: generation(dataset, space, m).name for m in ("image", "text")} != before
     assert check(dataset).exit_code == 0
 

@@ -241,8 +241,8 @@ def test_multipart_mistakes_are_named(server: Server, parts, status, says):
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--host", "0.0.0.0"], "--token"),
-    (["--host", "192.168.1.10", "--token", "short"], "at least 8"),
+    (["--host", "0.0.0.0", "--dataset", "/nowhere"], "--token"),
+    (["--host", "192.168.1.10", "--token", "short", "--dataset", "/nowhere"], "at least 8"),
     (["--dataset", "a=/x", "--dataset", "a=/y"], "its own name"),
     (["--dataset", "/no/such/dataset", "--port", "0"], "no mmindex dataset"),
     (["--host", "0.0.0.0", "--open", "--port", "0", "--dataset", "/nowhere"], "no mmindex dataset"),  # --open: past
