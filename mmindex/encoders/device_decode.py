@@ -122,6 +122,7 @@ class DeviceImages:
 
     def __init__(self, geometry: Geometry, device: torch.device, on_cpu: Preparer):
         self.geometry, self.device, self.on_cpu = geometry, device, on_cpu
+        self.nvjpeg = nvjpeg() if device.type == "cuda" else None
 
     def __call__(self, prepared: list[np.ndarray]) -> tuple[torch.Tensor | None, list[str | None]]:
         """(N x 3 x h x w uint8 on the device for the items that have pixels, in order; per item, None or why not)."""
@@ -145,14 +146,13 @@ class DeviceImages:
     def _decode(self, jpegs: list[np.ndarray]) -> list[torch.Tensor | None]:
         """Each JPEG as 3 x H x W uint8 on the device, None where the decoder refuses it: one batched nvJPEG call
         (image by image if the batch fails), or libjpeg-turbo on the host."""
-        decode = nvjpeg() if self.device.type == "cuda" else None
-        if decode is None:
+        if self.nvjpeg is None:
             return [self._on_host(data) for data in jpegs]
         tensors = [torch.from_numpy(data) for data in jpegs]
         try:
-            return list(decode(tensors, device=self.device))
+            return list(self.nvjpeg(tensors, device=self.device))
         except RuntimeError:
-            return [_refused_as_none(decode, data, self.device) for data in tensors]
+            return [_refused_as_none(self.nvjpeg, data, self.device) for data in tensors]
 
     def _on_host(self, data: np.ndarray) -> torch.Tensor | None:
         raw = data.tobytes()
