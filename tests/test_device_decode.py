@@ -6,6 +6,8 @@ every file the device cannot decode falls back image by image to the CPU path's 
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from PIL import Image
 from test_jpeg import LIMITS, PHOTO, encoded, photo, with_exif
 from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
 
+from mmindex.dataset.embeddings import EmbeddingStore
 from mmindex.encoders.device_decode import Geometry, nvjpeg, on_device
 from mmindex.encoders.inputs import load_rgb
 from mmindex.jpeg import decode_rgb, plain_header
@@ -142,3 +145,21 @@ def test_a_batch_the_gpu_decoder_refuses_is_decoded_image_by_image(clip_224):
     reference = outcomes(encoder(clip_224, False), files)
     assert cosines(got, reference).min() > 0.99
     assert np.array_equal(np.asarray(load_rgb(files[1])), np.asarray(Image.open(io.BytesIO(files[1])).convert("RGB")))
+
+
+def test_embed_with_decode_device_gives_the_cpu_paths_vectors_within_tolerance(demo_dataset, tiny_clip, tmp_path):
+    """`mmindex embed --decode device` on a CPU worker: the demo's photos (JPEGs) and clipart (PNGs, the CPU
+    path) give the vectors `--decode cpu` gives, within tolerance, and the run records how it decoded."""
+    from conftest import copy_dataset, embed
+
+    vectors = {}
+    for decode in ("cpu", "device"):
+        dataset = copy_dataset(demo_dataset, tmp_path / decode)
+        report = embed(dataset, str(tiny_clip), decode=decode, decode_workers=0, threads=1)
+        assert not report.failures and not report.skipped
+        store = EmbeddingStore.of(str(dataset), resolve_space(str(tiny_clip)))
+        vectors[decode] = np.concatenate([store.vectors(n, "image") for n in store.dataset.committed_shards()])
+        assert json.loads(Path(store.root, "stats.json").read_text())["runs"][-1]["settings"]["decode"] == decode
+    cpu, device = (v.astype(np.float32) for v in (vectors["cpu"], vectors["device"]))
+    assert len(cpu) == len(device) > 20
+    assert cosines(list(cpu), list(device)).min() > 0.98
