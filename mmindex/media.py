@@ -71,7 +71,7 @@ def inspect_image(data: bytes, limits: Limits) -> dict[str, Any]:
     A plain JPEG is checked by libjpeg-turbo alone (mmindex.jpeg: the same limit on declared pixels, truncation
     refused); any other file, or one it reports a problem with, through Pillow, which words the refusal."""
     header = jpeg.plain_header(data, limits.max_image_pixels)
-    if header is not None and jpeg.decodes(data):
+    if header is not None and jpeg.decodes(data, header):
         return {"image_format": "jpeg", "width": header.width, "height": header.height}
     with image_errors():
         image = open_image(data, limits)
