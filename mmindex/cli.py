@@ -16,6 +16,7 @@ from mmindex.cli_options import (
     DEFAULT_DATASET_HELP,
     EXTRA_ARGS,
     SOURCES_HELP,
+    Decode,
     Model,
     Profile,
     Verbose,
@@ -99,6 +100,7 @@ def embed(
         help="Torch threads per worker (default: CPU workers share the cores). On CPU, vectors are bit-identical "
              "for any --workers at the same --threads; other thread counts may change a float16 value's last bit."
     )] = None,
+    decode: Decode = "auto",
     profile: Profile = None,
     verbose: Verbose = False,
 ) -> None:

@@ -34,6 +34,10 @@ SOURCES_HELP = ("Folders (files sharing a stem form one sample: cat.jpg + cat.tx
 Model = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
 Profile = Annotated[str | None, typer.Option(help=PROFILE_HELP)]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show the libraries' own log.")]
+Decode = Annotated[str, typer.Option(
+    help="Where images are decoded: device (JPEGs on the model's device, nvJPEG on a GPU; decode processes only "
+         "read bytes), cpu (in the decode processes), or auto: device on a GPU where torchvision imports, else "
+         "cpu. See docs/gpu.md.")]
 
 
 def ingest_settings(options: dict[str, Any]) -> tuple[IngestSettings, list[str]]:
@@ -55,7 +59,7 @@ def embed_settings(options: dict[str, Any], extra: list[str]) -> tuple[EmbedSett
     unexpected, beam_args = split_options(extra, options["profile"])
     if unexpected:
         raise typer.BadParameter(f"unexpected arguments: {' '.join(unexpected)}")
-    names = ("dataset", "model", "gpus", "device", "workers", "batch_size", "decode_workers", "threads")
+    names = ("dataset", "model", "gpus", "device", "workers", "batch_size", "decode_workers", "threads", "decode")
     return EmbedSettings(*(options[name] for name in names)), beam_args
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import soundfile
 from PIL import Image, UnidentifiedImageError
 
+from mmindex import jpeg
+
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # see inspect_image
 _MPEG_FRAME_SYNC = re.compile(rb"\xff[\xe0-\xff]")
 
@@ -64,7 +66,13 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
 
 
 def inspect_image(data: bytes, limits: Limits) -> dict[str, Any]:
-    """Fully decodes an image; returns its format and size, or raises Rejected."""
+    """Fully decodes an image; returns its format and size, or raises Rejected.
+
+    A plain JPEG is checked by libjpeg-turbo alone (mmindex.jpeg: the same limit on declared pixels, truncation
+    refused); any other file, or one it reports a problem with, through Pillow, which words the refusal."""
+    header = jpeg.plain_header(data, limits.max_image_pixels)
+    if header is not None and jpeg.decodes(data, header):
+        return {"image_format": "jpeg", "width": header.width, "height": header.height}
     with image_errors():
         image = open_image(data, limits)
         width, height = image.size

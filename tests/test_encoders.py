@@ -16,6 +16,7 @@ from PIL import Image
 
 from mmindex.demo import CORPUS
 from mmindex.encoders.inputs import load_mono, load_rgb
+from mmindex.jpeg import Need
 from mmindex.media import Rejected
 from mmindex.spaces import resolve_space
 
@@ -45,8 +46,12 @@ def clap_encoders(tiny_clap: Path):
 
 
 def test_image_input_is_what_the_models_own_processor_makes(tiny_clip, clip_encoders):
+    """From the JPEG decoded at the smallest DCT scale that the processor's resize can start from (32 px here;
+    tests/test_jpeg.py compares that decoding with Pillow's)."""
     reference = transformers.AutoProcessor.from_pretrained(tiny_clip).image_processor
-    expected = reference(Image.open(io.BytesIO(CAT)).convert("RGB"), return_tensors="np")["pixel_values"][0]
+    decoded = load_rgb(CAT, need=Need(short=32))
+    assert decoded.size == (57, 38), "451 x 300 decoded at 1/8"
+    expected = reference(decoded, return_tensors="np")["pixel_values"][0]
     prepared = clip_encoders["image"].preparer()(CAT)
     assert prepared.dtype == np.uint8, "decode processes send 8-bit pixels; scaling happens on the model's device"
     model_input = clip_encoders["image"].pixels([prepared]).numpy()[0]

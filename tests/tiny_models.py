@@ -49,16 +49,18 @@ def _clip_tokenizer(out: Path, max_tokens: int) -> CLIPTokenizer:
 LAYERS = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 
-def save_tiny_clip(out: Path) -> Path:
-    """A 2-layer CLIP (16-d shared space, 32 px images) with its processor, as a hub download would have it."""
+def save_tiny_clip(out: Path, image_size: int = 32) -> Path:
+    """A 2-layer CLIP (16-d shared space, 32 px images unless asked: 4 x 4 patches) with its processor, as a hub
+    download would have it."""
     tokenizer = _clip_tokenizer(out, 77)
     config = CLIPConfig(
         text_config={**LAYERS, "vocab_size": len(tokenizer), "max_position_embeddings": 77,
                      "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id},
-        vision_config={**LAYERS, "image_size": 32, "patch_size": 8},
+        vision_config={**LAYERS, "image_size": image_size, "patch_size": image_size // 4},
         projection_dim=16,
     )
-    images = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    images = CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                   crop_size={"height": image_size, "width": image_size})
     CLIPModel(config).save_pretrained(out)
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(out)
     return out

@@ -22,6 +22,7 @@ from mmindex.dataset.embeddings import EmbeddingStore, ShardSummary, Skipped
 from mmindex.dataset.lock import exclusive
 from mmindex.embed.bridge import learn_bridge
 from mmindex.embed.steps import declare, decode_processes, devices
+from mmindex.encoders.device_decode import DECODES
 from mmindex.executors.local import LocalExecutor
 from mmindex.sizes import counted
 from mmindex.spaces import DEFAULT_SPACE, Space, resolve_space
@@ -40,6 +41,7 @@ class EmbedSettings:
     batch_size: int = 64
     decode_workers: int | None = None   # per worker (None: 1 on CPU, a GPU's share of the cores less one)
     threads: int | None = None          # torch threads per worker (None: CPU workers share the cores)
+    decode: str = "auto"                # where images are decoded: auto, cpu, device (encoders.device_decode)
 
     def __post_init__(self) -> None:
         for name in ("workers", "batch_size", "gpus", "threads"):
@@ -48,6 +50,8 @@ class EmbedSettings:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.decode_workers is not None and self.decode_workers < 0:
             raise ValueError("--decode-workers must be 0 or more")
+        if self.decode not in DECODES:
+            raise ValueError(f"--decode must be one of {', '.join(DECODES)}, not {self.decode!r}")
 
 
 @dataclass
@@ -112,7 +116,7 @@ def embed(settings: EmbedSettings, executor: Executor | None = None, space: Spac
         if rest:
             where = str if executor.local else portable  # a cluster's workers run in other folders
             stage = declare(EmbeddingStore(Dataset(where(store.dataset.root)), store.space), rest, settings.device,
-                            settings.batch_size, settings.decode_workers, settings.threads,
+                            settings.batch_size, settings.decode_workers, settings.threads, settings.decode,
                             where(store.dataset.scratch_path(f"embed-{uuid.uuid4().hex[:12]}")))
             report.failures += _embedded(executor, stage, committed)
             store.remove_incomplete()  # the temporary files of tasks that a cluster ran again after losing a worker
@@ -139,7 +143,8 @@ def _embedded(executor: Executor, stage: Stage, committed: Callable[[ShardSummar
 
 def _describe(executor: Executor, settings: EmbedSettings) -> dict[str, Any]:
     """How the run goes, as stats.json records it."""
-    described = {**executor.describe(), "batch_size": settings.batch_size, "threads": settings.threads}
+    described = {**executor.describe(), "batch_size": settings.batch_size, "threads": settings.threads,
+                 "decode": settings.decode}
     if executor.local:
         used = described.get("devices") or [settings.device] * described.get("workers", 1)
         described["decode_workers"] = decode_processes(settings.decode_workers, used[0], len(used))

@@ -28,6 +28,7 @@ from mmindex.dataset.embeddings import EmbeddingStore, ShardSummary
 from mmindex.embed.shard import Chunk, embed_shard, prepare_chunk
 from mmindex.embed.transfer import SharedBatch, pack
 from mmindex.encoders.base import Preparer
+from mmindex.encoders.device_decode import on_device
 from mmindex.executors.processes import child_setup
 from mmindex.sizes import counted
 from mmindex.spaces import Space
@@ -48,6 +49,10 @@ def _prepare_and_share(chunk: Chunk) -> list[Any] | SharedBatch:
     return pack(prepare_chunk(chunk, _preparers))
 
 
+def _started(_: int) -> None:
+    """A job that only makes the pool start a process (they start on demand, each importing torch: seconds)."""
+
+
 def decode_processes(asked: int | None, device: str, workers: int) -> int:
     """Decode processes per worker: ``--decode-workers``, else 1 on CPU (the model needs the cores), and for a GPU
     its share of the cores less one."""
@@ -66,20 +71,25 @@ class EmbedShards:
     """Embeds and commits one shard per element: a ShardSummary of what it holds, or of why it failed."""
 
     def __init__(self, root: str, space: Space, device: str, batch_size: int, decode_workers: int | None,
-                 threads: int | None):
+                 threads: int | None, decode: str):
         self.root, self.space, self.device, self.batch_size = root, space, device, batch_size
-        self.decode_workers, self.threads = decode_workers, threads
+        self.decode_workers, self.threads, self.decode = decode_workers, threads, decode
 
     def setup(self, worker: Worker) -> None:
         """Loads the encoders on the worker's device. On a cluster's worker, torch keeps the threads the runner
         gave it unless ``--threads`` says otherwise (thread counts change float rounding), and decoding stays in
-        the worker (a runner's workers may be daemons, which cannot start processes)."""
+        the worker (a runner's workers may be daemons, which cannot start processes). Encoders that can decode
+        on the device switch to it where ``--decode`` says so (see mmindex.encoders.device_decode). Decode
+        processes are all started here, before the first shard, not one by one as its first batches ask."""
         self.on = worker.device or self.device
         threads = torch_threads(self.threads, self.on, worker.count) if worker.local else self.threads
         if threads:
             torch.set_num_threads(threads)
         self.store = EmbeddingStore(Dataset(self.root), self.space)
         self.encoders = self.space.load(self.on)
+        if on_device(self.decode, self.on):
+            for encoder in self.encoders.values():
+                encoder.decode_on_device()
         preparers = {modality: encoder.preparer() for modality, encoder in self.encoders.items()}
         decoders = decode_processes(self.decode_workers, self.on, worker.count) if worker.local else 0
         self.pool = None
@@ -87,6 +97,7 @@ class EmbedShards:
         if decoders:
             self.pool = ProcessPoolExecutor(decoders, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_install_preparers, initargs=(preparers,))
+            list(self.pool.map(_started, range(decoders)))
             self.prepare = _prepare_and_share
         self.ahead = 2 * max(1, decoders)
 
@@ -108,9 +119,9 @@ class EmbedShards:
 
 
 def declare(store: EmbeddingStore, pending: Iterable[int], device: str, batch_size: int,
-            decode_workers: int | None, threads: int | None, scratch: str) -> Stage:
+            decode_workers: int | None, threads: int | None, decode: str, scratch: str) -> Stage:
     """Embedding ``pending`` shards of the store's dataset in its space."""
-    shards = EmbedShards(store.dataset.root, store.space, device, batch_size, decode_workers, threads)
+    shards = EmbedShards(store.dataset.root, store.space, device, batch_size, decode_workers, threads, decode)
     return Stage("embed", list(pending), [Each("EmbedShards", shards, int, runs="workers")], (ShardSummary,), scratch)
 
 

@@ -4,7 +4,8 @@ A batch of 256 prepared 224 px images is 38 MB. Sent through a ProcessPoolExecut
 pickled, written in 64 KB pieces, read back and unpickled by one thread of the worker, which competes for the
 GIL with the model's own loop: on a GPU that thread, not decoding or the model, bounded the rate. A decode
 process instead copies the batch's arrays into one shared-memory block and sends only its name; the worker
-copies them out once and removes the block.
+copies them out once and removes the block. The same holds for arrays of different shapes, such as the bytes of
+the JPEG files that a device decodes (mmindex.encoders.device_decode).
 """
 
 from __future__ import annotations
@@ -18,37 +19,36 @@ from typing import Any
 import numpy as np
 
 SMALLEST = 1 << 20   # below a megabyte the pipe is as fast, and no block is made
+ALIGN = 64           # each array starts on a cache line
 
 
 @dataclass(frozen=True)
 class SharedBatch:
-    """Where a packed batch's arrays are: the block, their common shape and dtype, and the positions they held
-    in the batch (the other positions, such as rejected items, travel as they are in ``rest``)."""
+    """Where a packed batch's arrays are: per array, its position in the batch, shape, dtype and offset in the
+    block (arrays may differ in shape: a batch of JPEG files' bytes); the other positions, such as rejected
+    items, travel as they are in ``rest``."""
 
     block: str
-    shape: tuple[int, ...]
-    dtype: str
-    positions: list[int]
+    size: int
+    arrays: list[tuple[int, tuple[int, ...], str, int]]
     rest: dict[int, Any]
 
 
 def pack(prepared: list[Any]) -> list[Any] | SharedBatch:
-    """``prepared``, or a SharedBatch holding its arrays, when they share a shape and dtype and are big enough."""
+    """``prepared``, or a SharedBatch holding its arrays back to back when they are big enough together."""
     arrays = {i: x for i, x in enumerate(prepared) if isinstance(x, np.ndarray)}
-    if not arrays:
+    offsets, size = [], 0
+    for array in arrays.values():
+        offsets.append(size)
+        size += -(-array.nbytes // ALIGN) * ALIGN
+    if size < SMALLEST:
         return prepared
-    first = next(iter(arrays.values()))
-    if any(a.shape != first.shape or a.dtype != first.dtype for a in arrays.values()):
-        return prepared
-    if first.nbytes * len(arrays) < SMALLEST:
-        return prepared
-    block = shared_memory.SharedMemory(create=True, size=first.nbytes * len(arrays))
+    block = shared_memory.SharedMemory(create=True, size=size)
     try:
-        stacked = np.ndarray((len(arrays), *first.shape), first.dtype, buffer=block.buf)
-        for row, array in enumerate(arrays.values()):
-            stacked[row] = array
-        del stacked  # the block's buffer cannot close while an array still views it
-        return SharedBatch(block.name, first.shape, first.dtype.str, list(arrays),
+        for array, offset in zip(arrays.values(), offsets, strict=True):
+            np.ndarray(array.shape, array.dtype, buffer=block.buf, offset=offset)[...] = array
+        return SharedBatch(block.name, size, [(i, a.shape, a.dtype.str, offset) for (i, a), offset
+                                              in zip(arrays.items(), offsets, strict=True)],
                            {i: x for i, x in enumerate(prepared) if i not in arrays})
     finally:
         block.close()  # the receiver removes it
@@ -73,16 +73,17 @@ def release(packed: list[Any] | SharedBatch) -> None:
 
 
 def receive(packed: list[Any] | SharedBatch) -> list[Any]:
-    """The batch as ``prepare_chunk`` made it (arrays copied out of the block, which is then removed)."""
+    """The batch as ``prepare_chunk`` made it: the block copied out in one piece (then removed), its arrays views
+    of that copy."""
     if isinstance(packed, list):
         return packed
     with _opened(packed) as block:
-        shared = np.ndarray((len(packed.positions), *packed.shape), np.dtype(packed.dtype), buffer=block.buf)
-        rows = shared.copy()
+        shared = np.ndarray((packed.size,), np.uint8, buffer=block.buf)
+        copied = shared.copy()
         del shared  # the block's buffer cannot close while an array still views it
-    prepared: list[Any] = [None] * (len(packed.positions) + len(packed.rest))
-    for row, position in enumerate(packed.positions):
-        prepared[position] = rows[row]
+    prepared: list[Any] = [None] * (len(packed.arrays) + len(packed.rest))
+    for position, shape, dtype, offset in packed.arrays:
+        prepared[position] = np.ndarray(shape, np.dtype(dtype), buffer=copied, offset=offset)
     for position, item in packed.rest.items():
         prepared[position] = item
     return prepared

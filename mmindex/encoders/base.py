@@ -48,6 +48,11 @@ class Encoder(ABC):
     def encode(self, prepared: list[Any]) -> Encoded:
         """Model inputs (from this encoder's preparer) -> vectors, in order."""
 
+    def decode_on_device(self) -> bool:
+        """Switches to decoding media on the encoder's device, where it can (before ``preparer`` is called; see
+        mmindex.encoders.device_decode); returns whether it did."""
+        return False
+
 
 def quiet_transformers() -> None:
     """No download chatter or progress bars from loading models with transformers."""

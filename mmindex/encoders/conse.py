@@ -24,10 +24,12 @@ from PIL import Image, ImageOps
 from mmindex.encoders.base import Encoded, Encoder, inference
 from mmindex.encoders.inputs import load_rgb
 from mmindex.encoders.label_cache import label_vectors
+from mmindex.jpeg import Need
 
 LABELS = Path(__file__).with_name("imagenet_labels.tsv")
 SIZE = 224
 VIEWS = ("crop", "whole", "pad")
+NEEDS = {"crop": Need(short=256), "whole": Need(short=SIZE), "pad": Need(long=SIZE)}  # what each view resizes from
 LABEL_TEXTS = ("first", "lemmas", "average")
 
 
@@ -93,7 +95,7 @@ class ClassifierInput:
     view: str = "crop"
 
     def __call__(self, data: bytes) -> np.ndarray:
-        image = load_rgb(data)
+        image = load_rgb(data, need=NEEDS[self.view])
         if self.view == "whole":
             image = image.resize((SIZE, SIZE), Image.Resampling.BICUBIC)
         elif self.view == "pad":

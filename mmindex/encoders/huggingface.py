@@ -15,7 +15,9 @@ import torch
 import transformers
 
 from mmindex.encoders.base import Encoded, Encoder, inference, normalised, quiet_transformers
+from mmindex.encoders.device_decode import DeviceImages, Geometry, JpegBytes
 from mmindex.encoders.inputs import load_mono, load_rgb
+from mmindex.jpeg import Need
 from mmindex.media import decode_utf8
 
 # Which modalities each supported architecture embeds besides text.
@@ -54,14 +56,16 @@ def load_pretrained(reference: str) -> tuple[Any, Any]:
 
 @dataclass
 class _ImagePreparer:
-    """The processor's resize and crop, in a decode process. Scaling and normalising wait for the model's device
-    (``HuggingFaceEncoder.pixels``): the 8-bit pixels a PIL processor leaves are a quarter of float32's bytes to
+    """The processor's resize and crop, in a decode process, from a JPEG decoded at the smallest scale that still
+    meets ``need`` (the processor's resize). Scaling and normalising wait for the model's device
+    (``HuggingFaceEncoder.scaled``): the 8-bit pixels a PIL processor leaves are a quarter of float32's bytes to
     send between processes, and on a GPU that transfer, not the model, bounds the rate."""
 
     image_processor: Any
+    need: Need | None
 
     def __call__(self, data: bytes) -> np.ndarray:
-        return self.image_processor(load_rgb(data), do_rescale=False, do_normalize=False,
+        return self.image_processor(load_rgb(data, need=self.need), do_rescale=False, do_normalize=False,
                                     return_tensors="np")["pixel_values"][0]
 
 
@@ -90,10 +94,21 @@ class HuggingFaceEncoder(Encoder):
         config = model.config  # SigLIP has no projection: its vectors are the towers' pooled outputs
         self.dim = getattr(config, "projection_dim", None) or config.text_config.hidden_size
         self.model_type = model.config.model_type
+        self.geometry = Geometry.of(processor.image_processor) if modality == "image" else None
+        self.device_images: DeviceImages | None = None
+        self._staging: torch.Tensor | None = None
+
+    def decode_on_device(self) -> bool:
+        if self.geometry is not None:
+            self.device_images = DeviceImages(self.geometry, self.device, self._image_preparer())
+        return self.device_images is not None
+
+    def _image_preparer(self) -> _ImagePreparer:
+        return _ImagePreparer(self.processor.image_processor, self.geometry.need() if self.geometry else None)
 
     def preparer(self):
         if self.modality == "image":
-            return _ImagePreparer(self.processor.image_processor)
+            return JpegBytes(self._image_preparer()) if self.device_images else self._image_preparer()
         if self.modality == "audio":
             return _AudioPreparer(self.processor.feature_extractor)
         return decode_utf8
@@ -102,15 +117,38 @@ class HuggingFaceEncoder(Encoder):
         with inference(self.device):
             if self.modality == "text":
                 return Encoded.all_embedded(self._encode_text(prepared))
+            if self.modality == "image" and self.device_images is None:
+                return Encoded.all_embedded(self._image_vectors(self.pixels(prepared)))
             if self.modality == "image":
-                features = self.model.get_image_features(pixel_values=self.pixels(prepared))
-                return Encoded.all_embedded(normalised(features))
+                return self._encode_on_device(prepared)
             return Encoded.all_embedded(self._encode_audio(prepared))
 
+    def _image_vectors(self, pixels: torch.Tensor) -> np.ndarray:
+        return normalised(self.model.get_image_features(pixel_values=pixels))
+
+    def _encode_on_device(self, prepared: list[np.ndarray]) -> Encoded:
+        """Images decoded on the device (device_decode.py); an item none of its decoders can read is skipped."""
+        images, skipped = self.device_images(prepared)
+        vectors = np.zeros((len(prepared), self.dim), np.float32)
+        if images is not None:
+            vectors[[i for i, why in enumerate(skipped) if why is None]] = self._image_vectors(self.scaled(images))
+        return Encoded(vectors, skipped, [None] * len(prepared))
+
     def pixels(self, prepared: list[np.ndarray]) -> torch.Tensor:
-        """The model's pixel input from prepared images, scaled and normalised as its processor would, on the
-        device (the same values within float rounding: the processor's own two backends differ as much)."""
-        pixels = torch.from_numpy(np.stack(prepared)).to(self.device).float()
+        """The model's pixel input from prepared 8-bit images. On a GPU they are stacked into pinned memory, whose
+        copy to the device does not wait for the host."""
+        if self.device.type != "cuda":
+            return self.scaled(torch.from_numpy(np.stack(prepared)).to(self.device))
+        shape = (len(prepared), *prepared[0].shape)
+        if self._staging is None or tuple(self._staging.shape) != shape:
+            self._staging = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+        np.stack(prepared, out=self._staging.numpy())
+        return self.scaled(self._staging.to(self.device, non_blocking=True))
+
+    def scaled(self, pixels: torch.Tensor) -> torch.Tensor:
+        """8-bit pixels on the device scaled and normalised as the processor would (the same values within float
+        rounding: the processor's own two backends differ as much)."""
+        pixels = pixels.float()
         processor = self.processor.image_processor
         if processor.do_rescale:
             pixels = pixels * processor.rescale_factor

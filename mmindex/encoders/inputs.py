@@ -7,14 +7,24 @@ from math import gcd
 import numpy as np
 from PIL import Image, ImageOps
 
+from mmindex import jpeg
+from mmindex.jpeg import Need
 from mmindex.media import Limits, Rejected, audio_errors, check_clip, image_errors, open_audio, open_image
 
 WHITE = (255, 255, 255, 255)
 DEFAULT_LIMITS = Limits()
 
 
-def load_rgb(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
-    """An RGB image as displayed: EXIF orientation applied, transparency composited onto white."""
+def load_rgb(data: bytes, limits: Limits = DEFAULT_LIMITS, need: Need | None = None) -> Image.Image:
+    """An RGB image as displayed: EXIF orientation applied, transparency composited onto white.
+
+    A plain JPEG is decoded by libjpeg-turbo (mmindex.jpeg) at the smallest scale that still meets ``need`` (None:
+    full size), as Pillow's draft mode would; any other file, or one libjpeg-turbo reports a problem with, through
+    Pillow, which words any refusal."""
+    header = jpeg.plain_header(data, limits.max_image_pixels)
+    pixels = jpeg.decode_rgb(data, header, need) if header else None
+    if pixels is not None:
+        return Image.fromarray(pixels)
     with image_errors():
         image = ImageOps.exif_transpose(open_image(data, limits))
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
