@@ -37,7 +37,7 @@ class ModelUnavailable(RuntimeError):
     """The weights are neither in the hub cache nor in the folder named, and cannot be downloaded."""
 
 
-HUB_TIMEOUT = 2.0   # seconds for the one connection attempt that tells whether the hub can be reached
+HUB_TIMEOUT = 1.0   # seconds for the one connection attempt that tells whether the hub can be reached
 
 
 @functools.cache
