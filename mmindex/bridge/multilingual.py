@@ -5,14 +5,18 @@ close together. A mapping learned on English texts only (benchmarks/make_multili
 vectors into the English encoder's space, so a Chinese query lands near the English captions it translates.
 
 English queries keep the English encoder's own vector, so English results are unchanged. A query is taken
-not to be English when it has letters outside the Latin script, or when its two vectors disagree (cosine
-below ``route_below``) and at least half of its words are not whole words of the English encoder's
-vocabulary (Spanish "una tortuga", German "das Pferd"). Queries in other scripts take the bridged vector;
-foreign Latin-script queries a blend of both (benchmarks/make_multilingual_bridge.py measures the choices).
+not to be English when it has letters outside the Latin script, or when a language identifier built for short
+texts (py3langid, among Latin-script languages) gives English a probability under ``english_below`` and the
+two vectors disagree (cosine below ``route_below``): the disagreement keeps single English words that the
+identifier doubts ("galaxy", "soup") with the English encoder. Queries in other scripts take the bridged
+vector; foreign Latin-script queries a blend of both (benchmarks/language_routing.py measures the choices).
+Before the identifier, a query was foreign when at least half its words were not in the English encoder's
+vocabulary, which kept Spanish "la luna" and French "la lune" as English.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import importlib.util
 import logging
@@ -32,6 +36,7 @@ log = logging.getLogger("mmindex")
 class MultilingualSettings:
     mapping: str = "e5_minilm.npz"   # a file shipped in mmindex/bridge/
     route_below: float = 0.6         # agreement under which a query is taken not to be English
+    english_below: float = 0.05      # py3langid's probability of English under which it may not be English
     latin_own_weight: float = 0.3    # the English encoder's share in a Latin-script foreign query's vector
 
     @classmethod
@@ -99,24 +104,42 @@ def _other_script(text: str) -> bool:
     return any(c.isalpha() and c > "\u024f" for c in text)  # beyond Latin Extended-B: CJK, Cyrillic, Greek...
 
 
-def maybe_foreign(text: str, vocabulary: dict[str, int]) -> bool:
-    """Whether a text may not be English (so its multilingual vector is needed): letters of another script, or
-    at least half its words unknown to the English encoder's vocabulary."""
-    if _other_script(text):
-        return True
-    words = [w for w in (w.strip(".,;:!?\"'()").lower() for w in text.split()) if w]
-    return bool(words) and sum(w not in vocabulary for w in words) * 2 >= len(words)
+# Latin-script languages the identifier chooses among (scripts beyond Latin are told apart by their letters):
+# with all of py3langid's 97, short English phrases lost much of their probability to languages such as Somali.
+LATIN_LANGUAGES = ("af", "ca", "cs", "cy", "da", "de", "en", "eo", "es", "et", "eu", "fi", "fr", "ga", "gl", "hr",
+                   "hu", "id", "is", "it", "la", "lt", "lv", "ms", "nl", "no", "pl", "pt", "ro", "sk", "sl", "sq",
+                   "sv", "sw", "tl", "tr", "vi")
 
 
-def languages(texts: list[str], own: np.ndarray, bridged: np.ndarray, vocabulary: dict[str, int],
-              route_below: float) -> np.ndarray:
+@functools.cache
+def _identifier() -> Any:
+    """py3langid's model among LATIN_LANGUAGES (about a second to load; reads are thread-safe)."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    identifier.set_languages(list(LATIN_LANGUAGES))
+    return identifier
+
+
+def english_probability(text: str) -> float:
+    return float(dict(_identifier().rank(text)).get("en", 0.0))
+
+
+def maybe_foreign(text: str, english_below: float) -> bool:
+    """Whether a text may not be English (so its multilingual vector is needed): letters of another script, or a
+    low probability of English."""
+    return _other_script(text) or english_probability(text) < english_below
+
+
+def languages(texts: list[str], own: np.ndarray, bridged: np.ndarray, settings: MultilingualSettings) -> np.ndarray:
     """Per text: ENGLISH, LATIN (Latin script, taken not to be English) or OTHER_SCRIPT (see the docstring)."""
     out = []
     for text, agreement in zip(texts, (own * bridged).sum(axis=1), strict=True):
         if _other_script(text):
             out.append(OTHER_SCRIPT)
         else:
-            out.append(LATIN if agreement < route_below and maybe_foreign(text, vocabulary) else ENGLISH)
+            foreign = agreement < settings.route_below and maybe_foreign(text, settings.english_below)
+            out.append(LATIN if foreign else ENGLISH)
     return np.array(out, int)
 
 
@@ -142,7 +165,6 @@ class MultilingualTextEncoder:
         self.english, self.settings = english, settings
         self.mapping = shipped_mapping(settings.mapping)
         self.dim = english.dim
-        self.vocabulary = english.tokenizer.get_vocab()
         if self.mapping.dims[1] != self.dim:
             raise ValueError(f"{settings.mapping} maps into {self.mapping.dims[1]}-d vectors, but the space's "
                              f"text vectors are {self.dim}-d")
@@ -154,10 +176,10 @@ class MultilingualTextEncoder:
         """(vectors, True where the bridged vector was used)."""
         own = self.english.encode(texts).vectors
         bridged = own.copy()  # a text that is surely English needs no multilingual vector (half the time of a query)
-        maybe = [i for i, text in enumerate(texts) if maybe_foreign(text, self.vocabulary)]
+        maybe = [i for i, text in enumerate(texts) if maybe_foreign(text, self.settings.english_below)]
         if maybe:
             bridged[maybe] = self.mapping(multilingual_vectors([texts[i] for i in maybe]))
-        language = languages(texts, own, bridged, self.vocabulary, self.settings.route_below)
+        language = languages(texts, own, bridged, self.settings)
         return routed(own, bridged, language, self.settings.latin_own_weight), language != ENGLISH
 
     def encode(self, prepared: list[str]):

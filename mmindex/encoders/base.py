@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -83,3 +84,24 @@ def normalised(features: Any) -> np.ndarray:
         features = features.pooler_output  # transformers 5 wraps projected features in a model output
     features = torch.nn.functional.normalize(features.float(), dim=-1)
     return features.cpu().numpy()
+
+
+_PINNED = threading.Lock()
+
+
+@contextlib.contextmanager
+def torch_threads(device: torch.device, count: int | None) -> Iterator[None]:
+    """Torch's intra-op threads set to ``count`` on the CPU, for a model whose results change with them (None: as
+    they are). One pinned computation at a time, so that each puts back the count it found."""
+    import torch
+
+    if count is None or device.type != "cpu":
+        yield
+        return
+    with _PINNED:
+        found = torch.get_num_threads()
+        torch.set_num_threads(count)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(found)

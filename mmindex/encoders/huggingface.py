@@ -2,12 +2,21 @@
 
 Weights come from the hub cache or a local folder saved with ``save_pretrained``; preprocessing is the
 model's own processor, so vectors match the model's reference use.
+
+A hub id is looked up in the cache first. Only when it is missing there is the hub asked, and only after one
+short connection attempt shows that it can be reached: without that, transformers retries for about half a
+minute (printing each retry) before it gives up on a machine with no network.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import socket
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,16 +39,56 @@ class ModelUnavailable(RuntimeError):
     """The weights are neither in the hub cache nor in the folder named, and cannot be downloaded."""
 
 
+HUB_TIMEOUT = 1.0   # seconds for the one connection attempt that tells whether the hub can be reached
+
+
+@functools.cache
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be asked for files (HF_HUB_OFFLINE, or no connection to it or to the proxy
+    in between), or None. Asked once per process."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    if huggingface_hub.is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    proxy = urllib.request.getproxies().get(endpoint.scheme)
+    if proxy and not urllib.request.proxy_bypass(endpoint.hostname or ""):
+        endpoint = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host = endpoint.hostname or ""
+    try:
+        socket.create_connection((host, endpoint.port or (80 if endpoint.scheme == "http" else 443)),
+                                 timeout=HUB_TIMEOUT).close()
+    except OSError as err:
+        return f"{host} cannot be reached ({err.strerror or err})"
+    return None
+
+
+def _from_pretrained(loader: Any, reference: str) -> Any:
+    """``loader.from_pretrained(reference)``, from the cache alone where the hub cannot be reached."""
+    folder = Path(reference).is_dir()
+    offline = None if folder else hub_unreachable()
+    try:
+        return loader.from_pretrained(reference, local_files_only=folder or offline is not None)
+    except OSError as err:
+        detail = str(err).splitlines()[0]
+        if folder:
+            raise ModelUnavailable(f"cannot load a model from the folder {reference}: {detail}") from None
+        from huggingface_hub import constants
+
+        raise ModelUnavailable(
+            f"cannot load model {reference!r}: it is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+            f"{offline or f'could not be downloaded ({detail})'}. On a machine with network, run `hf download "
+            f"{reference}` and copy its cache folder (~/.cache/huggingface/hub) to {constants.HF_HUB_CACHE}, or "
+            f"save the model with save_pretrained and pass that folder to --model") from None
+
+
 def load_config(reference: str) -> Any:
     """The model's config (a small file), with an error that says how to get the model if it is missing."""
     try:
-        config = transformers.AutoConfig.from_pretrained(reference)
-    except OSError as err:
-        raise ModelUnavailable(
-            f"cannot load model {reference!r}: it is not a local folder, not in the Hugging Face cache, and "
-            f"could not be downloaded ({str(err).splitlines()[0]}). On a machine with network, run "
-            f"`hf download {reference}` and copy the cache (~/.cache/huggingface, or $HF_HOME), or save the "
-            f"model with save_pretrained and pass that folder to --model.") from None
+        config = transformers.AutoConfig.from_pretrained(reference, local_files_only=True)
+    except OSError:
+        config = _from_pretrained(transformers.AutoConfig, reference)
     if config.model_type not in MODALITIES:
         raise ModelUnavailable(f"{reference!r} is a {config.model_type!r} model; mmindex embeds with "
                                f"{', '.join(sorted(MODALITIES))} models (or a space YAML like the presets)")
@@ -49,8 +98,8 @@ def load_config(reference: str) -> Any:
 def load_pretrained(reference: str) -> tuple[Any, Any]:
     """(model, processor) from a hub id or a local folder."""
     load_config(reference)
-    model = transformers.AutoModel.from_pretrained(reference)
-    processor = transformers.AutoProcessor.from_pretrained(reference)
+    model = _from_pretrained(transformers.AutoModel, reference)
+    processor = _from_pretrained(transformers.AutoProcessor, reference)
     return model.eval(), processor
 
 

@@ -1,0 +1,77 @@
+"""The same bytes through the same space give the same vectors, bit for bit, whatever the worker and thread counts:
+the offline space with its real models (whisper included) on a small corpus of photos, drawings, speech and a
+sound effect."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from scipy.signal import resample_poly
+
+from conftest import embed, embeddings, ingest, read_table
+from mmindex.demo import CORPUS
+from mmindex.encoders.inputs import load_mono
+from mmindex.encoders.speech import NO_SPEECH, WHISPER_RATE
+from mmindex.spaces import resolve_space
+
+# Files of the demo corpus, with their captions: photos and drawings (batches of 3 images, where the classifier's
+# results changed with its thread count), and speech.
+FILES = ["photos/chelsea_cat.jpg", "photos/coffee.jpg", "photos/rocket.jpg", "clipart/bus.png", "clipart/cactus.png",
+         "speech/demo_thanks.wav", "speech/vm_tooshort.flac"]
+
+
+def slowed_cat() -> bytes:
+    """The CC0 cat's meow played at 4/5 speed: whisper's voice detector lets it through, and greedy decoding reads
+    "Ha ha!" into it with little confidence (whisper's default then sampled other words at random)."""
+    samples = load_mono((CORPUS / "sounds" / "cat.mp3").read_bytes(), WHISPER_RATE)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, resample_poly(samples, 5, 4).astype(np.float32), WHISPER_RATE, format="WAV")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def audio_encoder():
+    return resolve_space("offline").load("cpu", only={"audio"})["audio"]
+
+
+def test_a_sound_effect_is_no_speech_and_the_same_every_time(audio_encoder):
+    prepared = audio_encoder.preparer()(slowed_cat())
+    first, second = audio_encoder.encode([prepared]), audio_encoder.encode([prepared])
+    assert first.skipped == second.skipped == [NO_SPEECH] and first.notes == second.notes == [None]
+    assert not first.vectors.any() and not second.vectors.any()
+
+
+def test_real_speech_still_passes(audio_encoder):
+    clip = (CORPUS / "speech" / "vm_tooshort.flac").read_bytes()
+    result = audio_encoder.encode([audio_encoder.preparer()(clip)])
+    assert result.skipped == [None] and "too short" in result.notes[0].lower(), result.notes
+
+
+def test_workers_and_threads_change_no_byte_of_the_vectors(tmp_path):
+    corpus = tmp_path / "corpus"
+    for name in FILES:
+        for path in (CORPUS / name).parent.glob(f"{Path(name).stem}.*"):
+            (corpus / path.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, corpus / path.parent.name / path.name)
+    (corpus / "sounds").mkdir()
+    (corpus / "sounds" / "cat_slowed.wav").write_bytes(slowed_cat())
+    one = tmp_path / "one"
+    ingest(corpus, dataset=one, extra=("--shard-size=4",))
+    two = Path(shutil.copytree(one, tmp_path / "two"))
+    embed(one, workers=1, threads=2, batch_size=3, decode_workers=0)
+    embed(two, workers=2, threads=1, batch_size=3, decode_workers=0)
+
+    first = embeddings(one, "offline")
+    assert len([name for name in first if name.endswith(".npy")]) >= 5  # image, audio and text of 2 shards
+    assert embeddings(two, "offline") == first
+    rows = {(r["key"], r["modality"]): r for r in read_table(one / "embeddings" / "offline")}
+    assert [r["skipped"] for r in rows.values() if r["modality"] == "audio"].count(NO_SPEECH) == 1
+    assert sum(r["row"] is not None for r in rows.values() if r["modality"] == "audio") == 2  # the speech clips
+    recorded = json.loads((one / "embeddings" / "offline" / "space.json").read_text())["settings"]
+    assert recorded["image"]["threads"] == 1 and recorded["audio"]["min_logprob"] == -1.0
