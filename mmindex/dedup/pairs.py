@@ -114,11 +114,10 @@ def components(count: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
     return sorted(members for members in groups.values() if len(members) > 1)
 
 
-def first_of_each(vectors: np.ndarray, threshold: float, same: list[tuple[int, int]] | None = None) -> list[int]:
+def first_of_each(vectors: np.ndarray, threshold: float) -> list[int]:
     """Rows of ``vectors`` (unit vectors of ranked hits, best first) to keep: the first of each connected
-    component of hits whose cosine is at least ``threshold``, or that ``same`` says are copies (clip-retrieval's
-    range check over a query's hits)."""
+    component of hits whose cosine is at least ``threshold`` (clip-retrieval's range check over a query's hits)."""
     unit = np.ascontiguousarray(vectors, np.float32)
     close = np.argwhere(np.triu(unit @ unit.T, 1) >= threshold)
-    grouped = {i for members in components(len(unit), [*map(tuple, close.tolist()), *(same or [])]) for i in members[1:]}
+    grouped = {i for members in components(len(unit), list(map(tuple, close.tolist()))) for i in members[1:]}
     return [i for i in range(len(unit)) if i not in grouped]
