@@ -17,7 +17,7 @@ def dedup(
     modality: Annotated[list[str] | None, typer.Option(
         help="Group only this modality: image, audio or text (repeat for several; default all).")] = None,
     threshold: Annotated[float | None, typer.Option(
-        help="Similarity (0-1] from which two items are copies (default per modality: image 0.90, audio 0.95, "
+        help="Similarity (0-1] from which two items are copies (default per modality: image 0.90, audio 0.99, "
              "text 0.90).")] = None,
     keep_list: Annotated[str | None, typer.Option(
         help="Write the keys to keep to this file, one a line: every sample but the non-representatives.")] = None,

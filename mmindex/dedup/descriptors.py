@@ -82,13 +82,12 @@ def describe_audio(data: bytes) -> Descriptor:
     frames = np.lib.stride_tricks.sliding_window_view(samples, AUDIO_FFT)[::AUDIO_HOP] * np.hanning(AUDIO_FFT)
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
     levels = 10 * np.log10(power @ MEL.T + 1e-10)           # (frames, bands) in dB
+    levels = np.maximum(levels, levels.max() - AUDIO_RANGE_DB)   # below the range: silence, whatever its level
     loudness = levels.max(axis=1)
-    sounding = levels[loudness >= loudness.max() - AUDIO_RANGE_DB]
-    mean = sounding.mean(axis=0)
-    spread = sounding.std(axis=0)
+    sounding = levels[loudness > loudness.min()] if loudness.max() > loudness.min() else levels
     change = np.abs(np.diff(sounding, axis=0)).mean(axis=0) if len(sounding) > 1 else np.zeros(AUDIO_BANDS)
-    vector = np.concatenate([mean - mean.mean(), spread - spread.mean(), change - change.mean()])
-    return Descriptor(_unit(vector.astype(np.float32))[None, :], duration)
+    parts = [_unit(part - part.mean()) for part in (sounding.mean(axis=0), sounding.std(axis=0), change)]
+    return Descriptor(_unit(np.concatenate(parts).astype(np.float32))[None, :], duration)
 
 
 def normalise_text(text: str) -> str:
