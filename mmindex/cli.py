@@ -12,14 +12,18 @@ from typing import Annotated, Any
 import typer
 
 from mmindex import console
+from mmindex.cli_dedup import dedup
 from mmindex.cli_options import (
     DEFAULT_DATASET_HELP,
     EXTRA_ARGS,
     SOURCES_HELP,
     Decode,
+    Dedup,
+    DedupThreshold,
     Model,
     Profile,
     Verbose,
+    Version,
     default_dataset,
     embed_settings,
     ingest_settings,
@@ -34,17 +38,8 @@ app = typer.Typer(help="Make a multimodal corpus (images, audio, text) searchabl
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
-def _version(value: bool) -> None:
-    if value:
-        from mmindex import __version__
-
-        typer.echo(f"mmindex {__version__}")
-        raise typer.Exit()
-
-
 @app.callback()
-def _options(version: Annotated[bool, typer.Option("--version", help="Print mmindex's version and exit.",
-                                                   callback=_version, is_eager=True)] = False) -> None:
+def _options(version: Version = False) -> None:
     """Make a multimodal corpus (images, audio, text) searchable across modalities."""
 
 
@@ -177,6 +172,8 @@ def search(
     weight: Annotated[list[str] | None, typer.Option(
         help="Weight of a query part when several are fused, e.g. --weight image=0.3 (default 1 each).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    dedup: Dedup = False,
+    dedup_threshold: DedupThreshold = 0.94,
     queries: Annotated[Path | None, typer.Option(
         exists=True, dir_okay=False,
         help="A file of queries, one per line: plain text, or JSON {text, image, audio, weights}. Writes JSONL: "
@@ -198,9 +195,9 @@ def search(
         searcher = Searcher(dataset or default_dataset(), resolve_space(model), targets)
         console.warn_unsearchable(searcher)
         if queries:
-            failed = console.print_lines(search_batch(searcher, batch, k))
+            failed = console.print_lines(search_batch(searcher, batch, k, dedup_threshold if dedup else None))
         else:
-            hits = searcher.search(batch[0], k)
+            hits = searcher.search(batch[0], k, dedup=dedup_threshold if dedup else None)
             (console.print_json if as_json else console.print_results)(hits)
     if failed:
         typer.echo(f"{failed} of {len(batch)} queries failed (their lines say why)", err=True)
@@ -271,6 +268,9 @@ def serve(
         limits = read_limits(max_upload, timeout, per_client)
         run(ServeSettings(tuple(dataset or [default_dataset()]), host, port, token, open_, limits,
                           cors_origins=tuple(cors or ())))
+
+
+app.command(context_settings=EXTRA_ARGS)(dedup)
 
 
 @app.command()

@@ -33,11 +33,28 @@ SOURCES_HELP = ("Folders (files sharing a stem form one sample: cat.jpg + cat.tx
                 "--name=value are Apache Beam options and run the job on Beam (e.g. --runner=FlinkRunner).")
 Model = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
 Profile = Annotated[str | None, typer.Option(help=PROFILE_HELP)]
+Dedup = Annotated[bool, typer.Option(
+    "--dedup", help="No two results are copies: of a group `mmindex dedup` found, only the best hit; where the "
+                    "modality was not grouped, hits at least --dedup-threshold alike count as one.")]
+DedupThreshold = Annotated[float, typer.Option(min=0.0, max=1.0, help="Cosine in the model space from which "
+                                               "two hits are one with --dedup (clip-retrieval's 0.94).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show the libraries' own log.")]
 Decode = Annotated[str, typer.Option(
     help="Where images are decoded: device (JPEGs on the model's device, nvJPEG on a GPU; decode processes only "
          "read bytes), cpu (in the decode processes), or auto: device on a GPU where torchvision imports, else "
          "cpu. See docs/gpu.md.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from mmindex import __version__
+
+        typer.echo(f"mmindex {__version__}")
+        raise typer.Exit()
+
+
+Version = Annotated[bool, typer.Option("--version", help="Print mmindex's version and exit.", callback=_version,
+                                       is_eager=True)]
 
 
 def ingest_settings(options: dict[str, Any]) -> tuple[IngestSettings, list[str]]:

@@ -17,6 +17,7 @@ from mmindex.sizes import counted, format_size
 if TYPE_CHECKING:
     from mmindex.check.indexes import IndexCheck
     from mmindex.check.run import CheckReport
+    from mmindex.dedup.run import DedupReport
     from mmindex.embed.run import EmbedReport
     from mmindex.index.run import IndexReport
     from mmindex.ingest.run import IngestReport
@@ -155,6 +156,19 @@ def print_index(report: IndexReport) -> None:
     warn(report.not_embedded)
     for skipped in report.wholly_skipped:
         warn(skipped.advice())
+
+
+def print_dedup(report: DedupReport) -> None:
+    """Per modality: its groups and the samples that could go; then the keep-list, if one was written."""
+    typer.echo(f"{report.samples:,} samples; {report.described} shard(s) described by this run")
+    for reason, count in sorted(report.skipped.items()):
+        warn(f"{count:,} member(s) could not be described ({reason}): they are in no group")
+    for found in report.modalities:
+        typer.echo(f"{found.modality:<6} {found.items:>10,} items  {found.groups:>8,} groups  {found.removable:>8,} "
+                   f"removable  (threshold {found.threshold}, {found.new_shards} shard(s) compared anew)")
+    typer.echo(f"groups: {report.root}/duplicates/{report.space}/duplicates.parquet")
+    if report.keep_list:
+        typer.echo(f"keep-list: {report.kept:,} of {report.samples:,} samples -> {report.keep_list}")
 
 
 def print_check(check: IndexCheck) -> None:

@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from mmindex.dataset.duplicates import DuplicateStore
 from mmindex.dataset.embeddings import EmbeddingStore, Skipped
 from mmindex.dataset.indexes import PointerDamaged, published
 from mmindex.dataset.samples import read_samples, shown
+from mmindex.dedup.pairs import first_of_each
 from mmindex.encoders.base import Encoder
 from mmindex.index.store import IndexFiles, IndexMissing, LoadedIndex, not_embedded
 from mmindex.media import Rejected
@@ -29,6 +31,7 @@ from mmindex.modalities import MEDIA, MODALITIES
 from mmindex.spaces import Space
 
 log = logging.getLogger("mmindex")
+DEDUP_THRESHOLD = 0.94   # clip-retrieval's: hits this alike in the search space are one result
 
 
 class BadQuery(ValueError):
@@ -93,6 +96,8 @@ class Searcher:
                 raise IndexMissing("; and ".join(s.advice() for s in self.skipped.values()))
             IndexFiles(self.store, "text").info()  # raises IndexMissing with the command to run
         self.indexes: dict[str, LoadedIndex] = {m: self._load(m) for m in self.targets}
+        self.duplicates = DuplicateStore(self.store.dataset, space.name)
+        self._groups: tuple[str | None, dict[str, dict[str, int]]] = (None, {})
 
     def _published(self, modality: str) -> bool:
         """Whether ``modality`` has an index to load; a damaged one is noted in ``damaged`` (and not followed),
@@ -184,15 +189,16 @@ class Searcher:
             raise BadQuery("the weighted query parts cancel out: check their weights")
         return total / norm
 
-    def search(self, query: Query, k: int = 10, modality: str | None = None,
-               describe: bool = True) -> list[dict[str, Any]]:
+    def search(self, query: Query, k: int = 10, modality: str | None = None, describe: bool = True,
+               dedup: float | None = None) -> list[dict[str, Any]]:
         """The k best hits for ``query``, of every indexed modality or only ``modality``."""
-        return self.search_vector(self.embed(query), k, modality, describe)
+        return self.search_vector(self.embed(query), k, modality, describe, dedup)
 
-    def search_vector(self, vector: np.ndarray, k: int = 10, modality: str | None = None,
-                      describe: bool = True) -> list[dict[str, Any]]:
+    def search_vector(self, vector: np.ndarray, k: int = 10, modality: str | None = None, describe: bool = True,
+                      dedup: float | None = None) -> list[dict[str, Any]]:
         """The k best hits for a unit vector of the space (every search ends here); ``describe`` adds each
-        hit's caption and source from the samples parquet (a server that holds them in memory says no)."""
+        hit's caption and source from the samples parquet (a server that holds them in memory says no). With
+        ``dedup``, no two hits are copies (see ``distinct``); more are fetched until k remain or none are left."""
         indexes = self.indexes  # one build per modality for the whole search, even if a refresh swaps them
         if modality is not None and modality not in indexes:
             skipped = self.skipped.get(modality)
@@ -200,18 +206,58 @@ class Searcher:
                            or f"no {modality} index is loaded (indexed: {', '.join(indexes)})")
         if not indexes:  # every index of the space is damaged
             raise BadQuery("; ".join(self.damaged.values()) or "no index is loaded")
-        hits = []
-        for name, loaded in indexes.items():
-            if modality is None or name == modality:
-                scores, ids = loaded.index.search(vector[None, :], min(k, loaded.index.ntotal))
+        searched = {name: loaded for name, loaded in indexes.items() if modality is None or name == modality}
+        fetch = k if dedup is None else 4 * k
+        while True:
+            hits = []
+            for name, loaded in searched.items():
+                scores, ids = loaded.index.search(vector[None, :], min(fetch, loaded.index.ntotal))
                 scores = np.clip(scores, -1.0, 1.0)  # a cosine: float16 vectors' rounding can pass 1 (1.000006)
-                hits += [{"score": float(s), "modality": name, "key": loaded.keys[i], "shard": loaded.shards[i]}
-                         for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
-        hits.sort(key=lambda h: -h["score"])
-        hits = hits[:k]
+                hits += [{"score": float(s), "modality": name, "key": loaded.keys[i], "shard": loaded.shards[i],
+                          "id": int(i)} for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+            hits.sort(key=lambda h: -h["score"])
+            if dedup is not None:
+                hits = self.distinct(searched, hits, dedup)
+            if len(hits) >= k or all(fetch >= loaded.index.ntotal for loaded in searched.values()):
+                break
+            fetch *= 4
+        hits = [{key: value for key, value in hit.items() if key != "id"} for hit in hits[:k]]
         if describe:
             self._describe(hits)
         return [{"rank": rank, **hit} for rank, hit in enumerate(hits, 1)]
+
+    def distinct(self, indexes: dict[str, LoadedIndex], hits: list[dict[str, Any]],
+                 threshold: float) -> list[dict[str, Any]]:
+        """``hits`` (ranked) without copies of a better one: for a modality that `mmindex dedup` grouped, hits of
+        one group are copies; otherwise, hits whose vectors are at least ``threshold`` alike (clip-retrieval's
+        range check), joined into connected components. The first of each stays."""
+        groups = self.groups()
+        kept: list[dict[str, Any]] = []
+        for name, loaded in indexes.items():
+            mine = [hit for hit in hits if hit["modality"] == name]
+            if name in groups:
+                seen: set[int] = set()
+                for hit in mine:
+                    group = groups[name].get(hit["key"])
+                    if group is None or group not in seen:
+                        kept.append(hit)
+                        seen.add(group)
+            else:
+                exact = IndexFiles(self.store, name).exact(loaded)
+                kept += [mine[i] for i in first_of_each(exact.take(np.array([h["id"] for h in mine], np.int64)),
+                                                        threshold)]
+        return sorted(kept, key=lambda h: -h["score"])
+
+    def groups(self) -> dict[str, dict[str, int]]:
+        """The dataset's near-duplicate groups in this space by modality (key -> group), read again when a
+        `mmindex dedup` run changed them."""
+        version = self.duplicates.groups_version()
+        if version != self._groups[0]:
+            found: dict[str, dict[str, int]] = {modality: {} for modality in self.duplicates.summary()}
+            for row in self.duplicates.groups():
+                found.setdefault(row["modality"], {})[row["key"]] = row["group"]
+            self._groups = (version, found)
+        return self._groups[1]
 
     def _describe(self, hits: list[dict[str, Any]]) -> None:
         """Adds each hit's caption, name and source from the samples parquet of its shard."""
@@ -276,12 +322,13 @@ def read_queries(path: Path, weights: dict[str, float]) -> list[Query]:
     return queries
 
 
-def search_batch(searcher: Searcher, batch: list[Query], k: int) -> Iterator[dict[str, Any]]:
+def search_batch(searcher: Searcher, batch: list[Query], k: int, dedup: float | None = None
+                 ) -> Iterator[dict[str, Any]]:
     """One line per query, in order: its results, or the error that stopped it (the batch goes on)."""
     for one in batch:
         line: dict[str, Any] = {"query": {"text": one.text, "image": one.image, "audio": one.audio}}
         try:
-            line["results"] = searcher.search(one, k)
+            line["results"] = searcher.search(one, k, dedup=dedup)
         except BadQuery as err:
             line["error"] = str(err)
         yield line

@@ -127,6 +127,12 @@ class IndexFiles:
         searchable.set(info["parameters"], rerank)
         return LoadedIndex(generation, info, searchable, keys, shards)
 
+    def exact(self, loaded: LoadedIndex) -> ExactVectors:
+        """The exact vector of each id of ``loaded`` (its re-ranking's, or read from the embeddings on disk)."""
+        if loaded.index.exact is not None:
+            return loaded.index.exact
+        return ExactVectors([self._vectors(name, count) for name, count in Counter(loaded.shards).items()])
+
     def _vectors(self, shard: str, count: int) -> np.ndarray:
         """A shard's embeddings, which re-ranking reads by id: they must be the ones the index was built from."""
         vectors = self.embeddings.vectors(int(shard), self.modality)

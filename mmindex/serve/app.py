@@ -47,12 +47,15 @@ SEARCH_BODY = {"requestBody": {"required": True, "content": {
         "weights": {"type": "object", "additionalProperties": {"type": "number", "minimum": -ServeLimits.max_weight,
                                                                 "maximum": ServeLimits.max_weight}},
         "modality": {"type": "string", "enum": [*MODALITIES, "all"]},
-        "k": {"type": "integer", "minimum": 1, "maximum": ServeLimits.max_k}}}},
+        "k": {"type": "integer", "minimum": 1, "maximum": ServeLimits.max_k},
+        "dedup": {"oneOf": [{"type": "boolean"}, {"type": "number", "exclusiveMinimum": 0, "maximum": 1}],
+                  "description": "no two hits copies: a group of `mmindex dedup`, or alike from this similarity "
+                                 "(true: 0.94) where the modality was not grouped"}}}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {
         "text": {"type": "string"}, "image": {"type": "string", "format": "binary"},
         "audio": {"type": "string", "format": "binary"}, "weights": {"type": "string"},
         "modality": {"type": "string"}, "k": {"type": "integer"}, "dataset": {"type": "string"},
-        "space": {"type": "string"}}}}}}}
+        "space": {"type": "string"}, "dedup": {"type": "string"}}}}}}}
 
 
 def create_app(settings: ServeSettings, catalog: dict[str, ServedDataset]) -> FastAPI:
@@ -147,7 +150,7 @@ def run_search(catalog: dict[str, ServedDataset], asked: SearchRequest) -> dict[
     served = pick(catalog, asked.dataset)
     searcher = served.searcher(asked.space)
     started = time.perf_counter()
-    hits = searcher.search(asked.query, asked.k, asked.modality, describe=False)
+    hits = searcher.search(asked.query, asked.k, asked.modality, describe=False, dedup=asked.dedup)
     took = (time.perf_counter() - started) * 1000
     return {"dataset": served.name, "space": searcher.store.space.name, "took_ms": round(took, 2),
             "hits": [api_hit(served, hit) for hit in hits]}

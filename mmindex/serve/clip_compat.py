@@ -1,7 +1,9 @@
 """clip-retrieval's back-end protocol, so ClipClient scripts and clip front work against mmindex.
 
 POST /knn-service takes ClipClient's JSON (text, image as base64, embedding_input, modality, num_images,
-indice_name; its safety, dedup and aesthetic options are accepted and ignored) and answers a list of
+indice_name, deduplicate; its safety and aesthetic options are accepted and ignored). ``deduplicate`` (true
+unless false, as in clip-retrieval) leaves out hits that copy a better one: the dataset's groups where
+`mmindex dedup` made them, else clip-retrieval's range check at cosine 0.94 over the hits. and answers a list of
 {id, similarity, url, caption} (plus key and modality; plus image, base64, when ``include_image`` is true).
 ``id`` is the sample's row over the dataset's samples in shard order, stable as shards are added.
 POST /metadata ({ids, indice_name}) gives the same fields by id, as clip front asks for further pages.
@@ -28,9 +30,10 @@ from mmindex.serve.policy import ApiError
 from mmindex.serve.queries import read_json
 from mmindex.serve.settings import ServeLimits
 
-IGNORED = {"use_mclip", "deduplicate", "use_safety_model", "use_violence_detector", "aesthetic_score",
+IGNORED = {"use_mclip", "use_safety_model", "use_violence_detector", "aesthetic_score",
            "aesthetic_weight", "num_result_ids"}
-FIELDS = {"text", "image", "image_url", "embedding_input", "modality", "num_images", "indice_name", "include_image"}
+FIELDS = {"text", "image", "image_url", "embedding_input", "modality", "num_images", "indice_name", "include_image",
+          "deduplicate"}
 
 
 def router(catalog: dict[str, ServedDataset], limits: ServeLimits, lanes: Lanes) -> APIRouter:
@@ -88,6 +91,7 @@ class KnnRequest:
     query: Query | None           # a text or an image to embed, or None with:
     vector: list[float] | None    # embedding_input
     image_bytes: int              # the images an answer may carry (include_image), in all; 0: none
+    dedup: float | None = None    # deduplicate: the similarity from which two hits are one
 
 
 def knn_request(fields: dict[str, Any], limits: ServeLimits) -> KnnRequest:
@@ -105,16 +109,18 @@ def knn_request(fields: dict[str, Any], limits: ServeLimits) -> KnnRequest:
         except BadQuery as err:
             raise ApiError(422, str(err)) from None
     images = limits.upload_bytes if fields.get("include_image") is True else 0
-    return KnnRequest(indice_name, modality or "image", k, query, vector, images)
+    dedup = policy.dedup(fields.get("deduplicate", True))
+    return KnnRequest(indice_name, modality or "image", k, query, vector, images, dedup)
 
 
 def knn(catalog: dict[str, ServedDataset], asked: KnnRequest, base: str) -> list[dict[str, Any]]:
     served, space = index_named(catalog, asked.indice_name)
     searcher = served.searcher(space)
     if asked.query is None:
-        hits = searcher.search_vector(query_vector(asked.vector, searcher), asked.k, asked.modality, describe=False)
+        hits = searcher.search_vector(query_vector(asked.vector, searcher), asked.k, asked.modality, describe=False,
+                                      dedup=asked.dedup)
     else:
-        hits = searcher.search(asked.query, asked.k, asked.modality, describe=False)
+        hits = searcher.search(asked.query, asked.k, asked.modality, describe=False, dedup=asked.dedup)
     results, budget = [], asked.image_bytes
     for hit in hits:
         result = {"id": served.sample(hit["key"]).id, "similarity": hit["score"], "modality": hit["modality"],

@@ -13,6 +13,7 @@ from typing import Any
 
 from mmindex.media import Limits, Rejected, audio_errors, check_clip, image_errors, open_audio, open_image
 from mmindex.modalities import MODALITIES
+from mmindex.search import DEDUP_THRESHOLD
 from mmindex.serve.settings import ServeLimits
 
 TOO_LARGE = ("image too large", "audio too long")
@@ -76,6 +77,31 @@ def modality(value: Any, allow_all: bool = True) -> str | None:
         raise ApiError(422, f"modality must be {', '.join(MODALITIES)}{' or all' if allow_all else ''}, "
                        f"not {shown(value)}")
     return value
+
+
+def dedup(value: Any) -> float | None:
+    """The similarity from which two hits are one (see Searcher.distinct): true for clip-retrieval's 0.94, or a
+    number in (0, 1]; false or absent for none. Form fields say "true", "false" or a number."""
+    if isinstance(value, str):
+        value = _form_value(value)
+    if value is None or value is False:
+        return None
+    if value is True:
+        return DEDUP_THRESHOLD
+    number = _finite(value)
+    if number is None or not 0 < number <= 1:
+        raise ApiError(422, f"dedup must be true, false or a similarity in (0, 1], not {shown(value)}")
+    return number
+
+
+def _form_value(value: str) -> Any:
+    words = {"true": True, "on": True, "false": False, "off": False, "": None}
+    if value.lower() in words:
+        return words[value.lower()]
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def weights(value: Any, limits: ServeLimits) -> dict[str, float]:

@@ -19,7 +19,8 @@ from mmindex.serve.guards import BodyTooLarge
 from mmindex.serve.policy import ApiError
 from mmindex.serve.settings import ServeLimits
 
-FIELDS = ("dataset", "space", *MODALITIES, "weights", "modality", "k")
+FIELDS = ("dataset", "space", *MODALITIES, "weights", "modality", "k", "dedup")
+
 
 @dataclass(frozen=True)
 class SearchRequest:
@@ -28,6 +29,7 @@ class SearchRequest:
     space: str | None = None
     modality: str | None = None     # only hits of this modality; None: all
     k: int = 10
+    dedup: float | None = None      # no two hits alike from this similarity on (Searcher.distinct)
 
 
 async def read_search(request: Request, limits: ServeLimits) -> SearchRequest:
@@ -101,7 +103,7 @@ def search_request(fields: dict[str, Any], limits: ServeLimits) -> SearchRequest
                             'multipart form)') from None
     except BadQuery as err:
         raise ApiError(422, str(err)) from None
-    return SearchRequest(query, dataset, space, modality, k)
+    return SearchRequest(query, dataset, space, modality, k, policy.dedup(fields.get("dedup")))
 
 
 def _json_field(name: str, value: str) -> Any:

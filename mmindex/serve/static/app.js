@@ -173,6 +173,7 @@
     for (const m of MEDIA) if (state.parts[m]?.link) params.set(m, state.parts[m].link);
     if ($("modality").value) params.set("modality", $("modality").value);
     if ($("k").value && $("k").value !== $("k").defaultValue) params.set("k", $("k").value);
+    if ($("dedup").checked) params.set("dedup", "1");
     if ($("dataset").options.length > 1) params.set("dataset", $("dataset").value);
     if ($("space").options.length > 1) params.set("space", $("space").value);
     const parts = activeParts();
@@ -185,6 +186,7 @@
     $("q").value = params.get("q") || "";
     $("modality").value = ["image", "audio", "text"].includes(params.get("modality")) ? params.get("modality") : "";
     $("k").value = params.get("k") || $("k").defaultValue;
+    $("dedup").checked = params.get("dedup") === "1";
     const dataset = params.get("dataset");
     if (dataset && !(state.info?.datasets || []).some((d) => d.name === dataset)) {
       showError(`This link asks for the dataset "${dataset}", which this server does not serve.`);
@@ -255,6 +257,7 @@
       }
       if ($("modality").value) form.set("modality", $("modality").value);
       form.set("k", $("k").value || $("k").defaultValue);
+      if ($("dedup").checked) form.set("dedup", "true");
       if ($("dataset").value) form.set("dataset", $("dataset").value);
       if ($("space").value) form.set("space", $("space").value);
       const response = await fetch("/search", { method: "POST", body: form, signal: inflight.signal });
@@ -341,6 +344,7 @@
   function wire() {
     $("search").addEventListener("submit", (e) => { e.preventDefault(); search(); });
     $("q").addEventListener("input", renderSliders);
+    $("dedup").addEventListener("change", () => { if (activeParts().length) search(); });
     for (const id of ["modality", "space"]) {
       $(id).addEventListener("change", () => { describe(); if (activeParts().length) search(); });
     }
