@@ -90,7 +90,7 @@ _PINNED = threading.Lock()
 
 
 @contextlib.contextmanager
-def torch_threads(device: torch.device, count: int | None) -> Iterator[None]:
+def pinned_threads(device: torch.device, count: int | None) -> Iterator[None]:
     """Torch's intra-op threads set to ``count`` on the CPU, for a model whose results change with them (None: as
     they are). One pinned computation at a time, so that each puts back the count it found."""
     import torch

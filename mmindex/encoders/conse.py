@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from mmindex.encoders.base import Encoded, Encoder, inference, torch_threads
+from mmindex.encoders.base import Encoded, Encoder, inference, pinned_threads
 from mmindex.encoders.inputs import load_rgb
 from mmindex.encoders.label_cache import label_vectors
 from mmindex.jpeg import Need
@@ -147,7 +147,7 @@ class ConseImageEncoder(Encoder):
         return ClassifierInput(self.settings.view)
 
     def logits(self, prepared: list[np.ndarray]) -> torch.Tensor:
-        with inference(self.device), torch_threads(self.device, self.settings.threads):
+        with inference(self.device), pinned_threads(self.device, self.settings.threads):
             return self.classifier(torch.from_numpy(np.stack(prepared)).to(self.device)).float()
 
     def encode(self, prepared: list[np.ndarray]) -> Encoded:
