@@ -13,6 +13,7 @@ import typer
 
 from mmindex import console
 from mmindex.cli_dedup import dedup
+from mmindex.cli_import import QueryVectors, import_command
 from mmindex.cli_options import (
     DEFAULT_DATASET_HELP,
     EXTRA_ARGS,
@@ -36,6 +37,7 @@ from mmindex.sizes import HELP as SIZES
 
 app = typer.Typer(help="Make a multimodal corpus (images, audio, text) searchable across modalities.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.command(name="import")(import_command)
 
 
 @app.callback()
@@ -179,23 +181,25 @@ def search(
         help="A file of queries, one per line: plain text, or JSON {text, image, audio, weights}. Writes JSONL: "
              "each line the query and its results, or the error that stopped it (exit status 1 if any).")]
     = None,
+    vectors: QueryVectors = None,
 ) -> None:
-    """Find the images, sounds and texts nearest to a text, an image or a clip (or several, fused)."""
+    """Find the images, sounds and texts nearest to a text, an image or a clip (or several, fused), or to vectors."""
+    from mmindex.dataset.embeddings import dataset_space
     from mmindex.modalities import MODALITIES
     from mmindex.search import Searcher, search_batch
-    from mmindex.spaces import resolve_space
 
     if modality not in (*MODALITIES, "all"):
         raise typer.BadParameter("choose image, audio, text or all", param_hint="--modality")
     console.setup_logging()
     failed = 0
     with console.errors():
-        batch = search_queries(query, image, audio, weight or [], queries)
+        batch = search_queries(query, image, audio, weight or [], queries, vectors)
         targets = None if modality == "all" else [modality]
-        searcher = Searcher(dataset or default_dataset(), resolve_space(model), targets)
+        searcher = Searcher(root := dataset or default_dataset(), dataset_space(root, model), targets)
         console.warn_unsearchable(searcher)
-        if queries:
-            failed = console.print_lines(search_batch(searcher, batch, k, dedup_threshold if dedup else None))
+        if queries or vectors:
+            printer = console.print_lines if queries or as_json else console.print_tables
+            failed = printer(search_batch(searcher, batch, k, dedup_threshold if dedup else None))
         else:
             hits = searcher.search(batch[0], k, dedup=dedup_threshold if dedup else None)
             (console.print_json if as_json else console.print_results)(hits)
@@ -212,14 +216,13 @@ def evaluate(
 ) -> None:
     """Recall@1/5/10 and median rank of the dataset's own pairs (caption -> image, image -> caption, ...),
     where every item sharing the query's caption counts as correct; with exact search and the built index."""
-    from mmindex.dataset.embeddings import EmbeddingStore
+    from mmindex.dataset.embeddings import EmbeddingStore, dataset_space
     from mmindex.evaluate import evaluate as run
     from mmindex.index.store import not_embedded
-    from mmindex.spaces import resolve_space
 
     console.setup_logging()
     with console.errors():
-        store = EmbeddingStore.of(dataset, resolve_space(model))
+        store = EmbeddingStore.of(dataset, dataset_space(dataset, model))
         rows, missing = run(store), not_embedded(store)
         if missing and not rows:
             raise FileNotFoundError(f"nothing to evaluate: {missing}")

@@ -108,12 +108,16 @@ def default_dataset() -> str:
 
 
 def search_queries(text: str | None, image: str | None, audio: str | None, weights: list[str],
-                   queries: Path | None) -> list[Query]:
-    """`mmindex search`'s queries: a --queries file's, or the one its arguments give, which is refused before
-    anything loads if it is empty (in the CLI's terms: its options)."""
-    from mmindex.search import EmptyQuery, Query, parse_weights, read_queries
+                   queries: Path | None, vectors: Path | None = None) -> list[Query]:
+    """`mmindex search`'s queries: a --queries or --vectors file's, or the one its arguments give, which is
+    refused before anything loads if it is empty (in the CLI's terms: its options)."""
+    from mmindex.search import BadQuery, EmptyQuery, Query, parse_weights, read_queries, read_query_vectors
 
     parsed = parse_weights(weights)
+    if vectors and (queries or text or image or audio):
+        raise BadQuery("--vectors searches by the file's vectors alone: give no text, --image, --audio or --queries")
+    if vectors:
+        return read_query_vectors(vectors)
     if queries:
         return read_queries(queries, parsed)
     query = Query(text, image, audio, parsed)

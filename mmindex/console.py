@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from mmindex.check.run import CheckReport
     from mmindex.dedup.run import DedupReport
     from mmindex.embed.run import EmbedReport
+    from mmindex.importer.run import ImportReport
     from mmindex.index.run import IndexReport
     from mmindex.ingest.run import IngestReport
     from mmindex.search import Searcher
@@ -141,6 +142,26 @@ def print_embed(report: EmbedReport) -> None:
                    "again to finish them.", err=True)
 
 
+def print_import(report: ImportReport) -> None:
+    """What an import added, and the commands that search it: a space of vectors only is searched by vector."""
+    if not report.imported and not report.failures:
+        typer.echo(f"Nothing to do: every file ({counted(report.files, 'file')}) is already imported into space "
+                   f"{report.space!r} of {report.root}.")
+        return
+    if report.imported:
+        typer.echo(f"Imported {counted(report.rows, 'vector')} ({report.dim}-d) from "
+                   f"{counted(len(report.imported), 'file')} into space {report.space!r} of {report.root}"
+                   + (f" ({report.already:,} imported before)" if report.already else ""))
+        search = (f"mmindex search --vectors QUERIES.npy -d {report.root} --model {report.space}"
+                  if report.vectors_only else f"mmindex search \"TEXT\" -d {report.root} --model {report.space}")
+        typer.echo(f"  next: mmindex index {report.root} --model {report.space}, then {search}")
+        if report.vectors_only:
+            typer.echo(f"  space {report.space!r} has no encoder: it is searched by vector (name a preset such as "
+                       f"laion-vit-l-14 with --model for text queries)")
+    for failure in report.failures:
+        typer.echo(f"Error: {failure}", err=True)
+
+
 def print_index(report: IndexReport) -> None:
     for built in report.indexes:
         if built.up_to_date:
@@ -207,6 +228,19 @@ def print_lines(lines: Iterable[dict[str, Any]]) -> int:
     for line in lines:
         failed += "error" in line
         typer.echo(json.dumps(line, ensure_ascii=False))
+    return failed
+
+
+def print_tables(lines: Iterable[dict[str, Any]]) -> int:
+    """A table of hits per query of a batch (the rows of a --vectors file); returns how many failed."""
+    failed = 0
+    for line in lines:
+        typer.echo(f"query {json.dumps(line['query'], ensure_ascii=False)}:")
+        if "error" in line:
+            failed += 1
+            typer.echo(f"  error: {line['error']}")
+        else:
+            print_results(line["results"])
     return failed
 
 

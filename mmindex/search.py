@@ -38,6 +38,10 @@ class BadQuery(ValueError):
     """A query that cannot be run: empty, a missing file, media that cannot be read."""
 
 
+class DimensionMismatch(BadQuery):
+    """A query vector of another length than the space's: every vector of its batch is, so the batch stops."""
+
+
 class EmptyQuery(BadQuery):
     """A query with nothing to search with. Each interface says in its own terms how to give a part (the CLI
     its options, HTTP its fields); this message names none of them."""
@@ -46,12 +50,14 @@ class EmptyQuery(BadQuery):
 @dataclass
 class Query:
     """One query: any of a text, an image and an audio clip, with a weight each (fused into one vector). An
-    image or clip is a file's path (the CLI) or its bytes (an upload to the server)."""
+    image or clip is a file's path (the CLI) or its bytes (an upload to the server). Or a vector of the space
+    alone (a row of a .npy file, a list of numbers from a client), checked against the index it searches."""
 
     text: str | None = None
     image: str | bytes | None = None
     audio: str | bytes | None = None
     weights: dict[str, float] = field(default_factory=dict)
+    vector: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str | None):
@@ -67,10 +73,14 @@ class Query:
             if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
                 raise BadQuery(f"weight for {name!r} must be a finite number, not {weight!r}")
 
-    def parts(self) -> dict[str, str | bytes]:
+    def parts(self) -> dict[str, Any]:
         parts = {m: v for m in MODALITIES if (v := getattr(self, m))}
         if "text" in parts and not parts["text"].strip():
             del parts["text"]
+        if self.vector is not None:
+            if parts:
+                raise BadQuery("a query by vector takes no text, image or audio beside it")
+            return {"vector": self.vector}
         if not parts:
             raise EmptyQuery("empty query: give a text, an image or an audio clip")
         return parts
@@ -160,7 +170,11 @@ class Searcher:
             if modality not in space.modalities():
                 raise BadQuery(f"space {space.name!r} cannot embed {modality} queries "
                                f"(it embeds {', '.join(space.modalities())})")
-            self._encoders[modality] = space.query_encoder(modality, self.device)
+            encoder = space.query_encoder(modality, self.device)
+            if encoder is None:
+                raise BadQuery(f"space {space.name!r} has no {modality} encoder (its vectors were imported): "
+                               f"query it by vector")
+            self._encoders[modality] = encoder
         return self._encoders[modality]
 
     def warm(self) -> None:
@@ -168,9 +182,12 @@ class Searcher:
         self._encoders.update(self.store.space.query_encoders(self.device))
 
     def embed(self, query: Query) -> np.ndarray:
-        """The query's unit vector: its parts embedded and averaged with their weights."""
+        """The query's unit vector: its parts embedded and averaged with their weights, or its own vector."""
         total = None
-        for modality, value in query.parts().items():
+        parts = query.parts()
+        if "vector" in parts:
+            return self.unit_vector(parts["vector"])
+        for modality, value in parts.items():
             label, payload = _payload(modality, value)
             try:
                 with self._encoding[modality]:
@@ -188,6 +205,23 @@ class Searcher:
         if not norm:
             raise BadQuery("the weighted query parts cancel out: check their weights")
         return total / norm
+
+    def unit_vector(self, values: Any) -> np.ndarray:
+        """A query's own vector, checked (numbers, finite, not zero, of the indexes' dimension) and normalised."""
+        if not self.indexes:
+            raise BadQuery("; ".join(self.damaged.values()) or "no index is loaded")
+        dim = next(iter(self.indexes.values())).index.index.d
+        if not isinstance(values, list | np.ndarray) or (isinstance(values, list) and not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in values)):
+            raise BadQuery(f"a query vector must be a list of {dim} numbers (the space's dimension)")
+        vector = np.asarray(values, np.float32)
+        if vector.shape != (dim,):
+            raise DimensionMismatch(f"the query vector has {'x'.join(map(str, vector.shape))} dimensions, but space "
+                                    f"{self.store.space.name!r} holds {dim}-d vectors: give a list of {dim} numbers")
+        norm = float(np.linalg.norm(vector))
+        if not np.isfinite(vector).all() or not norm:
+            raise BadQuery("a query vector must be finite and not zero")
+        return vector / norm
 
     def search(self, query: Query, k: int = 10, modality: str | None = None, describe: bool = True,
                dedup: float | None = None) -> list[dict[str, Any]]:
@@ -322,13 +356,28 @@ def read_queries(path: Path, weights: dict[str, float]) -> list[Query]:
     return queries
 
 
+def read_query_vectors(path: Path) -> list[Query]:
+    """The queries of a --vectors file: a .npy of one vector, or of one per row (never unpickled)."""
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise BadQuery(f"--vectors {path}: not a .npy file of vectors ({err})") from None
+    if vectors.dtype.kind not in "fiu" or vectors.ndim not in (1, 2) or not vectors.size:
+        raise BadQuery(f"--vectors {path}: a {vectors.dtype} array of shape {vectors.shape}; give one vector per row")
+    return [Query(vector=row) for row in np.atleast_2d(vectors)]
+
+
 def search_batch(searcher: Searcher, batch: list[Query], k: int, dedup: float | None = None
                  ) -> Iterator[dict[str, Any]]:
     """One line per query, in order: its results, or the error that stopped it (the batch goes on)."""
-    for one in batch:
+    for number, one in enumerate(batch):
         line: dict[str, Any] = {"query": {"text": one.text, "image": one.image, "audio": one.audio}}
+        if one.vector is not None:  # a row of a --vectors file: its number, not its values
+            line["query"] = {"vector": number}
         try:
             line["results"] = searcher.search(one, k, dedup=dedup)
+        except DimensionMismatch:
+            raise
         except BadQuery as err:
             line["error"] = str(err)
         yield line

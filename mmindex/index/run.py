@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from mmindex.dataset.embeddings import EmbeddingStore, Skipped
+from mmindex.dataset.embeddings import EmbeddingStore, Skipped, dataset_space
 from mmindex.dataset.lock import exclusive
 from mmindex.executors.local import LocalExecutor
 from mmindex.index.build import BuildSettings
 from mmindex.index.steps import BuiltIndex, declare
 from mmindex.index.store import not_embedded
-from mmindex.spaces import DEFAULT_SPACE, Space, resolve_space
+from mmindex.spaces import DEFAULT_SPACE, Space
 
 log = logging.getLogger("mmindex")
 
@@ -41,7 +41,7 @@ class IndexReport:
 def build_indexes(settings: IndexSettings, space: Space | None = None) -> IndexReport:
     """Builds, or with ``update`` extends, the index of every modality with vectors in the space (``space``: the
     space already resolved)."""
-    store = EmbeddingStore.of(settings.dataset, space or resolve_space(settings.model))
+    store = EmbeddingStore.of(settings.dataset, space or dataset_space(settings.dataset, settings.model))
     with exclusive(store.dataset, "index"):
         built = list(LocalExecutor().run(declare(store, settings.build, settings.update)))
     skipped = store.wholly_skipped()

@@ -17,10 +17,9 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
 
-from mmindex.search import BadQuery, Query, Searcher
+from mmindex.search import BadQuery, Query
 from mmindex.serve import policy
 from mmindex.serve.catalog import NotFound, ServedDataset
 from mmindex.serve.fairness import Lanes, client_of
@@ -53,9 +52,8 @@ def router(catalog: dict[str, ServedDataset], limits: ServeLimits, lanes: Lanes)
         if fields.get("image_url"):
             raise ApiError(422, "image_url is not supported (the server fetches no URLs): send the image as base64")
         asked = knn_request(fields, limits)
-        parts = frozenset() if asked.query is None else frozenset(asked.query.parts())
-        return await lanes.run(client_of(request), parts, asked.query and asked.query.text, knn, catalog, asked,
-                               str(request.base_url).rstrip("/"))
+        return await lanes.run(client_of(request), frozenset(asked.query.parts()), asked.query.text, knn, catalog,
+                               asked, str(request.base_url).rstrip("/"))
 
     @routes.post("/metadata")
     async def metadata(request: Request) -> list[dict[str, Any]]:
@@ -88,8 +86,7 @@ class KnnRequest:
     indice_name: str | None
     modality: str
     k: int
-    query: Query | None           # a text or an image to embed, or None with:
-    vector: list[float] | None    # embedding_input
+    query: Query                  # a text or an image to embed, or embedding_input
     image_bytes: int              # the images an answer may carry (include_image), in all; 0: none
     dedup: float | None = None    # deduplicate: the similarity from which two hits are one
 
@@ -100,27 +97,20 @@ def knn_request(fields: dict[str, Any], limits: ServeLimits) -> KnnRequest:
     k = policy.k(fields.get("num_images", 40), limits, "num_images")
     indice_name = policy.string("indice_name", fields.get("indice_name"))
     text, image = policy.text(fields.get("text"), limits), policy.media("image", fields.get("image"), limits)
-    vector = fields.get("embedding_input")
-    query = None
-    if vector is None:
-        try:
-            query = Query(text=text, image=image)
-            query.parts()
-        except BadQuery as err:
-            raise ApiError(422, str(err)) from None
+    vector = policy.vector("embedding_input", fields.get("embedding_input"), limits)
+    try:  # ClipClient sends a vector alone, its text and image fields null
+        query = Query(vector=vector) if vector is not None else Query(text=text, image=image)
+        query.parts()
+    except BadQuery as err:
+        raise ApiError(422, str(err)) from None
     images = limits.upload_bytes if fields.get("include_image") is True else 0
     dedup = policy.dedup(fields.get("deduplicate", True))
-    return KnnRequest(indice_name, modality or "image", k, query, vector, images, dedup)
+    return KnnRequest(indice_name, modality or "image", k, query, images, dedup)
 
 
 def knn(catalog: dict[str, ServedDataset], asked: KnnRequest, base: str) -> list[dict[str, Any]]:
     served, space = index_named(catalog, asked.indice_name)
-    searcher = served.searcher(space)
-    if asked.query is None:
-        hits = searcher.search_vector(query_vector(asked.vector, searcher), asked.k, asked.modality, describe=False,
-                                      dedup=asked.dedup)
-    else:
-        hits = searcher.search(asked.query, asked.k, asked.modality, describe=False, dedup=asked.dedup)
+    hits = served.searcher(space).search(asked.query, asked.k, asked.modality, describe=False, dedup=asked.dedup)
     results, budget = [], asked.image_bytes
     for hit in hits:
         result = {"id": served.sample(hit["key"]).id, "similarity": hit["score"], "modality": hit["modality"],
@@ -134,16 +124,3 @@ def knn(catalog: dict[str, ServedDataset], asked: KnnRequest, base: str) -> list
             result["image"] = base64.b64encode(image.bytes()).decode()
         results.append(result)
     return results
-
-
-def query_vector(values: Any, searcher: Searcher) -> np.ndarray:
-    """ClipClient's embedding_input as a unit vector of the space's dimension."""
-    dim = next(iter(searcher.indexes.values())).index.index.d
-    if not isinstance(values, list) or len(values) != dim or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        raise ApiError(422, f"embedding_input must be a list of {dim} numbers (the space's dimension)")
-    vector = np.asarray(values, np.float32)
-    norm = float(np.linalg.norm(vector))
-    if not np.isfinite(norm) or norm == 0:
-        raise ApiError(422, "embedding_input must be a finite, non-zero vector")
-    return vector / norm

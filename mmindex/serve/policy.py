@@ -125,6 +125,18 @@ def weights(value: Any, limits: ServeLimits) -> dict[str, float]:
     return checked
 
 
+def vector(name: str, value: Any, limits: ServeLimits) -> list[float] | None:
+    """A query vector: a list of at most max_vector finite numbers (its length is checked against the index)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not 0 < len(value) <= limits.max_vector:
+        raise ApiError(422, f"{name} must be a list of at most {limits.max_vector:,} numbers, not {shown(value)}")
+    numbers = [_finite(v) for v in value]
+    if None in numbers:
+        raise ApiError(422, f"{name} must hold finite numbers only")
+    return numbers  # type: ignore[return-value]
+
+
 def _finite(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None

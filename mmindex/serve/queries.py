@@ -19,7 +19,7 @@ from mmindex.serve.guards import BodyTooLarge
 from mmindex.serve.policy import ApiError
 from mmindex.serve.settings import ServeLimits
 
-FIELDS = ("dataset", "space", *MODALITIES, "weights", "modality", "k", "dedup")
+FIELDS = ("dataset", "space", *MODALITIES, "weights", "vector", "modality", "k", "dedup")
 
 
 @dataclass(frozen=True)
@@ -96,11 +96,12 @@ def search_request(fields: dict[str, Any], limits: ServeLimits) -> SearchRequest
     weights = policy.weights(fields.get("weights"), limits)
     media = {name: policy.media(name, fields.get(name), limits) for name in MEDIA}
     try:
-        query = Query(text, media["image"], media["audio"], weights)
+        query = Query(text, media["image"], media["audio"], weights, policy.vector("vector", fields.get("vector"),
+                                                                                 limits))
         query.parts()
     except EmptyQuery:
         raise ApiError(422, 'empty query: send a "text", or an "image" or "audio" (base64 in JSON, or a file in a '
-                            'multipart form)') from None
+                            'multipart form), or a "vector" of the space (JSON)') from None
     except BadQuery as err:
         raise ApiError(422, str(err)) from None
     return SearchRequest(query, dataset, space, modality, k, policy.dedup(fields.get("dedup")))

@@ -30,6 +30,7 @@ class ServeLimits:
     max_weight: float = 100.0             # a query part's weight lies in [-max_weight, max_weight]
     timeout_s: float = 30.0               # a request is answered 503 past this; its queued work is dropped
     max_k: int = 1000                     # hits per search, ids per /metadata
+    max_vector: int = 8192                # numbers in a query vector (/search's vector, /knn-service's embedding_input)
     json_values: int = 100_000            # commas and colons in a JSON body (parsing it holds the event loop)
     thumbnail_sizes: tuple[int, int] = (16, 1024)
     connections: int = 512                # open connections in all; past it the oldest idle one is closed
