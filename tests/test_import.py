@@ -108,6 +108,8 @@ def test_vector_queries_on_the_cli_one_json_line_each(imported):
                                     "vectors: give a list of 16 numbers")
     text = runner.invoke(app, ["search", "a cat", "-d", str(dataset), "--model", "laion-vectors"])
     assert text.exit_code == 2 and "has no text encoder (its vectors were imported): query it by vector" in text.stderr
+    embed = runner.invoke(app, ["embed", str(dataset), "--model", "laion-vectors"])
+    assert embed.exit_code == 2 and "holds imported vectors and has no encoder" in embed.stderr
 
 
 def test_vector_queries_over_http_search_and_clip_retrieval_client(imported):

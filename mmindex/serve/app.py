@@ -44,6 +44,8 @@ SEARCH_BODY = {"requestBody": {"required": True, "content": {
         "dataset": {"type": "string"}, "space": {"type": "string"}, "text": {"type": "string"},
         "image": {"type": "string", "description": "base64 (or a data: URL)"},
         "audio": {"type": "string", "description": "base64 (or a data: URL)"},
+        "vector": {"type": "array", "items": {"type": "number"}, "maxItems": ServeLimits.max_vector,
+                   "description": "a vector of the space, alone (its dimension)"},
         "weights": {"type": "object", "additionalProperties": {"type": "number", "minimum": -ServeLimits.max_weight,
                                                                 "maximum": ServeLimits.max_weight}},
         "modality": {"type": "string", "enum": [*MODALITIES, "all"]},
