@@ -54,6 +54,8 @@ def test_real_speech_still_passes(audio_encoder):
 
 
 def test_workers_and_threads_change_no_byte_of_the_vectors(tmp_path):
+    """Images, speech, a sound effect and captions embedded by one worker on two threads with a decode process,
+    and by two workers on one thread each that decode for themselves: the same bytes."""
     corpus = tmp_path / "corpus"
     for name in FILES:
         for path in (CORPUS / name).parent.glob(f"{Path(name).stem}.*"):
@@ -64,8 +66,8 @@ def test_workers_and_threads_change_no_byte_of_the_vectors(tmp_path):
     one = tmp_path / "one"
     ingest(corpus, dataset=one, extra=("--shard-size=4",))
     two = Path(shutil.copytree(one, tmp_path / "two"))
-    embed(one, workers=1, threads=2, batch_size=3, decode_workers=0)
-    embed(two, workers=2, threads=1, batch_size=3, decode_workers=0)
+    embed(one, workers=1, threads=2, batch_size=3, decode_workers=1)  # batches prepared in a decode process
+    embed(two, workers=2, threads=1, batch_size=3, decode_workers=0)  # and in each worker itself
 
     first = embeddings(one, "offline")
     assert len([name for name in first if name.endswith(".npy")]) >= 5  # image, audio and text of 2 shards
