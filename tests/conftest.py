@@ -149,7 +149,7 @@ def offline_embedded(demo_dataset: Path, tmp_path_factory) -> Path:
     """The demo dataset embedded in the offline space by one CPU worker: the reference other runs must match
     (one torch thread, as each of two workers has on a 2-core machine: thread counts change float rounding)."""
     dataset = Path(shutil.copytree(demo_dataset, tmp_path_factory.mktemp("offline") / "dataset"))
-    embed(dataset, threads=1, decode_workers=1)
+    embed(dataset, threads=1)
     return dataset
 
 

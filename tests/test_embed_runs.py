@@ -99,7 +99,7 @@ def test_a_damaged_shard_file_fails_alone_and_is_retried_by_the_next_run(demo_da
     tar = dataset / "shards" / "000002.tar"
     intact = tar.read_bytes()
     tar.write_bytes(intact[:700])  # cut inside the first member's data
-    result = CliRunner().invoke(app, ["embed", str(dataset), "--model", str(tiny_clip)])
+    result = CliRunner().invoke(app, ["embed", str(dataset), "--model", str(tiny_clip), "--decode-workers", "0"])
     assert result.exit_code == 1
     assert "shard 000002 is damaged" in result.output and f"mmindex check {dataset} --repair" in result.output
     out = dataset / "embeddings" / "tiny-clip"

@@ -164,12 +164,12 @@ def test_an_index_that_disagrees_with_the_embeddings_is_refused_with_the_fix(tmp
 
 
 def test_re_ranking_refuses_vectors_that_are_not_the_ones_indexed(tmp_path):
-    shards = image_shards(clustered(12_000, 16, 10, seed=10), 6_000)
+    shards = image_shards(clustered(3_000, 16, 10, seed=10), 1_500)
     store = synthetic_dataset(tmp_path / "ds", shards)
     files = IndexFiles(store, "image")
     assert build_index(files, BuildSettings(index_type="IVF16,PQ4"))["rerank"] >= 1
     add_shard(store, 1, shards[1][:-1])  # embedded again with one item fewer: whole, but not what was indexed
-    with pytest.raises(IndexStale, match="holds 5,999 vectors but the index has 6,000 of shard 000001"):
+    with pytest.raises(IndexStale, match="holds 1,499 vectors but the index has 1,500 of shard 000001"):
         files.load()
 
 
