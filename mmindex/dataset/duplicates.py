@@ -157,6 +157,11 @@ class DuplicateStore:
         """The duplicates parquet's rows (empty when no dedup ran)."""
         return read_parquet(self.duplicates_path).to_pylist() if storage.exists(self.duplicates_path) else []
 
+    def removable(self, modalities: tuple[str, ...]) -> set[str]:
+        """Keys in a group of one of ``modalities`` without being its representative: what curation leaves out."""
+        return {row["key"] for row in self.groups() if row["modality"] in modalities and row["key"] !=
+                row["representative"]}
+
 
 def load_views(path: str) -> np.ndarray:
     """A descriptor file: float16 (items, views, dim), memory-mapped where local, never unpickled."""
