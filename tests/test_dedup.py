@@ -23,6 +23,7 @@ from mmindex.cli import app
 from mmindex.dataset import Dataset
 from mmindex.dataset.duplicates import DuplicateStore
 from mmindex.dataset.embeddings import EmbeddingStore
+from mmindex.dedup.pairs import Items, near_pairs
 from mmindex.dedup.run import DedupSettings, dedup
 from mmindex.demo import CORPUS
 from mmindex.index.run import IndexSettings, build_indexes
@@ -310,3 +311,15 @@ def test_update_after_new_shards_keeps_the_duplicates_out(excluding, tmp_path: P
     assert IndexFiles(searcher.store, "image").info()["excluded"]["vectors"] == before + 1
     checked = index_check(dataset, model)
     assert checked.exit_code == 0, checked.output
+
+
+def test_the_pair_search_in_blocks_under_a_small_budget_finds_what_one_block_finds():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((12_000, 2, 16)).astype(np.float32)   # 24,000 views: the inverted file's size
+    vectors[-300:] = vectors[:300] + 0.05 * rng.standard_normal((300, 2, 16)).astype(np.float32)   # copies
+    vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
+    shards = [part.astype(np.float16) for part in np.array_split(vectors, 5)]
+    whole = near_pairs(Items([]), Items(shards), 0.9)
+    budget = 4 * 16 * 512 * 40   # the sample that trains 512 lists just fits; the views of 10,240 items a block
+    blocks = near_pairs(Items([]), Items(shards), 0.9, max_memory=budget)
+    assert blocks == whole and {(i, 11_700 + i) for i in range(300)} <= {(i, j) for i, j, _ in whole}

@@ -67,13 +67,13 @@ class Items:
         return out
 
 
-def _trained_ivf(targets: Items, seed: int = 0) -> faiss.Index:
-    """An empty IVF over inner products, its lists trained on a bounded sample of ``targets``' views."""
+def _trained_ivf(targets: Items, max_memory: int, seed: int = 0) -> faiss.Index:
+    """An empty IVF over inner products, its lists trained on a sample of ``targets``' views that fits the budget."""
     views = len(targets) * targets.per_item
     lists = ivf_lists(views)
     index = faiss.index_factory(targets.dim, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
-    index.train(targets.views(np.random.default_rng(seed).choice(views, min(views, lists * TRAIN_PER_LIST),
-                                                                 replace=False)))
+    size = min(views, lists * TRAIN_PER_LIST, max(lists, max_memory // (4 * targets.dim)))
+    index.train(targets.views(np.random.default_rng(seed).choice(views, size, replace=False)))
     faiss.extract_index_ivf(index).nprobe = NPROBE
     return index
 
@@ -86,7 +86,7 @@ def _indexes(targets: Items, max_memory: int) -> Iterator[tuple[int, faiss.Index
         index.add(targets.rows(0, len(targets)))
         yield 0, index
         return
-    empty = _trained_ivf(targets)
+    empty = _trained_ivf(targets, max_memory)
     per_block = max(1, max_memory // (4 * targets.dim * targets.per_item))   # items whose views fit the budget
     add = max(1, ADD_BATCH // targets.per_item)
     for start in range(0, len(targets), per_block):
@@ -96,15 +96,19 @@ def _indexes(targets: Items, max_memory: int) -> Iterator[tuple[int, faiss.Index
         yield start * targets.per_item, index
 
 
-def _candidates(queries: Items, targets: Items, threshold: float, max_memory: int) -> set[tuple[int, int]]:
-    """(query item, target item) pairs where the query's whole view meets one of the target's views."""
+def _candidates(queries: Items, targets: Items, threshold: float, max_memory: int,
+                itself: int | None = None) -> set[tuple[int, int]]:
+    """(query item, target item) pairs where the query's whole view meets one of the target's views; but an item
+    and itself, where query item q is target item q + ``itself``."""
     found: set[tuple[int, int]] = set()
     for offset, index in _indexes(targets, max_memory):
         for start in range(0, len(queries), BLOCK):
             limits, _, ids = index.range_search(queries.rows(start, start + BLOCK, whole=True), threshold - 1e-4)
-            rows = start + np.repeat(np.arange(len(limits) - 1), np.diff(limits).astype(np.int64))
-            found.update(map(tuple, np.unique(np.stack([rows, (offset + ids) // targets.per_item], 1),
-                                              axis=0).tolist()))
+            pairs = np.stack([start + np.repeat(np.arange(len(limits) - 1), np.diff(limits).astype(np.int64)),
+                              (offset + ids) // targets.per_item], 1)
+            if itself is not None:
+                pairs = pairs[pairs[:, 0] + itself != pairs[:, 1]]
+            found.update(map(tuple, np.unique(pairs, axis=0).tolist()))
         index.reset()   # its views go before the next block's come
     return found
 
@@ -122,10 +126,10 @@ def near_pairs(old: Items, new: Items, threshold: float, max_memory: int = MAX_M
     if not len(new):
         return []
     every, offset = Items(old.parts + new.parts), len(old)
-    candidates = {(offset + q, t) for q, t in _candidates(new, every, threshold, max_memory)}
+    candidates = {(offset + q, t) for q, t in _candidates(new, every, threshold, max_memory, itself=offset)}
     if len(old):
         candidates |= {(q, offset + t) for q, t in _candidates(old, new, threshold, max_memory)}
-    pairs = sorted({(min(i, j), max(i, j)) for i, j in candidates if i != j})
+    pairs = sorted({(min(i, j), max(i, j)) for i, j in candidates})
     found = [(i, j, similarity(every.item(i), every.item(j))) for i, j in pairs]
     return [(i, j, s) for i, j, s in found if s >= threshold]
 
