@@ -320,6 +320,30 @@ def test_the_pair_search_in_blocks_under_a_small_budget_finds_what_one_block_fin
     vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
     shards = [part.astype(np.float16) for part in np.array_split(vectors, 5)]
     whole = near_pairs(Items([]), Items(shards), 0.9)
-    budget = 4 * 16 * 512 * 40   # the sample that trains 512 lists just fits; the views of 10,240 items a block
+    budget = 2 * 4 * 16 * 512 * 40   # the sample that trains 512 lists just fits; the views of 10,240 items a block
     blocks = near_pairs(Items([]), Items(shards), 0.9, max_memory=budget)
     assert blocks == whole and {(i, 11_700 + i) for i in range(300)} <= {(i, j) for i, j, _ in whole}
+
+
+def test_check_reads_the_duplicates_and_names_a_damaged_file_with_its_repair(deduplicated: Path, tmp_path: Path):
+    dataset = Path(shutil.copytree(deduplicated, tmp_path / "dataset"))
+    healthy = CliRunner().invoke(app, ["check", str(dataset)])
+    assert healthy.exit_code == 0, healthy.output
+    store = DuplicateStore(Dataset(str(dataset)), "offline")
+    views, groups = sorted(Path(store.root, "descriptors", "image").glob("*.npy"))[-1], Path(store.duplicates_path)
+    number = int(views.stem)
+    damaged = bytearray(views.read_bytes())
+    damaged[-1] ^= 0xFF   # one bit pattern changed: same size, another digest
+    views.write_bytes(bytes(damaged))
+    groups.write_bytes(groups.read_bytes()[:-10])
+    result = CliRunner().invoke(app, ["check", str(dataset)])
+    assert result.exit_code == 1
+    output = " ".join(result.output.split())   # as printed, lines wrapped
+    assert f"delete {store.descriptors_parquet(number)} and run `mmindex dedup {dataset} --model offline`" in output
+    assert f"delete {groups} and {store.summary_path}" in output
+    for path in (store.descriptors_parquet(number), groups, store.summary_path):   # the repairs it names work
+        Path(path).unlink()
+    dedup(DedupSettings(str(dataset)))
+    assert CliRunner().invoke(app, ["check", str(dataset)]).exit_code == 0
+    full = DuplicateStore(Dataset(str(deduplicated)), "offline")
+    assert groups.read_bytes() == Path(full.duplicates_path).read_bytes()

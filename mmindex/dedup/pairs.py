@@ -72,7 +72,7 @@ def _trained_ivf(targets: Items, max_memory: int, seed: int = 0) -> faiss.Index:
     views = len(targets) * targets.per_item
     lists = ivf_lists(views)
     index = faiss.index_factory(targets.dim, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
-    size = min(views, lists * TRAIN_PER_LIST, max(lists, max_memory // (4 * targets.dim)))
+    size = min(views, lists * TRAIN_PER_LIST, max(lists, max_memory // (2 * 4 * targets.dim)))   # k-means' room
     index.train(targets.views(np.random.default_rng(seed).choice(views, size, replace=False)))
     faiss.extract_index_ivf(index).nprobe = NPROBE
     return index
@@ -87,8 +87,9 @@ def _indexes(targets: Items, max_memory: int) -> Iterator[tuple[int, faiss.Index
         yield 0, index
         return
     empty = _trained_ivf(targets, max_memory)
-    per_block = max(1, max_memory // (4 * targets.dim * targets.per_item))   # items whose views fit the budget
-    add = max(1, ADD_BATCH // targets.per_item)
+    # items whose views fit half the budget: the lists grow by doubling, and each batch added is copied once
+    per_block = max(1, max_memory // (2 * 4 * targets.dim * targets.per_item))
+    add = max(1, min(ADD_BATCH // targets.per_item, per_block // 8))
     for start in range(0, len(targets), per_block):
         index = faiss.clone_index(empty)
         for first in range(start, min(start + per_block, len(targets)), add):
