@@ -23,6 +23,7 @@ from mmindex.cli import app
 from mmindex.dataset import Dataset
 from mmindex.dataset.duplicates import DuplicateStore
 from mmindex.dataset.embeddings import EmbeddingStore
+from mmindex.dataset.indexes import INDEX, published
 from mmindex.dedup.pairs import Items, near_pairs
 from mmindex.dedup.run import DedupSettings, dedup
 from mmindex.demo import CORPUS
@@ -347,3 +348,14 @@ def test_check_reads_the_duplicates_and_names_a_damaged_file_with_its_repair(ded
     assert CliRunner().invoke(app, ["check", str(dataset)]).exit_code == 0
     full = DuplicateStore(Dataset(str(deduplicated)), "offline")
     assert groups.read_bytes() == Path(full.duplicates_path).read_bytes()
+
+
+def test_check_repair_rebuilds_an_index_without_duplicates_as_it_was_built(excluding):
+    dataset, model = excluding
+    files = IndexFiles(EmbeddingStore.of(str(dataset), resolve_space(model)), "image")
+    index = Path(published(files.root).path(INDEX))
+    index.write_bytes(index.read_bytes()[:-8])
+    result = CliRunner().invoke(app, ["check", str(dataset), "--repair"])
+    assert result.exit_code == 0, result.output
+    assert files.info()["excluded"]["vectors"] == 6
+    files.check(keys=True)
