@@ -7,11 +7,13 @@ grayscale. Distinct but similar images are other crops of the same photo (half i
 places). Each CC0 animal sound gets copies as WAV, MP3 and FLAC, at another gain and trimmed by 0.2 s; the demo
 corpus's speech clips are distinct clips. Pairs are scored at the default thresholds (mmindex.dedup.run).
 
-Throughput. ``--vectors`` synthetic unit vectors (256-d, clustered, with planted copies at cosine ~0.95), all
-pairs at 0.9 found as `mmindex dedup` finds them (mmindex.dedup.pairs), against exact all-pairs search (a Flat
-index) timed on a sample of queries; recall of the planted pairs is checked against the exact answer.
+Throughput and memory. ``--vectors`` synthetic unit vectors (256-d, clustered, with planted copies at cosine ~0.95),
+stored as `mmindex dedup` stores descriptors (float16 files per shard, memory-mapped); all pairs at 0.9 found as it
+finds them (mmindex.dedup.pairs, under ``--max-memory``), with the peak RSS of that search, against exact all-pairs
+search (a Flat index) timed on a sample of queries; recall of the planted pairs is checked against the exact
+answer.
 
-    python benchmarks/dedup_bench.py [--vectors 1000000] [--workdir /tmp/mmindex-bench]
+    python benchmarks/dedup_bench.py [--vectors 1000000] [--max-memory 4GB] [--skip-quality] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from mmindex.dedup.descriptors import describe_audio, describe_image
 from mmindex.dedup.pairs import Items, components, near_pairs
 from mmindex.dedup.run import THRESHOLDS
 from mmindex.demo import CORPUS
+from mmindex.sizes import parse_size
 from real_data import animal_sounds, skimage_photos
 
 
@@ -88,7 +91,7 @@ def audio_corpus(workdir: Path) -> tuple[list[bytes], list[int]]:
 
 def pair_scores(views: list[np.ndarray], truth: list[int], threshold: float) -> tuple[float, float, int]:
     """Pair precision and recall of the groups found (pairs within one group) against the true groups."""
-    found = near_pairs(Items(np.zeros((0, *views[0].shape), np.float32)), Items(np.stack(views)), threshold)
+    found = near_pairs(Items([]), Items([np.stack(views)]), threshold)
     predicted = {pair for members in components(len(views), [(i, j) for i, j, _ in found])
                  for pair in itertools.combinations(members, 2)}
     actual = {(i, j) for i, j in itertools.combinations(range(len(truth)), 2) if truth[i] == truth[j]}
@@ -117,11 +120,31 @@ def synthetic(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def throughput(n: int, sample: int = 2_000, threshold: float = 0.9) -> None:
+def synthetic_shards(n: int, folder: Path, shards: int = 10) -> list[np.ndarray]:
+    """``synthetic`` vectors stored as `mmindex dedup` stores descriptors: float16 (items, 1 view, 256) files,
+    one per shard, memory-mapped back."""
     vectors = synthetic(n, 256, np.random.default_rng(0))
-    started = time.perf_counter()
-    found = near_pairs(Items(np.zeros((0, 1, 256), np.float32)), Items(vectors[:, None, :]), threshold)
-    seconds = time.perf_counter() - started
+    paths = []
+    for number, part in enumerate(np.array_split(vectors, shards)):
+        paths.append(folder / f"{number:06d}.npy")
+        np.save(paths[-1], part[:, None, :].astype(np.float16))
+    return [np.load(path, mmap_mode="r") for path in paths]
+
+
+def peak_rss(reset: bool = False) -> int:
+    """The process's peak resident memory in bytes since the last reset (Linux: VmHWM, reset by clear_refs)."""
+    if reset:
+        Path("/proc/self/clear_refs").write_text("5")
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+
+def throughput(n: int, workdir: Path, max_memory: int, sample: int = 2_000, threshold: float = 0.9) -> None:
+    parts = synthetic_shards(n, workdir)
+    started, baseline = time.perf_counter(), peak_rss(reset=True)
+    found = near_pairs(Items([]), Items(parts), threshold, max_memory)
+    seconds, peak = time.perf_counter() - started, peak_rss()
+    vectors = Items(parts).rows(0, n)
     exact = faiss.IndexFlatIP(256)
     exact.add(vectors)
     queries = np.random.default_rng(1).choice(n, min(sample, n), replace=False)
@@ -132,21 +155,26 @@ def throughput(n: int, sample: int = 2_000, threshold: float = 0.9) -> None:
              for t in ids[limits[row]:limits[row + 1]] if t != q}
     got = {(i, j) for i, j, _ in found}
     recall = len(truth & got) / max(1, len(truth))
-    print(f"pairs of {n:,} vectors (256-d) at cosine {threshold}, {faiss.omp_get_max_threads()} threads: "
-          f"{len(found):,} pairs in {seconds:.1f} s = {n / seconds:,.0f} vectors/s; exact all-pairs (Flat range "
-          f"search, timed on {len(queries):,} queries) {n / exact_seconds:,.0f} vectors/s "
-          f"({exact_seconds:,.0f} s projected): {exact_seconds / seconds:.1f}x; recall of the exact pairs "
-          f"{recall:.3f} ({len(truth):,} pairs of the sample)")
+    print(f"pairs of {n:,} vectors (256-d, float16 files memory-mapped) at cosine {threshold}, "
+          f"{faiss.omp_get_max_threads()} threads, --max-memory {max_memory / 2**20:,.0f} MiB: {len(found):,} pairs "
+          f"in {seconds:.1f} s = {n / seconds:,.0f} vectors/s, peak RSS {peak / 2**20:,.0f} MiB "
+          f"({baseline / 2**20:,.0f} MiB before it); exact all-pairs (Flat range search, timed on {len(queries):,} "
+          f"queries) "
+          f"{n / exact_seconds:,.0f} vectors/s ({exact_seconds:,.0f} s projected): {exact_seconds / seconds:.1f}x; "
+          f"recall of the exact pairs {recall:.3f} ({len(truth):,} pairs of the sample)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vectors", type=int, default=1_000_000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mmindex-bench"))
+    parser.add_argument("--max-memory", default="4GB", help="the pair search's budget, as `mmindex dedup` takes it")
+    parser.add_argument("--skip-quality", action="store_true", help="measure the pair search only")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    quality(args.workdir)
-    throughput(args.vectors)
+    if not args.skip_quality:
+        quality(args.workdir)
+    throughput(args.vectors, args.workdir, parse_size(args.max_memory))
 
 
 if __name__ == "__main__":

@@ -21,12 +21,14 @@ from mmindex.cli_options import (
     Decode,
     Dedup,
     DedupThreshold,
+    ExcludeDuplicates,
     Model,
     Profile,
     Verbose,
     Version,
     default_dataset,
     embed_settings,
+    index_settings,
     ingest_settings,
     on_beam,
     search_queries,
@@ -133,6 +135,7 @@ def index(
     = None,
     update: Annotated[bool, typer.Option(help="Add newly embedded shards without retraining (then tune again).")]
     = False,
+    exclude_duplicates: ExcludeDuplicates = False,
     check: Annotated[bool, typer.Option(
         help="Build nothing: check every index, id by id, against the embeddings and the samples.")] = False,
 ) -> None:
@@ -144,14 +147,11 @@ def index(
     exact search meets the target; the measured recall is recorded with the index.
     """
     from mmindex.check.indexes import check_indexes
-    from mmindex.index.build import BuildSettings
-    from mmindex.index.run import IndexSettings, build_indexes
-    from mmindex.sizes import parse_size
+    from mmindex.index.run import build_indexes
 
     console.setup_logging()
     with console.errors():
-        build = BuildSettings(parse_size(max_memory), target_recall, index_type)
-        settings = IndexSettings(dataset, model, build, update)
+        settings = index_settings(dataset, model, max_memory, target_recall, index_type, update, exclude_duplicates)
         if not check:
             console.print_index(build_indexes(settings))
             return

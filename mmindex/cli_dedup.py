@@ -8,6 +8,7 @@ import typer
 
 from mmindex import console
 from mmindex.cli_options import Model, Profile, on_beam, split_options
+from mmindex.sizes import HELP as SIZES
 
 
 def dedup(
@@ -21,6 +22,9 @@ def dedup(
              "text 0.90).")] = None,
     keep_list: Annotated[str | None, typer.Option(
         help="Write the keys to keep to this file, one a line: every sample but the non-representatives.")] = None,
+    max_memory: Annotated[str, typer.Option(help=f"Memory the pair search may hold descriptors in: 4GB, 512MB ... "
+                                                 f"({SIZES}). More passes over the queries when it is smaller.")]
+    = "4GB",
     profile: Profile = None,
 ) -> None:
     """Find near-duplicate images, clips and texts across a dataset; print the groups and removable samples.
@@ -35,12 +39,14 @@ def dedup(
     from mmindex.dedup.run import DedupSettings
     from mmindex.dedup.run import dedup as run
     from mmindex.modalities import MODALITIES
+    from mmindex.sizes import parse_size
 
     console.setup_logging()
     with console.errors():
         unexpected, beam_args = split_options(ctx.args, profile)
         if unexpected:
             raise typer.BadParameter(f"unexpected arguments: {' '.join(unexpected)}")
-        settings = DedupSettings(dataset, model, tuple(modality or MODALITIES), threshold, keep_list)
+        settings = DedupSettings(dataset, model, tuple(modality or MODALITIES), threshold, keep_list,
+                                 parse_size(max_memory))
         console.print_dedup(run(settings, on_beam(beam_args, 1)))
 

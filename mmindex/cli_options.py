@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from mmindex.embed.run import EmbedSettings
+    from mmindex.index.run import IndexSettings
     from mmindex.ingest.run import IngestSettings
     from mmindex.search import Query
 
@@ -38,6 +39,9 @@ Dedup = Annotated[bool, typer.Option(
                     "modality was not grouped, hits at least --dedup-threshold alike count as one.")]
 DedupThreshold = Annotated[float, typer.Option(min=0.0, max=1.0, help="Cosine in the model space from which "
                                                "two hits are one with --dedup (clip-retrieval's 0.94).")]
+ExcludeDuplicates = Annotated[bool, typer.Option(
+    help="Leave out the near-duplicates `mmindex dedup` grouped (of each group, all but its representative); "
+         "--update keeps them out. A later dedup run that changes them makes the index stale.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show the libraries' own log.")]
 Decode = Annotated[str, typer.Option(
     help="Where images are decoded: device (JPEGs on the model's device, nvJPEG on a GPU; decode processes only "
@@ -78,6 +82,16 @@ def embed_settings(options: dict[str, Any], extra: list[str]) -> tuple[EmbedSett
         raise typer.BadParameter(f"unexpected arguments: {' '.join(unexpected)}")
     names = ("dataset", "model", "gpus", "device", "workers", "batch_size", "decode_workers", "threads", "decode")
     return EmbedSettings(*(options[name] for name in names)), beam_args
+
+
+def index_settings(dataset: str, model: str, max_memory: str, target_recall: float, index_type: str | None,
+                   update: bool, exclude_duplicates: bool) -> IndexSettings:
+    """`mmindex index`'s options as settings."""
+    from mmindex.index.build import BuildSettings
+    from mmindex.index.run import IndexSettings
+    from mmindex.sizes import parse_size
+    build = BuildSettings(parse_size(max_memory), target_recall, index_type, exclude_duplicates)
+    return IndexSettings(dataset, model, build, update)
 
 
 def on_beam(beam_args: list[str], workers: int) -> Any:

@@ -170,6 +170,9 @@ def print_index(report: IndexReport) -> None:
         typer.echo(f"{built.modality:<6} {built.vectors:>10,} vectors  {built.type:<18} {built.search:<22} "
                    f"recall@10 {built.recall_at_10:.3f}  {format_size(built.bytes)}  {built.build_seconds:.1f} s  "
                    f"-> {built.root}")
+        if built.excluded:
+            typer.echo(f"{'':<6} {built.excluded:>10,} near-duplicates left out (`mmindex dedup`'s groups but their "
+                       f"representatives)")
         if not built.target_met:
             warn(f"the {built.modality} index reaches recall@10 {built.recall_at_10:.3f}, below the target "
                  f"{report.target_recall}, even searched as deep as it goes: raise --max-memory (larger codes) or "

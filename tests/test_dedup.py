@@ -22,10 +22,13 @@ from conftest import embed, ingest, read_table
 from mmindex.cli import app
 from mmindex.dataset import Dataset
 from mmindex.dataset.duplicates import DuplicateStore
+from mmindex.dataset.embeddings import EmbeddingStore
+from mmindex.dataset.indexes import INDEX, published
+from mmindex.dedup.pairs import Items, near_pairs
 from mmindex.dedup.run import DedupSettings, dedup
 from mmindex.demo import CORPUS
 from mmindex.index.run import IndexSettings, build_indexes
-from mmindex.index.store import IndexFiles
+from mmindex.index.store import IndexFiles, IndexStale
 from mmindex.search import Query, Searcher
 from mmindex.spaces import resolve_space
 
@@ -219,3 +222,140 @@ def test_clip_clients_deduplicate_flag_changes_the_answer(indexed):
     finally:
         server.should_exit = True
         thread.join()
+
+
+@pytest.fixture
+def excluding(indexed, tmp_path: Path) -> tuple[Path, str]:
+    """A copy of the indexed dataset, indexed again with --exclude-duplicates."""
+    dataset, model = indexed
+    copy = Path(shutil.copytree(dataset, tmp_path / "dataset"))
+    result = CliRunner().invoke(app, ["index", str(copy), "--model", model, "--exclude-duplicates"])
+    assert result.exit_code == 0, result.output
+    assert "near-duplicates left out" in result.output
+    return copy, model
+
+
+def image_group(dataset: Path, space: str) -> tuple[set[str], str]:
+    rows = [r for r in DuplicateStore(Dataset(str(dataset)), space).groups() if r["modality"] == "image"]
+    [representative] = {r["representative"] for r in rows}
+    return {r["key"] for r in rows}, representative
+
+
+def index_check(dataset: Path, model: str):
+    return CliRunner().invoke(app, ["index", str(dataset), "--model", model, "--check"])
+
+
+def test_an_index_without_duplicates_holds_only_the_representative_of_a_group(excluding):
+    dataset, model = excluding
+    space = resolve_space(model)
+    members, representative = image_group(dataset, space.name)
+    searcher = Searcher(str(dataset), space, ["image"])
+    images = [row for row in read_table(dataset / "samples") if "image" in row["modalities"]]
+    hits = searcher.search(Query(image=str(CORPUS / "photos" / "coffee.jpg")), k=len(images))  # every image held
+    assert {h["key"] for h in hits} & members == {representative} and hits[0]["key"] == representative
+    assert len(hits) == len(images) - (len(members) - 1)
+    info = IndexFiles(searcher.store, "image").info()
+    assert info["excluded"]["vectors"] == len(members) - 1 and info["vectors"] == len(hits)
+    loaded = searcher.indexes["image"]   # exact vectors by id: the embeddings' rows of the keys the index holds
+    exact = IndexFiles(searcher.store, "image").exact(loaded).take(np.arange(len(loaded.keys)))
+    for vector, key, shard in zip(exact, loaded.keys, loaded.shards, strict=True):
+        table, arrays = searcher.store.read(int(shard))
+        row = next(r["row"] for r in table.to_pylist() if r["key"] == key and r["modality"] == "image")
+        assert np.array_equal(vector, arrays["image"][row].astype(np.float32))
+    checked = index_check(dataset, model)
+    assert checked.exit_code == 0, checked.output
+
+
+def test_without_groups_exclude_duplicates_says_to_run_dedup(indexed, tmp_path: Path):
+    dataset, model = indexed
+    bare = Path(shutil.copytree(dataset, tmp_path / "dataset"))
+    shutil.rmtree(bare / "duplicates")
+    result = CliRunner().invoke(app, ["index", str(bare), "--model", model, "--exclude-duplicates"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert f"run `mmindex dedup {bare} --model" in result.output
+
+
+def test_a_dedup_run_that_changes_the_groups_makes_the_index_stale(excluding):
+    dataset, model = excluding
+    space = resolve_space(model)
+    rerun = dedup(DedupSettings(str(dataset), model, modalities=("image",), threshold=1.0))
+    assert [m.removable for m in rerun.modalities] != [6]
+    store = EmbeddingStore.of(str(dataset), space)
+    IndexFiles(store, "text").check(keys=True)   # the text groups did not change: the text index is not stale
+    with pytest.raises(IndexStale, match=r"changed \(`mmindex dedup` ran again\) since it was built"):
+        IndexFiles(store, "image").check()
+    result = CliRunner().invoke(app, ["search", "coffee", "-d", str(dataset), "--model", model, "--modality", "image"])
+    assert result.exit_code == 2
+    assert f"mmindex index {dataset} --model {space.name} --exclude-duplicates" in result.output
+
+
+def test_update_after_new_shards_keeps_the_duplicates_out(excluding, tmp_path: Path):
+    dataset, model = excluding
+    space = resolve_space(model)
+    more = tmp_path / "more"
+    more.mkdir()
+    coffee = Image.open(CORPUS / "photos" / "coffee.jpg").convert("RGB")
+    coffee.resize((coffee.width // 4, coffee.height // 4)).save(more / "coffee_tiny.jpg", quality=60)
+    shutil.copy(CORPUS / "photos" / "clock.jpg", more / "clock.jpg")
+    before = IndexFiles(EmbeddingStore.of(str(dataset), space), "image").info()["excluded"]["vectors"]
+    ingest(more, dataset=dataset, extra=("--shard-size=4",))
+    embed(dataset, model, threads=1)
+    dedup(DedupSettings(str(dataset), model))
+    result = CliRunner().invoke(app, ["index", str(dataset), "--model", model, "--update"])
+    assert result.exit_code == 0, result.output
+    members, representative = image_group(dataset, space.name)
+    keys = source_keys(dataset)
+    assert keys["coffee_tiny"] in members and representative == keys["coffee_large"]
+    searcher = Searcher(str(dataset), space, ["image"])
+    hits = {h["key"] for h in searcher.search(Query(image=str(CORPUS / "photos" / "coffee.jpg")), k=20)}
+    assert hits & members == {representative} and keys["clock"] in hits
+    assert IndexFiles(searcher.store, "image").info()["excluded"]["vectors"] == before + 1
+    checked = index_check(dataset, model)
+    assert checked.exit_code == 0, checked.output
+
+
+def test_the_pair_search_in_blocks_under_a_small_budget_finds_what_one_block_finds():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((12_000, 2, 16)).astype(np.float32)   # 24,000 views: the inverted file's size
+    vectors[-300:] = vectors[:300] + 0.05 * rng.standard_normal((300, 2, 16)).astype(np.float32)   # copies
+    vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
+    shards = [part.astype(np.float16) for part in np.array_split(vectors, 5)]
+    whole = near_pairs(Items([]), Items(shards), 0.9)
+    budget = 2 * 4 * 16 * 512 * 40   # the sample that trains 512 lists just fits; the views of 10,240 items a block
+    blocks = near_pairs(Items([]), Items(shards), 0.9, max_memory=budget)
+    assert blocks == whole and {(i, 11_700 + i) for i in range(300)} <= {(i, j) for i, j, _ in whole}
+
+
+def test_check_reads_the_duplicates_and_names_a_damaged_file_with_its_repair(deduplicated: Path, tmp_path: Path):
+    dataset = Path(shutil.copytree(deduplicated, tmp_path / "dataset"))
+    healthy = CliRunner().invoke(app, ["check", str(dataset)])
+    assert healthy.exit_code == 0, healthy.output
+    store = DuplicateStore(Dataset(str(dataset)), "offline")
+    views, groups = sorted(Path(store.root, "descriptors", "image").glob("*.npy"))[-1], Path(store.duplicates_path)
+    number = int(views.stem)
+    damaged = bytearray(views.read_bytes())
+    damaged[-1] ^= 0xFF   # one bit pattern changed: same size, another digest
+    views.write_bytes(bytes(damaged))
+    groups.write_bytes(groups.read_bytes()[:-10])
+    result = CliRunner().invoke(app, ["check", str(dataset)])
+    assert result.exit_code == 1
+    output = " ".join(result.output.split())   # as printed, lines wrapped
+    assert f"delete {store.descriptors_parquet(number)} and run `mmindex dedup {dataset} --model offline`" in output
+    assert f"delete {groups} and {store.summary_path}" in output
+    for path in (store.descriptors_parquet(number), groups, store.summary_path):   # the repairs it names work
+        Path(path).unlink()
+    dedup(DedupSettings(str(dataset)))
+    assert CliRunner().invoke(app, ["check", str(dataset)]).exit_code == 0
+    full = DuplicateStore(Dataset(str(deduplicated)), "offline")
+    assert groups.read_bytes() == Path(full.duplicates_path).read_bytes()
+
+
+def test_check_repair_rebuilds_an_index_without_duplicates_as_it_was_built(excluding):
+    dataset, model = excluding
+    files = IndexFiles(EmbeddingStore.of(str(dataset), resolve_space(model)), "image")
+    index = Path(published(files.root).path(INDEX))
+    index.write_bytes(index.read_bytes()[:-8])
+    result = CliRunner().invoke(app, ["check", str(dataset), "--repair"])
+    assert result.exit_code == 0, result.output
+    assert files.info()["excluded"]["vectors"] == 6
+    files.check(keys=True)

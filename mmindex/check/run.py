@@ -4,6 +4,8 @@ files that have no record yet, and check again."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass, field, replace
 
 from mmindex import storage
@@ -13,6 +15,7 @@ from mmindex.check.units import Unit
 from mmindex.dataset import Dataset, checksums, shard_name
 from mmindex.dataset.indexes import repair_pointer
 from mmindex.dataset.lock import exclusive
+from mmindex.index.build import BuildSettings
 from mmindex.index.store import IndexFiles
 from mmindex.sizes import counted
 from mmindex.spaces import Space
@@ -89,14 +92,25 @@ def _repair(dataset: Dataset, results: list[Checked], report: CheckReport) -> di
             if unit.kind == "embeddings":
                 storage.delete([unit.store.parquet_path(unit.number or 0)])  # uncommitted: the next embed redoes it
     indexed = {r.unit.store.space.name for r in results if r.unit.kind in ("index", "pointer") and r.unit.store}
+    excluding = {r.unit.store.space.name for r in results if r.unit.kind == "index" and r.unit.store
+                 and _left_out_duplicates(r.unit)}
     for space in spaces.values():
-        _reembed_and_reindex(dataset, space, [r.unit for r in damaged], space.name in indexed, report)
+        build = BuildSettings(exclude_duplicates=space.name in excluding)
+        _reembed_and_reindex(dataset, space, [r.unit for r in damaged], build if space.name in indexed else None,
+                             report)
     return unrebuilt
 
 
-def _reembed_and_reindex(dataset: Dataset, space: Space, damaged: list[Unit], indexed: bool,
+def _left_out_duplicates(unit: Unit) -> bool:
+    """Whether an index left near-duplicates out (--exclude-duplicates), so that its rebuild does too."""
+    with contextlib.suppress(OSError, ValueError):
+        return bool(json.loads(storage.read_bytes(unit.files[2])).get("excluded"))
+    return False
+
+
+def _reembed_and_reindex(dataset: Dataset, space: Space, damaged: list[Unit], indexed: BuildSettings | None,
                          report: CheckReport) -> None:
-    """Embeds the space's damaged shards again, then rebuilds its indexes if it had any (``indexed``)."""
+    """Embeds the space's damaged shards again, then rebuilds its indexes if it had any (as ``indexed`` says)."""
     from mmindex.embed.run import EmbedSettings, embed
     from mmindex.index.run import IndexSettings, build_indexes
 
@@ -108,7 +122,7 @@ def _reembed_and_reindex(dataset: Dataset, space: Space, damaged: list[Unit], in
         report.repaired.append(f"embedded {counted(result.committed, 'shard')} again in space {space.name!r} "
                                f"({', '.join(shard_name(n) for n in shards)})")
     if indexed:
-        built = build_indexes(IndexSettings(dataset.root, space.name), space=space)
+        built = build_indexes(IndexSettings(dataset.root, space.name, indexed), space=space)
         modalities = [b.modality for b in built.indexes]
         report.repaired.append(f"rebuilt the {', '.join(modalities)} {'index' if len(modalities) == 1 else 'indexes'} "
                                f"of space {space.name!r}")

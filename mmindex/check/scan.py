@@ -41,6 +41,14 @@ def repair_of(unit: Unit, path: str, root: str) -> str:
         return f"`{fix}` rebuilds it from its sources"
     if unit.kind == "rejects":
         return "restore it from a copy, or delete it and run the same `mmindex ingest` again to list those inputs again"
+    if unit.duplicates is not None:
+        dedup = f"`mmindex dedup {root} --model {unit.duplicates.space}`"
+        if unit.kind == "descriptors":
+            return (f"delete {unit.duplicates.descriptors_parquet(unit.number or 0)} and run {dedup} again: it "
+                    f"describes shard {shard_name(unit.number or 0)} again")
+        delete = " and ".join(dict.fromkeys((path, unit.duplicates.summary_path)))
+        return (f"delete {delete} and run {dedup} again (with the --threshold it ran with): it forms the groups "
+                f"again from the descriptors")
     space = unit.store.space.name if unit.store else ""
     if unit.kind == "pointer":
         return (f"`{fix}` points it at the newest complete generation (or, with none, rebuilds the index); it is "
@@ -71,7 +79,7 @@ def check_unit(unit: Unit, root: str, progress: Progress, deep: bool = True) -> 
         checked.sums[name] = checksums.file_sum(path)
         progress.add()
         wrong = checksums.mismatch(checked.sums[name], recorded[name]) if recorded and name in recorded else None
-        wrong = wrong or parse_problem(path)
+        wrong = wrong or parse_problem(path, unit.kind)
         if wrong:
             checked.findings.append(Finding(path, wrong, repair_of(unit, path, root)))
     if deep and not checked.findings:

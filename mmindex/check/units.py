@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from mmindex import storage
 from mmindex.dataset import Dataset, checksums, shard_name
+from mmindex.dataset.duplicates import DuplicateStore, dedup_spaces, load_views
 from mmindex.dataset.embeddings import DamagedEmbeddings, EmbeddingStore, load_vectors, recorded_spaces
 from mmindex.dataset.indexes import INDEX, INFO, KEYS, RECORD, PointerDamaged, pointer_path, published
 from mmindex.dataset.members import shard_members
@@ -28,18 +29,22 @@ PARSE_ERRORS = (OSError, ValueError, EOFError, RuntimeError, tarfile.TarError, p
 class Unit:
     """Files committed together under one checksum record."""
 
-    kind: str                 # shard, rejects, embeddings, index, pointer (an index's damaged CURRENT)
-    number: int | None        # the shard, for shard and embeddings units
+    kind: str                 # shard, rejects, embeddings, index, pointer (an index's damaged CURRENT),
+                              # descriptors and groups (`mmindex dedup`'s)
+    number: int | None        # the shard, for shard, embeddings and descriptors units
     record: str
     files: tuple[str, ...]
     store: EmbeddingStore | None = None   # embeddings, index and pointer units
     modality: str | None = None           # index and pointer units
     problem: str | None = None            # pointer units: what is wrong with it
+    duplicates: DuplicateStore | None = None   # descriptors and groups units
 
     @property
     def label(self) -> str:
-        space = self.store.space.name if self.store else ""
+        space = self.store.space.name if self.store else self.duplicates.space if self.duplicates else ""
         return {"shard": f"shard {shard_name(self.number or 0)}",
+                "descriptors": f"near-duplicate descriptors of shard {shard_name(self.number or 0)} in space {space!r}",
+                "groups": f"near-duplicate groups of space {space!r}",
                 "rejects": f"rejects {posixpath.basename(self.files[0])}",
                 "embeddings": f"embeddings of shard {shard_name(self.number or 0)} in space {space!r}",
                 "index": f"{self.modality} index of space {space!r}",
@@ -47,7 +52,8 @@ class Unit:
 
 
 def units(dataset: Dataset) -> list[Unit]:
-    """Every committed unit: shards, rejects, each space's embeddings per shard, each published index."""
+    """Every committed unit: shards, rejects, each space's embeddings per shard, each published index, and each
+    space's near-duplicate descriptors per shard and groups."""
     found = [Unit("shard", n, dataset.record_path(n), (dataset.shard_path(n), dataset.samples_path(n)))
              for n in sorted({*dataset.committed_shards(), *dataset.recorded_shards()})]
     found += [Unit("rejects", None, dataset.rejects_record(name), (dataset.rejects_path(name),))
@@ -55,11 +61,24 @@ def units(dataset: Dataset) -> list[Unit]:
     for space in recorded_spaces(dataset):
         store = EmbeddingStore(dataset, space)
         for number in sorted({*store.committed(), *store.recorded()}):
-            found.append(Unit("embeddings", number, store.record_path(number), _embedding_files(store, number), store))
+            files = _recorded_files(store.dataset.root, store.record_path(number), store.parquet_path(number),
+                                    [store.vectors_path(number, modality) for modality in MODALITIES])
+            found.append(Unit("embeddings", number, store.record_path(number), files, store))
         for modality in dataset.index_modalities(space.name):
             unit = index_unit(IndexFiles(store, modality))
             if unit is not None:
                 found.append(unit)
+    for space_name in dedup_spaces(dataset):
+        duplicates = DuplicateStore(dataset, space_name)
+        for number in sorted({*duplicates.described_shards(), *duplicates.recorded_shards()}):
+            record = duplicates.descriptors_record(number)
+            files = _recorded_files(dataset.root, record, duplicates.descriptors_parquet(number),
+                                    [duplicates.descriptors_path(number, modality) for modality in MODALITIES])
+            found.append(Unit("descriptors", number, record, files, duplicates=duplicates))
+        if storage.exists(duplicates.summary_path) or storage.exists(duplicates.groups_record):
+            files = _recorded_files(dataset.root, duplicates.groups_record, duplicates.summary_path,
+                                    [duplicates.duplicates_path, *map(duplicates.pairs_path, MODALITIES)])
+            found.append(Unit("groups", None, duplicates.groups_record, files, duplicates=duplicates))
     return found
 
 
@@ -76,28 +95,28 @@ def index_unit(files: IndexFiles) -> Unit | None:
                 files.embeddings, files.modality)
 
 
-def _embedding_files(store: EmbeddingStore, number: int) -> tuple[str, ...]:
-    """The recorded files of a shard's embeddings; without a record, its parquet and the vector files there."""
+def _recorded_files(root: str, record: str, commit: str, others: list[str]) -> tuple[str, ...]:
+    """The files a unit's record names, and the file that commits it; without a record, that file and those of
+    ``others`` that are there."""
     try:
-        recorded = checksums.read_record(store.record_path(number))
+        recorded = checksums.read_record(record)
     except checksums.RecordUnreadable:
         recorded = None
     if recorded is not None:
-        names = [storage.join(store.dataset.root, name) for name in recorded]
+        names = [storage.join(root, name) for name in recorded]
     else:
-        names = [store.vectors_path(number, modality) for modality in MODALITIES
-                 if storage.exists(store.vectors_path(number, modality))]
-    return tuple(sorted({store.parquet_path(number), *names}))
+        names = [path for path in others if storage.exists(path)]
+    return tuple(sorted({commit, *names}))
 
 
-def parse_problem(path: str) -> str | None:
-    """Whether a file reads as what its name says it is; how it fails, in words, or None. (A shard tar is read
-    whole with its samples parquet, by unit_problem.)"""
+def parse_problem(path: str, kind: str = "") -> str | None:
+    """Whether a file of a unit of ``kind`` reads as what its name says it is; how it fails, in words, or None. (A
+    shard tar is read whole with its samples parquet, by unit_problem.)"""
     try:
         if path.endswith(".parquet"):
             read_parquet(path)
         elif path.endswith(".npy"):
-            load_vectors(path)
+            (load_views if kind == "descriptors" else load_vectors)(path)
         elif path.endswith(".faiss"):
             import faiss
 

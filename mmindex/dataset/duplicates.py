@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,12 +106,18 @@ class DuplicateStore:
     def groups_record(self) -> str:
         return self.dataset.unit_record(f"duplicates/{self.space}/groups")
 
+    def descriptors_record(self, number: int) -> str:
+        return self.dataset.unit_record(f"duplicates/{self.space}/descriptors/{shard_name(number)}")
+
     def described_shards(self) -> list[int]:
         return numbered(storage.join(self.root, "descriptors", "*.parquet"))
 
+    def recorded_shards(self) -> list[int]:
+        """Shards whose descriptors have a checksum record (one whose parquet is gone, too)."""
+        return numbered(self.descriptors_record(0).replace(shard_name(0), "*"))
+
     def commit_descriptors(self, shard: ShardDescriptors) -> None:
-        recorder = Recorder(self.dataset.root,
-                            self.dataset.unit_record(f"duplicates/{self.space}/descriptors/{shard_name(shard.number)}"))
+        recorder = Recorder(self.dataset.root, self.descriptors_record(shard.number))
         for modality, views in sorted(shard.views.items()):
             buffer = io.BytesIO()
             np.save(buffer, np.stack(views).astype(np.float16), allow_pickle=False)
@@ -156,6 +163,18 @@ class DuplicateStore:
     def groups(self) -> list[dict[str, Any]]:
         """The duplicates parquet's rows (empty when no dedup ran)."""
         return read_parquet(self.duplicates_path).to_pylist() if storage.exists(self.duplicates_path) else []
+
+    def removable(self, modalities: tuple[str, ...]) -> set[str]:
+        """Keys in a group of one of ``modalities`` without being its representative: what curation leaves out."""
+        return {row["key"] for row in self.groups() if row["modality"] in modalities and row["key"] !=
+                row["representative"]}
+
+
+def dedup_spaces(dataset: Dataset) -> list[str]:
+    """The spaces `mmindex dedup` wrote groups or descriptors for (or left checksum records of), by folder name."""
+    found = [*storage.glob(storage.join(dataset.root, "duplicates", "*", "*")),
+             *storage.glob(dataset.unit_record("duplicates/*/*").replace(".json", ""))]
+    return sorted({posixpath.basename(posixpath.dirname(path.rstrip("/"))) for path in found})
 
 
 def load_views(path: str) -> np.ndarray:

@@ -14,6 +14,7 @@ from mmindex.dataset import Dataset
 from mmindex.dataset.duplicates import DuplicateStore, write_keep_list
 from mmindex.dataset.lock import exclusive
 from mmindex.dataset.samples import sample_keys
+from mmindex.dedup.pairs import MAX_MEMORY
 from mmindex.dedup.steps import ModalityGroups, ShardDescribed, declare
 from mmindex.executors.local import LocalExecutor
 from mmindex.modalities import MODALITIES
@@ -31,6 +32,7 @@ class DedupSettings:
     modalities: tuple[str, ...] = MODALITIES
     threshold: float | None = None      # None: each modality's default (THRESHOLDS)
     keep_list: str | None = None        # where to write the keys to keep
+    max_memory: int = MAX_MEMORY        # for the descriptors searched against at a time (pairs.py)
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0 < self.threshold <= 1:
@@ -66,7 +68,8 @@ def dedup(settings: DedupSettings, executor: Executor | None = None) -> DedupRep
     report = DedupReport(dataset.root, store.space, len(keys))
     with exclusive(dataset, "dedup"):
         pending = sorted(set(shards) - set(store.described_shards()))
-        for fact in (executor or LocalExecutor()).run(declare(store, pending, settings.thresholds())):
+        stage = declare(store, pending, settings.thresholds(), settings.max_memory)
+        for fact in (executor or LocalExecutor()).run(stage):
             if isinstance(fact, ShardDescribed):
                 report.described += 1
                 for reason, count in fact.skipped.items():
@@ -81,13 +84,7 @@ def dedup(settings: DedupSettings, executor: Executor | None = None) -> DedupRep
     return report
 
 
-def removable(store: DuplicateStore, modalities: tuple[str, ...] = MODALITIES) -> set[str]:
-    """Keys that are in a group of one of ``modalities`` without being its representative."""
-    return {row["key"] for row in store.groups() if row["modality"] in modalities and row["key"] !=
-            row["representative"]}
-
-
 def kept_keys(store: DuplicateStore, keys: list[str], modalities: tuple[str, ...]) -> list[str]:
     """Every sample but those a group of ``modalities`` can do without: one representative per group stays."""
-    drop = removable(store, modalities)
+    drop = store.removable(modalities)
     return [key for key in keys if key not in drop]

@@ -17,8 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from mmindex import storage
 from mmindex.dataset import Dataset, shard_name
 from mmindex.dataset.duplicates import Described, DuplicateStore, Pair, ShardDescriptors
@@ -79,14 +77,13 @@ class Describe:
         return [ShardDescribed(number, sum(len(v) for v in shard.views.values()), skipped)]
 
 
-def _items(parts: list[Described]) -> tuple[list[str], list[float], np.ndarray]:
-    keys = [key for part in parts for key in part.keys]
-    sizes = [size for part in parts for size in part.sizes]
-    views = [np.asarray(part.views) for part in parts if part.keys]
-    return keys, sizes, (np.concatenate(views) if views else np.zeros((0, 1, 1), np.float16))
+def _items(parts: list[Described]) -> tuple[list[str], list[float], Items]:
+    """The keys, sizes and views of shards' items, one after another (the views left where they are stored)."""
+    return ([key for part in parts for key in part.keys], [size for part in parts for size in part.sizes],
+            Items([part.views for part in parts]))
 
 
-def group_rows(modality: str, keys: list[str], sizes: list[float], views: np.ndarray,
+def group_rows(modality: str, keys: list[str], sizes: list[float], views: Items,
                pairs: list[Pair]) -> list[dict[str, Any]]:
     """The duplicates rows of one modality: its groups numbered by their smallest key, members in key order."""
     order = sorted(range(len(keys)), key=keys.__getitem__)
@@ -96,15 +93,15 @@ def group_rows(modality: str, keys: list[str], sizes: list[float], views: np.nda
         items = [order[r] for r in members]
         best = min(items, key=lambda i: (-sizes[i], keys[i]))
         rows += [{"modality": modality, "group": number, "key": keys[i], "representative": keys[best],
-                  "similarity": 1.0 if i == best else similarity(views[i], views[best])} for i in items]
+                  "similarity": 1.0 if i == best else similarity(views.item(i), views.item(best))} for i in items]
     return rows
 
 
 class Group:
     """Compares what is new, joins the pairs found before, and commits every modality's groups as one unit."""
 
-    def __init__(self, root: str, space: str):
-        self.root, self.space = root, space
+    def __init__(self, root: str, space: str, max_memory: int):
+        self.root, self.space, self.max_memory = root, space, max_memory
 
     def __call__(self, elements: list[Any]) -> list[ModalityGroups | ShardDescribed]:
         store = DuplicateStore(Dataset(self.root), self.space)
@@ -121,7 +118,7 @@ class Group:
             old = [store.descriptors(n, compare.modality) for n in shards if shard_name(n) in compared]
             new = [store.descriptors(n, compare.modality) for n in shards if shard_name(n) not in compared]
             keys, sizes, views = _items(old + new)
-            found = near_pairs(Items(_items(old)[2]), Items(_items(new)[2]), compare.threshold)
+            found = near_pairs(_items(old)[2], _items(new)[2], compare.threshold, self.max_memory)
             joined = (store.pairs(compare.modality) if valid else []) + [
                 (*sorted((keys[i], keys[j])), s) for i, j, s in found]
             pairs[compare.modality] = sorted(joined)
@@ -138,10 +135,11 @@ class Group:
         return [*reports, *(e for e in elements if isinstance(e, ShardDescribed))]  # the driver counts these
 
 
-def declare(store: DuplicateStore, pending: list[int], thresholds: dict[str, float]) -> Stage:
-    """Describing the ``pending`` shards, then grouping each modality of ``thresholds`` at its threshold."""
+def declare(store: DuplicateStore, pending: list[int], thresholds: dict[str, float], max_memory: int) -> Stage:
+    """Describing the ``pending`` shards, then grouping each modality of ``thresholds`` at its threshold, with the
+    descriptors searched against taking about ``max_memory`` bytes at a time."""
     root = portable(store.dataset.root)
     start: list[Any] = [*pending, *(Compare(m, t) for m, t in sorted(thresholds.items()))]
     return Stage("dedup", start, [Each("Describe", Describe(root, store.space), int, runs="cpu"),
-                                  Whole("Group", Group(root, store.space), (Compare, ShardDescribed))],
+                                  Whole("Group", Group(root, store.space, max_memory), (Compare, ShardDescribed))],
                  (ModalityGroups, ShardDescribed), store.dataset.scratch_path("dedup"))

@@ -12,6 +12,7 @@ import numpy as np
 
 from mmindex.dataset import shard_name
 from mmindex.index.choose import TRAIN_PER_LIST, choose
+from mmindex.index.exclusion import Exclusion
 from mmindex.index.searchable import ExactVectors, SearchableIndex, keeps_exact_vectors
 from mmindex.index.store import IndexFiles
 from mmindex.index.tune import QUERIES, Tuned, cross_modal_sources, tune, tuning_queries
@@ -28,6 +29,7 @@ class BuildSettings:
     max_memory: int = 4 * 2**30
     target_recall: float = 0.95
     index_type: str | None = None   # a FAISS factory string, overriding the choice
+    exclude_duplicates: bool = False   # leave out the non-representatives of `mmindex dedup`'s groups
 
 
 def add_shards(index: faiss.Index, shards: Shards) -> None:
@@ -40,13 +42,16 @@ def build_index(files: IndexFiles, settings: BuildSettings, update: bool = False
     """Builds (or with ``update``, extends) the index of one modality; returns its info."""
     started = time.monotonic()
     store, modality = files.embeddings, files.modality
-    shards = [s for s in modality_shards(store, modality) if s.keys]
-    if not shards:
+    embedded = [s for s in modality_shards(store, modality) if s.keys]
+    if not embedded:
         raise FileNotFoundError(f"no {modality} vectors in space {store.space.name!r}: run `mmindex embed "
                                 f"{store.dataset.root} --model {store.space.name}` first")
-    n, dim = total(shards), shards[0].vectors.shape[1]
-    if update and files.exists():
-        index, info, indexed, pending = _reopen(*files.read(), shards)
+    previous = files.read() if update and files.exists() else None
+    exclusion = _exclusion(files, settings.exclude_duplicates, previous[0] if previous else None)
+    shards = [exclusion.keep(s) for s in embedded] if exclusion else embedded
+    n, dim = total(shards), embedded[0].vectors.shape[1]
+    if previous:
+        index, info, indexed, pending = _reopen(*previous, shards)
     else:
         (index, info), indexed, pending = _trained(shards, n, dim, settings), [], shards
     ordered = indexed + pending  # every shard of the index, in id order
@@ -63,6 +68,9 @@ def build_index(files: IndexFiles, settings: BuildSettings, update: bool = False
                 target_met=tuned.recall >= settings.target_recall, vectors=n, dim=dim, space=store.space.name,
                 modality=modality, shards={shard_name(s.number): len(s.keys) for s in ordered},
                 build_seconds=round(time.monotonic() - started, 2))
+    if exclusion:
+        info["excluded"] = exclusion.record({shard_name(e.number): len(e.keys) - len(s.keys)
+                                             for e, s in zip(embedded, shards, strict=True)})
     files.save(index, [{"key": key, "shard": shard_name(s.number)} for s in ordered for key in s.keys], info)
     return info
 
@@ -85,14 +93,25 @@ def _trained(shards: Shards, n: int, dim: int, settings: BuildSettings) -> tuple
                    "bytes_per_vector": None if settings.index_type else choice.bytes_per_vector}
 
 
-def _reopen(previous: dict, index: faiss.Index, shards: Shards) -> tuple[faiss.Index, dict, Shards, Shards]:
+def _exclusion(files: IndexFiles, asked: bool, previous: dict | None) -> Exclusion | None:
+    """The near-duplicates to leave out: as asked, or with --update, as the index was built."""
+    if previous is not None:
+        if asked and not previous.get("excluded"):
+            raise ValueError("--update extends the index as it was built, near-duplicates included: rebuild "
+                             "without --update to leave them out")
+        asked = bool(previous.get("excluded"))
+    return Exclusion.read(files.embeddings, files.modality) if asked else None
+
+
+def _reopen(previous: dict, index: faiss.Index, keys: list[str], shards: Shards
+            ) -> tuple[faiss.Index, dict, Shards, Shards]:
     """The saved index, to be extended without retraining, with the shards it holds (in id order) and the new
-    ones; the indexed shards must be unchanged."""
+    ones; the indexed shards, and the near-duplicates left out of them, must be unchanged."""
     by_name = {shard_name(s.number): s for s in shards}
     indexed = previous["shards"]
-    if any(name not in by_name or len(by_name[name].keys) != count for name, count in indexed.items()):
-        raise ValueError("--update only adds new shards, but indexed shards changed or disappeared: rebuild "
-                         "without --update")
+    if any(name not in by_name for name in indexed) or keys != [k for name in indexed for k in by_name[name].keys]:
+        raise ValueError("--update only adds new shards, but indexed shards changed or disappeared (or the "
+                         "near-duplicates left out of them did): rebuild without --update")
     new = [s for name, s in by_name.items() if name not in indexed]
     log.info("index: adding %s to the %s index", counted(len(new), "new shard"), previous["type"])
     info = {k: previous[k] for k in ("type", "lists", "chosen_by", "bytes_per_vector")}

@@ -35,12 +35,13 @@ class BuiltIndex:
     build_seconds: float
     target_met: bool
     up_to_date: bool = False  # an --update found nothing new: nothing was built
+    excluded: int = 0         # near-duplicates left out (--exclude-duplicates)
 
     @classmethod
     def of(cls, files: IndexFiles, info: dict[str, Any], up_to_date: bool = False) -> BuiltIndex:
         return cls(files.modality, files.root, info["vectors"], info["type"], describe_search(info),
                    info["recall_at_10"], info["bytes"], info["build_seconds"], info.get("target_met", True),
-                   up_to_date)
+                   up_to_date, info.get("excluded", {}).get("vectors", 0))
 
 
 def build(files: IndexFiles, settings: BuildSettings, update: bool) -> list[BuiltIndex]:
@@ -49,7 +50,8 @@ def build(files: IndexFiles, settings: BuildSettings, update: bool) -> list[Buil
     if not embedded:
         return []
     previous = files.info() if update and files.exists() else None
-    if previous is not None and previous["shards"] == embedded:
+    as_asked = bool(previous and previous.get("excluded")) or not settings.exclude_duplicates
+    if previous is not None and as_asked and files.mismatch(previous) is None:
         return [BuiltIndex.of(files, previous, up_to_date=True)]
     return [BuiltIndex.of(files, build_index(files, settings, update=update))]
 

@@ -7,9 +7,9 @@ embeddings. Every read below resolves the published generation once and reads al
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any, TypeVar
 
 import faiss
@@ -17,11 +17,14 @@ import numpy as np
 
 from mmindex import storage
 from mmindex.dataset.checksums import unit_problem
+from mmindex.dataset.duplicates import DuplicateStore
 from mmindex.dataset.embeddings import EmbeddingStore, embedded_keys
 from mmindex.dataset.indexes import INDEX, RECORD, Generation, published, reading, write_generation
 from mmindex.dataset.layout import shard_name
 from mmindex.dataset.samples import read_samples
+from mmindex.index.exclusion import Exclusion, accounted, stale_exclusion
 from mmindex.index.searchable import ExactVectors, SearchableIndex
+from mmindex.index.vectors import Rows
 from mmindex.sizes import counted
 
 T = TypeVar("T")
@@ -60,6 +63,10 @@ class IndexFiles:
         return published(self.root) is not None
 
     @property
+    def duplicates(self) -> DuplicateStore:
+        return DuplicateStore(self.embeddings.dataset, self.embeddings.space.name)
+
+    @property
     def rebuild(self) -> str:
         return f"rebuild it with `mmindex index {self.embeddings.dataset.root} --model {self.embeddings.space.name}`"
 
@@ -83,11 +90,11 @@ class IndexFiles:
     def info(self) -> dict[str, Any]:
         return self._pinned(Generation.info)
 
-    def read(self) -> tuple[dict[str, Any], faiss.Index]:
-        """The info and the FAISS index of one build, in memory (to extend it)."""
-        def read(generation: Generation) -> tuple[dict[str, Any], faiss.Index]:
+    def read(self) -> tuple[dict[str, Any], faiss.Index, list[str]]:
+        """The info, the FAISS index (in memory, to extend it) and the key of each id of one build."""
+        def read(generation: Generation) -> tuple[dict[str, Any], faiss.Index, list[str]]:
             info = generation.info()
-            return info, self._read_index(generation, info)
+            return info, self._read_index(generation, info), generation.keys()[0]
 
         return self._pinned(read)
 
@@ -123,7 +130,7 @@ class IndexFiles:
                              f"{len(keys):,}; rebuild it with `mmindex index {self.embeddings.dataset.root}`")
         rerank = info.get("rerank", 0)
         if rerank:
-            searchable.exact = ExactVectors([self._vectors(name, count) for name, count in Counter(shards).items()])
+            searchable.exact = self._exact(info, keys, shards)
         searchable.set(info["parameters"], rerank)
         return LoadedIndex(generation, info, searchable, keys, shards)
 
@@ -131,7 +138,21 @@ class IndexFiles:
         """The exact vector of each id of ``loaded`` (its re-ranking's, or read from the embeddings on disk)."""
         if loaded.index.exact is not None:
             return loaded.index.exact
-        return ExactVectors([self._vectors(name, count) for name, count in Counter(loaded.shards).items()])
+        return self._exact(loaded.info, loaded.keys, loaded.shards)
+
+    def _exact(self, info: dict[str, Any], keys: list[str], shards: list[str]) -> ExactVectors:
+        """The embeddings of the ids (by shard, in id order): of a shard that near-duplicates were left out of,
+        the rows of the ids' keys."""
+        left_out = info.get("excluded", {}).get("shards", {})
+        arrays: list[np.ndarray | Rows] = []
+        for name, ids in groupby(range(len(shards)), key=shards.__getitem__):
+            mine = [keys[i] for i in ids]
+            vectors = self._vectors(name, len(mine) + left_out.get(name, 0))
+            if left_out.get(name):
+                row = {key: r for r, key in enumerate(embedded_keys(self.embeddings.read(int(name))[0], self.modality))}
+                vectors = Rows(vectors, [row[key] for key in mine])
+            arrays.append(vectors)
+        return ExactVectors(arrays)
 
     def _vectors(self, shard: str, count: int) -> np.ndarray:
         """A shard's embeddings, which re-ranking reads by id: they must be the ones the index was built from."""
@@ -171,12 +192,20 @@ class IndexFiles:
 
     def _check(self, generation: Generation, keys: bool) -> None:
         info = generation.info()
-        indexed, embedded = info["shards"], self.embeddings.vector_counts(self.modality)
+        problem = self.mismatch(info)
+        if problem:
+            raise IndexStale(problem)
+        if keys:  # the full check also opens the index file (loading it checks it too)
+            self._read_index(generation, info, mmap=True)
+            left_out = Exclusion.of(self.duplicates, self.modality).keys if info.get("excluded") else frozenset()
+            self._check_ids(generation, left_out)
+
+    def mismatch(self, info: dict[str, Any]) -> str | None:
+        """What disagrees between an index's info and the embeddings (vectors per shard) and near-duplicate
+        groups (what it left out), with the command that fixes it; None when nothing does."""
+        indexed, embedded = accounted(info), self.embeddings.vector_counts(self.modality)
         if indexed == embedded:
-            if keys:  # the full check also opens the index file (loading it checks it too)
-                self._read_index(generation, info, mmap=True)
-                self._check_ids(generation)
-            return
+            return stale_exclusion(info, self.embeddings, self.modality)
         new = sorted(set(embedded) - set(indexed))
         gone = sorted(set(indexed) - set(embedded))
         changed = sorted(s for s in set(indexed) & set(embedded) if indexed[s] != embedded[s])
@@ -188,13 +217,13 @@ class IndexFiles:
         if gone or changed:
             problems.append(f"{counted(len(gone) + len(changed), 'indexed shard')} whose vectors are gone or changed")
         fix = (f"mmindex index {root} --model {space} --update" if new and not (gone or changed)
-               else f"mmindex index {root} --model {space}")
-        raise IndexStale(f"the {self.modality} index of space {space!r} does not match the embeddings: "
-                         f"{'; '.join(problems)}. Run `{fix}`.")
+               else f"mmindex index {root} --model {space}{' --exclude-duplicates' if info.get('excluded') else ''}")
+        return (f"the {self.modality} index of space {space!r} does not match the embeddings: "
+                f"{'; '.join(problems)}. Run `{fix}`.")
 
-    def _check_ids(self, generation: Generation) -> None:
-        """Every id maps to its shard's embedded item and to a sample of that shard, and every sample of the
-        modality in an indexed shard has an item (embedded, or skipped with a reason)."""
+    def _check_ids(self, generation: Generation, left_out: frozenset[str]) -> None:
+        """Every id maps to its shard's embedded item (but those ``left_out``) and to a sample of that shard, and
+        every sample of the modality in an indexed shard has an item (embedded, or skipped with a reason)."""
         by_shard: dict[str, list[str]] = {}
         for key, shard in zip(*generation.keys(), strict=True):
             by_shard.setdefault(shard, []).append(key)
@@ -202,7 +231,7 @@ class IndexFiles:
         rebuild = f"mmindex index {dataset.root} --model {self.embeddings.space.name}"
         for shard, keys in by_shard.items():
             items = self.embeddings.read(int(shard))[0]
-            if keys != embedded_keys(items, self.modality):
+            if keys != [key for key in embedded_keys(items, self.modality) if key not in left_out]:
                 raise IndexStale(f"ids of shard {shard} in the {self.modality} index map to other samples than its "
                                  f"embeddings; rebuild: `{rebuild}`")
             samples = read_samples(dataset.samples_path(int(shard)), columns=["key", "modalities"]).to_pylist()

@@ -10,11 +10,30 @@ import numpy as np
 from mmindex.dataset.embeddings import EmbeddingStore, embedded_keys
 
 
+class Rows:
+    """Some rows of an array of vectors (memory-mapped), read only when indexed: the part of a shard's vectors an
+    index holds when it leaves near-duplicates out. A slice is Rows again; other indexing, and numpy, read them."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray | list[int]):
+        self.array, self.rows = array, np.asarray(rows, np.int64)
+        self.shape = (len(self.rows), *array.shape[1:])
+        self.size, self.dtype = int(np.prod(self.shape)), array.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: slice | np.ndarray | int) -> Rows | np.ndarray:
+        return Rows(self.array, self.rows[index]) if isinstance(index, slice) else self.array[self.rows[index]]
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        return np.asarray(self.array[self.rows], dtype)
+
+
 @dataclass(frozen=True)
 class ShardVectors:
     number: int
-    keys: list[str]          # keys[i] is the sample of vectors[i]
-    vectors: np.ndarray      # float16, memory-mapped where the file is local
+    keys: list[str]              # keys[i] is the sample of vectors[i]
+    vectors: np.ndarray | Rows   # float16, memory-mapped where the file is local
 
 
 def shard_vectors(store: EmbeddingStore, number: int, modality: str) -> ShardVectors:
