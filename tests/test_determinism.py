@@ -76,4 +76,4 @@ def test_workers_and_threads_change_no_byte_of_the_vectors(tmp_path):
     assert [r["skipped"] for r in rows.values() if r["modality"] == "audio"].count(NO_SPEECH) == 1
     assert sum(r["row"] is not None for r in rows.values() if r["modality"] == "audio") == 2  # the speech clips
     recorded = json.loads((one / "embeddings" / "offline" / "space.json").read_text())["settings"]
-    assert recorded["image"]["threads"] == 1 and recorded["audio"]["min_logprob"] == -1.0
+    assert recorded["image"]["threads"] == 2 and recorded["audio"]["min_logprob"] == -1.0

@@ -8,9 +8,11 @@ A setting left out of the space's ``image`` section keeps its first meaning (cen
 top 10, each label's first lemma, the worker's torch threads), so vectors embedded before these settings existed
 stay valid; the preset names every setting it uses, and changing one changes the space's fingerprint.
 
-On the CPU the classifier's logits change in their last bits between one torch thread and more (oneDNN splits
-small batches differently), and so do float16 vectors: the preset pins it to one thread (``threads``), so that
-``--threads`` and ``--workers`` change only the speed. Its text vectors (MiniLM) were the same at 1 to 4 threads.
+On the CPU the classifier's logits change in their last bits between one torch thread and more (oneDNN takes
+another path for one thread; 2, 3, 4 and 8 threads gave the same bits), and so do float16 vectors: the preset
+pins it to two threads (``threads``), so that ``--threads`` and ``--workers`` change only the speed, on any
+machine. Two, not one: one thread halved the offline space's image throughput on two cores. Its text vectors
+(MiniLM) were the same at 1 to 4 threads.
 """
 
 from __future__ import annotations
