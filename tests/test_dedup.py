@@ -135,6 +135,21 @@ def test_an_incremental_run_equals_a_full_run_and_repeats_give_the_same_bytes(co
     assert Path(store.duplicates_path).read_bytes() == Path(full.duplicates_path).read_bytes()
 
 
+def test_on_beam_the_same_declared_stage_finds_the_same_groups(corpus, deduplicated: Path, tmp_path: Path):
+    """The stage runs on any Beam runner (here its in-process runner) and writes the in-process executor's bytes."""
+    from pipelines.executor import BeamExecutor
+
+    dataset = tmp_path / "dataset"
+    ingest(*corpus, dataset=dataset, extra=("--shard-size=4",))
+    report = dedup(DedupSettings(str(dataset)), BeamExecutor([], 1))
+    assert report.described == len(Dataset(str(dataset)).committed_shards())
+    on_beam = DuplicateStore(Dataset(str(dataset)), "offline")
+    local = DuplicateStore(Dataset(str(deduplicated)), "offline")
+    assert Path(on_beam.duplicates_path).read_bytes() == Path(local.duplicates_path).read_bytes()
+    for modality in ("image", "audio", "text"):
+        assert Path(on_beam.pairs_path(modality)).read_bytes() == Path(local.pairs_path(modality)).read_bytes()
+
+
 def test_another_threshold_compares_everything_again(deduplicated: Path, tmp_path: Path):
     dataset = shutil.copytree(deduplicated, tmp_path / "dataset")
     loose = dedup(DedupSettings(str(dataset), modalities=("image",), threshold=0.6))
