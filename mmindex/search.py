@@ -101,6 +101,8 @@ class Searcher:
         for modality in self.targets:
             if modality in self.skipped:  # indexing again cannot help: say what can
                 raise IndexMissing(self.skipped[modality].advice())
+            if modality not in published and modality not in self.damaged:
+                self._check_embeds(space, modality)
         if not self.targets and not self.damaged:
             if self.skipped:
                 raise IndexMissing("; and ".join(s.advice() for s in self.skipped.values()))
@@ -108,6 +110,16 @@ class Searcher:
         self.indexes: dict[str, LoadedIndex] = {m: self._load(m) for m in self.targets}
         self.duplicates = DuplicateStore(self.store.dataset, space.name)
         self._groups: tuple[str | None, dict[str, dict[str, int]]] = (None, {})
+
+    @staticmethod
+    def _check_embeds(space: Space, modality: str) -> None:
+        """Refuses a modality the space has no encoder for: no index of it can ever be built there, so the advice
+        to build one would go in a circle."""
+        embeds = space.modalities()
+        if modality not in embeds:
+            raise IndexMissing(f"space {space.name!r} embeds {' and '.join(embeds)}, not {modality}: no {modality} "
+                               f"index can be built in it; embed the dataset in a space that embeds {modality} "
+                               f"(the spaces and what each embeds: docs/cli.md, 'Model spaces')")
 
     def _published(self, modality: str) -> bool:
         """Whether ``modality`` has an index to load; a damaged one is noted in ``damaged`` (and not followed),

@@ -216,3 +216,15 @@ def test_a_source_is_named_without_the_folders_above_it(source: str, name: str):
     from mmindex.dataset.sources import source_name
 
     assert source_name(source) == name
+
+
+def test_a_modality_the_space_has_no_encoder_for_is_refused_without_the_advice_to_index(
+        demo_dataset: Path, tiny_clip: Path, tmp_path: Path):
+    """A CLIP space embeds images and text: asking it for sounds must not say `run mmindex index` (a circle)."""
+    dataset = shutil.copytree(demo_dataset, tmp_path / "dataset")
+    assert mmindex("embed", dataset, "--model", tiny_clip, "--decode-workers", "0").exit_code == 0
+    assert mmindex("index", dataset, "--model", tiny_clip).exit_code == 0
+    result = mmindex("search", "a dog barking", "--dataset", dataset, "--model", tiny_clip, "--modality", "audio")
+    assert result.exit_code == 2
+    assert "embeds image and text, not audio: no audio index can be built in it" in result.output
+    assert "mmindex index" not in result.output
