@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ import pyarrow as pa
 from mmindex import storage
 from mmindex.dataset.checksums import Recorder, read_record, relative
 from mmindex.dataset.layout import Dataset, numbered, shard_name
-from mmindex.dataset.parquet import parquet_bytes, read_parquet
+from mmindex.dataset.parquet import ShardItems, parquet_bytes, read_parquet
 
 DESCRIPTORS_SCHEMA = pa.schema([
     pa.field("key", pa.string(), nullable=False),
@@ -50,21 +50,16 @@ DUPLICATES_SCHEMA = pa.schema([
 Pair = tuple[str, str, float]
 
 
-@dataclass
-class ShardDescriptors:
+class ShardDescriptors(ShardItems):
     """One shard's descriptors: views by modality, and one row per member (described, or skipped with why)."""
 
-    number: int
-    views: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    @property
+    def views(self) -> dict[str, list[np.ndarray]]:
+        return self.arrays
 
     def add(self, key: str, modality: str, views: np.ndarray | None, size: float | None = None,
             skipped: str | None = None) -> None:
-        row = None
-        if views is not None:
-            row = len(self.views.setdefault(modality, []))
-            self.views[modality].append(views)
-        self.rows.append({"key": key, "modality": modality, "row": row, "size": size, "skipped": skipped})
+        self.add_item(key, modality, views, size=size, skipped=skipped)
 
 
 @dataclass(frozen=True)

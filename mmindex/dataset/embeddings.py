@@ -30,7 +30,7 @@ from mmindex import storage
 from mmindex.bridge import mapping as mappings
 from mmindex.dataset.checksums import Recorder, unit_problem
 from mmindex.dataset.layout import Dataset, numbered, shard_name
-from mmindex.dataset.parquet import parquet_bytes, read_parquet
+from mmindex.dataset.parquet import ShardItems, parquet_bytes, read_parquet
 from mmindex.modalities import MODALITIES
 from mmindex.spaces import Space, resolve_space
 
@@ -60,21 +60,16 @@ class DamagedEmbeddings(ValueError):
         self.detail = detail
 
 
-@dataclass
-class ShardEmbeddings:
-    """One shard's result: vectors by modality and one row per item (embedded or skipped with a reason)."""
+class ShardEmbeddings(ShardItems):
+    """One shard's result: vectors by modality and one row per item (embedded, or skipped with a reason)."""
 
-    number: int
-    vectors: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    @property
+    def vectors(self) -> dict[str, list[np.ndarray]]:
+        return self.arrays
 
     def add(self, key: str, modality: str, vector: np.ndarray | None, skipped: str | None = None,
             note: str | None = None) -> None:
-        row = None
-        if vector is not None:
-            row = len(self.vectors.setdefault(modality, []))
-            self.vectors[modality].append(vector)
-        self.rows.append({"key": key, "modality": modality, "row": row, "skipped": skipped, "note": note})
+        self.add_item(key, modality, vector, skipped=skipped, note=note)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -28,3 +30,20 @@ def parquet_file(path: str) -> pq.ParquetFile:
 
 def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
     return parquet_file(path).read(columns=columns)
+
+
+@dataclass
+class ShardItems:
+    """One shard's items as a stage commits them: an array per item by modality, and a row per item naming its
+    place in its modality's arrays (None: the item has no array, and its row says why)."""
+
+    number: int
+    arrays: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_item(self, key: str, modality: str, array: np.ndarray | None, **columns: Any) -> None:
+        row = None
+        if array is not None:
+            row = len(self.arrays.setdefault(modality, []))
+            self.arrays[modality].append(array)
+        self.rows.append({"key": key, "modality": modality, "row": row, **columns})
