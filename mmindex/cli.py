@@ -226,7 +226,7 @@ def evaluate(
         rows, missing = run(store), not_embedded(store)
         if missing and not rows:
             raise FileNotFoundError(f"nothing to evaluate: {missing}")
-        console.warn(missing)
+        console.warn(missing, *(skipped.advice() for skipped in store.wholly_skipped()))
     (console.print_json if as_json else console.print_eval)(rows)
 
 

@@ -76,19 +76,16 @@ def errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def warn(message: str | None) -> None:
-    if message:
-        typer.echo(f"Warning: {message}", err=True)
+def warn(*messages: str | None) -> None:
+    for message in messages:
+        if message:
+            typer.echo(f"Warning: {message}", err=True)
 
 
 def warn_unsearchable(searcher: Searcher) -> None:
     """What a search cannot find, and why: shards not embedded yet, damaged indexes (the other modalities are
     searched), modalities of which the space skipped every item."""
-    warn(searcher.not_embedded())
-    for problem in searcher.damaged.values():
-        warn(problem)
-    for skipped in searcher.skipped.values():
-        warn(skipped.advice())
+    warn(searcher.not_embedded(), *searcher.damaged.values(), *(s.advice() for s in searcher.skipped.values()))
 
 
 def print_ingest(report: IngestReport, dataset: str) -> None:

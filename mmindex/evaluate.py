@@ -38,9 +38,9 @@ def load_items(store: EmbeddingStore, modality: str) -> Items:
     keys, parts = [], []
     for shard in modality_shards(store, modality):
         keys += shard.keys
-        parts.append(np.asarray(shard.vectors, np.float32))
-    dim = next((p.shape[1] for p in parts if p.size), 0)
-    return Items(keys, np.concatenate(parts) if parts else np.zeros((0, dim), np.float32))
+        if len(shard.vectors):  # a shard whose items of the modality were all skipped has none, of no width
+            parts.append(np.asarray(shard.vectors, np.float32))
+    return Items(keys, np.concatenate(parts) if parts else np.zeros((0, 0), np.float32))
 
 
 def lowered_captions(store: EmbeddingStore) -> dict[str, str]:

@@ -134,7 +134,8 @@ def sounds(tmp_path_factory) -> OwnCorpus:
             "ingest photo": mmindex("ingest", photo, "--out", dataset), "embed photo": mmindex("embed", dataset),
             "index photo": mmindex("index", dataset),
             "search photo": mmindex("search", "a cup of coffee", "--dataset", dataset, "-k", "1"),
-            "search json": mmindex("search", "a cup of coffee", "--dataset", dataset, "-k", "1", "--json")}
+            "search json": mmindex("search", "a cup of coffee", "--dataset", dataset, "-k", "1", "--json"),
+            "eval photo": mmindex("eval", dataset)}
     return OwnCorpus(dataset, said)
 
 
@@ -170,10 +171,11 @@ def test_adding_a_photo_makes_a_one_sample_shard_and_ingest_says_why(sounds):
 
 
 def test_the_photo_is_found_named_by_its_file_while_the_skipped_sounds_are_still_reported(sounds):
-    embedded, indexed, found = (sounds.said[step] for step in ("embed photo", "index photo", "search photo"))
-    assert embedded.exit_code == indexed.exit_code == found.exit_code == 0
+    embedded, indexed, found, evaluated = (sounds.said[step] for step in ("embed photo", "index photo",
+                                                                           "search photo", "eval photo"))
+    assert embedded.exit_code == indexed.exit_code == found.exit_code == evaluated.exit_code == 0
     assert "image" in indexed.output and "vectors" in indexed.output
-    for result in (embedded, indexed, found):
+    for result in (embedded, indexed, found, evaluated):
         assert SKIPPED in result.output and advice(sounds.dataset) in result.output
     assert first_hit(found).split()[2:4] == ["image", "coffee.jpg"]  # in the caption column: it has none
     hit = json.loads(sounds.said["search json"].stdout)[0]
