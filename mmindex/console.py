@@ -181,13 +181,14 @@ def print_index(report: IndexReport) -> None:
 
 def print_dedup(report: DedupReport) -> None:
     """Per modality: its groups and the samples that could go; then the keep-list, if one was written."""
-    typer.echo(f"{report.samples:,} samples; {report.described} shard(s) described by this run")
+    typer.echo(f"{counted(report.samples, 'sample')}; {counted(report.described, 'shard')} described by this run")
     for reason, count in sorted(report.skipped.items()):
-        warn(f"{count:,} member(s) could not be described ({reason}): they are in no group")
+        warn(f"{counted(count, 'member')} could not be described ({reason}): they are in no group")
     for found in report.modalities:
-        typer.echo(f"{found.modality:<6} {found.items:>10,} items  {found.groups:>8,} groups  {found.removable:>8,} "
-                   f"removable  (threshold {found.threshold}, {found.new_shards} shard(s) compared anew)")
-    typer.echo(f"groups: {report.root}/duplicates/{report.space}/duplicates.parquet")
+        typer.echo(f"{found.modality:<6} {counted(found.items, 'item'):>16}  {counted(found.groups, 'group'):>14}  "
+                   f"{found.removable:>8,} removable  (threshold {found.threshold}, "
+                   f"{counted(found.new_shards, 'shard')} compared anew)")
+    typer.echo(f"groups: {report.groups_path}")
     if report.keep_list:
         typer.echo(f"keep-list: {report.kept:,} of {report.samples:,} samples -> {report.keep_list}")
 

@@ -49,6 +49,7 @@ class DedupSettings:
 class DedupReport:
     root: str
     space: str
+    groups_path: str                      # the duplicates parquet: group, key, representative, similarity
     samples: int
     described: int = 0                    # shards described by this run
     skipped: dict[str, int] = field(default_factory=dict)   # reason -> members that could not be described
@@ -65,7 +66,7 @@ def dedup(settings: DedupSettings, executor: Executor | None = None) -> DedupRep
                                 f"{settings.dataset}` first")
     store = DuplicateStore(dataset, resolve_space(settings.model).name)
     keys = [key for n in shards for key in sample_keys(dataset.samples_path(n))]
-    report = DedupReport(dataset.root, store.space, len(keys))
+    report = DedupReport(dataset.root, store.space, store.duplicates_path, len(keys))
     with exclusive(dataset, "dedup"):
         pending = sorted(set(shards) - set(store.described_shards()))
         stage = declare(store, pending, settings.thresholds(), settings.max_memory)
