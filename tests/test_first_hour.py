@@ -191,12 +191,15 @@ def test_http_answers_name_hits_by_file_and_its_errors_name_no_cli_options(sound
 
     try:
         own = search(text="a cup of coffee", k=1, dataset="own").json()["hits"][0]
+        clip_hit = requests.post(f"{url}/knn-service", json={"text": "a cup of coffee", "num_images": 1,
+                                                            "indice_name": "own"}, timeout=60).json()[0]
         captions = [hit["caption"] for hit in search(text="a photo of a cat", dataset="demo").json()["hits"]]
         audio, empty = search(text="a guitar", modality="audio", dataset="own"), search(text="  ")
     finally:
         server.should_exit = True
         thread.join()
     assert own["caption"] is None and own["name"] == "coffee.jpg"
+    assert clip_hit["caption"] is None and clip_hit["name"] == "coffee.jpg"  # clip-retrieval's answer too
     assert captions and all(caption == caption.strip() for caption in captions)
     assert audio.status_code == 422 and SKIPPED in audio.json()["error"]
     assert "space 'clap' embeds them" in audio.json()["error"]

@@ -4,7 +4,7 @@ POST /knn-service takes ClipClient's JSON (text, image as base64, embedding_inpu
 indice_name, deduplicate; its safety and aesthetic options are accepted and ignored). ``deduplicate`` (true
 unless false, as in clip-retrieval) leaves out hits that copy a better one: the dataset's groups where
 `mmindex dedup` made them, else clip-retrieval's range check at cosine 0.94 over the hits. and answers a list of
-{id, similarity, url, caption} (plus key and modality; plus image, base64, when ``include_image`` is true).
+{id, similarity, url, caption} (plus key, name and modality; plus image, base64, when ``include_image`` is true).
 ``id`` is the sample's row over the dataset's samples in shard order, stable as shards are added.
 POST /metadata ({ids, indice_name}) gives the same fields by id, as clip front asks for further pages.
 GET /indices-list names the datasets (and DATASET/SPACE for spaces other than each dataset's default).
@@ -75,10 +75,12 @@ def index_named(catalog: dict[str, ServedDataset], indice_name: Any) -> tuple[Se
 
 
 def described(served: ServedDataset, key: str, modality: str | None, base: str) -> dict[str, Any]:
-    """A sample as clip-retrieval's metadata: caption and url (its image, else the member that was found)."""
+    """A sample as clip-retrieval's metadata: caption and url (its image, else the member that was found), and
+    the file name a hit without a caption is shown by."""
     urls = media_urls(served, key)
     url = urls.get("image") or urls.get(modality or "", "") or next(iter(urls.values()), "")
-    return {"caption": served.sample(key).caption, "url": base + url, "key": key}
+    sample = served.sample(key)
+    return {"caption": sample.caption, "url": base + url, "key": key, "name": sample.name}
 
 
 @dataclass(frozen=True)
