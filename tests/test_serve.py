@@ -165,7 +165,7 @@ def test_clip_retrieval_client_gets_its_result_shape(server: Server, tmp_path: P
     pages = requests.post(f"{server.url}/metadata?token={TOKEN}", json={"ids": [by_text[0]["id"]],
                                                                           "indice_name": "demo"}, timeout=10).json()
     assert pages == [{"id": by_text[0]["id"], "metadata": {"caption": by_text[0]["caption"], "url": by_text[0]["url"],
-                                                          "key": cat}}]
+                                                          "key": cat, "name": "chelsea_cat.jpg"}}]
 
 
 def test_a_rebuilt_index_is_served_without_a_restart_and_no_query_fails(server: Server):
