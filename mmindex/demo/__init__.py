@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mmindex import storage
+
 CORPUS = Path(__file__).parent / "corpus"
 
 
@@ -17,10 +19,7 @@ def data_folder() -> Path:
 def remember_dataset(dataset: Path) -> Path:
     """Records ``dataset`` (made absolute) as the default dataset; returns the file that records it."""
     record = data_folder() / "demo-dataset"
-    record.parent.mkdir(parents=True, exist_ok=True)
-    temporary = record.with_name(f".{record.name}.{os.getpid()}")
-    temporary.write_text(f"{dataset.resolve()}\n", encoding="utf-8")
-    temporary.replace(record)  # a reader sees the old path or the new one, never half of one
+    storage.write_atomic(str(record), f"{dataset.resolve()}\n".encode())  # a reader never sees half a path
     return record
 
 
