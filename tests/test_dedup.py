@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from conftest import embed, ingest, read_table
 from mmindex.cli import app
 from mmindex.dataset import Dataset
-from mmindex.dataset.duplicates import DuplicateStore
+from mmindex.dataset.duplicates import DuplicateStore, load_views
 from mmindex.dataset.embeddings import EmbeddingStore
 from mmindex.dataset.indexes import INDEX, published
 from mmindex.dedup.pairs import Items, near_pairs
@@ -363,6 +363,20 @@ def test_check_reads_the_duplicates_and_names_a_damaged_file_with_its_repair(ded
     assert CliRunner().invoke(app, ["check", str(dataset)]).exit_code == 0
     full = DuplicateStore(Dataset(str(deduplicated)), "offline")
     assert groups.read_bytes() == Path(full.duplicates_path).read_bytes()
+
+
+def test_a_descriptor_file_that_is_no_npy_matrix_is_refused_in_words_never_a_crash(deduplicated: Path,
+                                                                                   tmp_path: Path):
+    """An .npz (a zip numpy opens without complaint) where a descriptor file should be: a finding, not a crash."""
+    dataset = Path(shutil.copytree(deduplicated, tmp_path / "dataset"))
+    store = DuplicateStore(Dataset(str(dataset)), "offline")
+    views = sorted(Path(store.root, "descriptors", "image").glob("*.npy"))[-1]
+    with views.open("wb") as out:
+        np.savez(out, views=np.zeros((2, 3), np.float16))
+    with pytest.raises(ValueError, match="is damaged .* run `mmindex dedup` again"):
+        load_views(str(views))
+    result = CliRunner().invoke(app, ["check", str(dataset)])
+    assert result.exit_code == 1 and str(views) in " ".join(result.output.split())
 
 
 def test_check_repair_rebuilds_an_index_without_duplicates_as_it_was_built(excluding):

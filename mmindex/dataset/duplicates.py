@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from mmindex import storage
 from mmindex.dataset.checksums import Recorder, read_record, relative
+from mmindex.dataset.embeddings import load_vectors
 from mmindex.dataset.layout import Dataset, numbered, shard_name
 from mmindex.dataset.parquet import ShardItems, parquet_bytes, read_parquet
 
@@ -174,14 +175,11 @@ def dedup_spaces(dataset: Dataset) -> list[str]:
 
 def load_views(path: str) -> np.ndarray:
     """A descriptor file: float16 (items, views, dim), memory-mapped where local, never unpickled."""
-    if storage.is_local(path):
-        views = np.load(path, mmap_mode="r", allow_pickle=False)
-    else:
-        views = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
-    if views.dtype != np.float16 or views.ndim != 3:
-        raise ValueError(f"{path} is damaged (not float16 descriptor views): delete it and its parquet, then run "
-                         f"`mmindex dedup` again")
-    return views
+    try:
+        return load_vectors(path, ndim=3)
+    except (ValueError, EOFError) as err:
+        raise ValueError(f"{path} is damaged ({err}): delete it and its parquet, then run `mmindex dedup` "
+                         f"again") from None
 
 
 def write_keep_list(path: str, keys: list[str]) -> None:

@@ -124,9 +124,9 @@ class Skipped:
                f"{self.instead}`"
 
 
-def load_vectors(path: str) -> np.ndarray:
-    """A vector file: a float16 matrix, memory-mapped where the file is local and never unpickled. OSError,
-    ValueError or EOFError, saying how, for anything else."""
+def load_vectors(path: str, ndim: int = 2) -> np.ndarray:
+    """A vector file: a float16 matrix (``ndim`` 3: a stack of them), memory-mapped where the file is local and
+    never unpickled. OSError, ValueError or EOFError, saying how, for anything else."""
     try:
         if storage.is_local(path):
             vectors = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -134,7 +134,7 @@ def load_vectors(path: str) -> np.ndarray:
             vectors = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
     except (ValueError, EOFError) as err:
         raise ValueError(f"not a vector file: {err}") from None
-    if not isinstance(vectors, np.ndarray) or vectors.dtype != np.float16 or vectors.ndim != 2:
+    if not isinstance(vectors, np.ndarray) or vectors.dtype != np.float16 or vectors.ndim != ndim:
         raise ValueError(f"not a float16 matrix ({getattr(vectors, 'dtype', type(vectors).__name__)}, "
                          f"{getattr(vectors, 'ndim', 0)}-d)")
     return vectors
