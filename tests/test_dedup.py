@@ -373,7 +373,7 @@ def test_a_descriptor_file_that_is_no_npy_matrix_is_refused_in_words_never_a_cra
     views = sorted(Path(store.root, "descriptors", "image").glob("*.npy"))[-1]
     with views.open("wb") as out:
         np.savez(out, views=np.zeros((2, 3), np.float16))
-    with pytest.raises(ValueError, match="is damaged .* run `mmindex dedup` again"):
+    with pytest.raises(ValueError, match=r"is damaged .* run `mmindex dedup` again"):
         load_views(str(views))
     result = CliRunner().invoke(app, ["check", str(dataset)])
     assert result.exit_code == 1 and str(views) in " ".join(result.output.split())
