@@ -110,7 +110,7 @@ class DuplicateStore:
 
     def recorded_shards(self) -> list[int]:
         """Shards whose descriptors have a checksum record (one whose parquet is gone, too)."""
-        return numbered(self.descriptors_record(0).replace(shard_name(0), "*"))
+        return numbered(self.dataset.unit_record(f"duplicates/{self.space}/descriptors/*"))
 
     def commit_descriptors(self, shard: ShardDescriptors) -> None:
         recorder = Recorder(self.dataset.root, self.descriptors_record(shard.number))
@@ -169,7 +169,7 @@ class DuplicateStore:
 def dedup_spaces(dataset: Dataset) -> list[str]:
     """The spaces `mmindex dedup` wrote groups or descriptors for (or left checksum records of), by folder name."""
     found = [*storage.glob(storage.join(dataset.root, "duplicates", "*", "*")),
-             *storage.glob(dataset.unit_record("duplicates/*/*").replace(".json", ""))]
+             *storage.glob(posixpath.join(posixpath.dirname(dataset.unit_record("duplicates/*/x")), "*"))]
     return sorted({posixpath.basename(posixpath.dirname(path.rstrip("/"))) for path in found})
 
 
