@@ -10,6 +10,7 @@ minute (printing each retry) before it gives up on a machine with no network.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import socket
@@ -65,8 +66,12 @@ def hub_unreachable() -> str | None:
 
 
 def _from_pretrained(loader: Any, reference: str) -> Any:
-    """``loader.from_pretrained(reference)``, from the cache alone where the hub cannot be reached."""
+    """``loader.from_pretrained(reference)``: from the cache first, so a cached model asks nothing of the network;
+    the hub is tried for what the cache lacks, and never where it cannot be reached."""
     folder = Path(reference).is_dir()
+    if not folder:
+        with contextlib.suppress(OSError):
+            return loader.from_pretrained(reference, local_files_only=True)
     offline = None if folder else hub_unreachable()
     try:
         return loader.from_pretrained(reference, local_files_only=folder or offline is not None)
@@ -85,10 +90,7 @@ def _from_pretrained(loader: Any, reference: str) -> Any:
 
 def load_config(reference: str) -> Any:
     """The model's config (a small file), with an error that says how to get the model if it is missing."""
-    try:
-        config = transformers.AutoConfig.from_pretrained(reference, local_files_only=True)
-    except OSError:
-        config = _from_pretrained(transformers.AutoConfig, reference)
+    config = _from_pretrained(transformers.AutoConfig, reference)
     if config.model_type not in MODALITIES:
         raise ModelUnavailable(f"{reference!r} is a {config.model_type!r} model; mmindex embeds with "
                                f"{', '.join(sorted(MODALITIES))} models (or a space YAML like the presets)")
