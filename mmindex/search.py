@@ -254,6 +254,7 @@ class Searcher:
             raise BadQuery("; ".join(self.damaged.values()) or "no index is loaded")
         searched = {name: loaded for name, loaded in indexes.items() if modality is None or name == modality}
         fetch = k if dedup is None else 4 * k
+        groups = self.groups() if dedup is not None else {}
         while True:
             hits = []
             for name, loaded in searched.items():
@@ -263,7 +264,7 @@ class Searcher:
                           "id": int(i)} for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
             hits.sort(key=lambda h: -h["score"])
             if dedup is not None:
-                hits = self.distinct(searched, hits, dedup)
+                hits = self.distinct(searched, hits, dedup, groups)
             if len(hits) >= k or all(fetch >= loaded.index.ntotal for loaded in searched.values()):
                 break
             fetch *= 4
@@ -272,12 +273,11 @@ class Searcher:
             self._describe(hits)
         return [{"rank": rank, **hit} for rank, hit in enumerate(hits, 1)]
 
-    def distinct(self, indexes: dict[str, LoadedIndex], hits: list[dict[str, Any]],
-                 threshold: float) -> list[dict[str, Any]]:
-        """``hits`` (ranked) without copies of a better one: for a modality that `mmindex dedup` grouped, hits of
-        one group are copies; otherwise, hits whose vectors are at least ``threshold`` alike (clip-retrieval's
-        range check), joined into connected components. The first of each stays."""
-        groups = self.groups()
+    def distinct(self, indexes: dict[str, LoadedIndex], hits: list[dict[str, Any]], threshold: float,
+                 groups: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+        """``hits`` (ranked) without copies of a better one: for a modality that `mmindex dedup` grouped (in
+        ``groups``), hits of one group are copies; otherwise, hits whose vectors are at least ``threshold`` alike
+        (clip-retrieval's range check), joined into connected components. The first of each stays."""
         kept: list[dict[str, Any]] = []
         for name, loaded in indexes.items():
             mine = [hit for hit in hits if hit["modality"] == name]

@@ -135,10 +135,11 @@ class IndexFiles:
         return LoadedIndex(generation, info, searchable, keys, shards)
 
     def exact(self, loaded: LoadedIndex) -> ExactVectors:
-        """The exact vector of each id of ``loaded`` (its re-ranking's, or read from the embeddings on disk)."""
-        if loaded.index.exact is not None:
-            return loaded.index.exact
-        return self._exact(loaded.info, loaded.keys, loaded.shards)
+        """The exact vector of each id of ``loaded``: its re-ranking's, else read from the embeddings on disk once
+        for the build (searches use them only to re-rank, so an index tuned without re-ranking is unchanged)."""
+        if loaded.index.exact is None:
+            loaded.index.exact = self._exact(loaded.info, loaded.keys, loaded.shards)
+        return loaded.index.exact
 
     def _exact(self, info: dict[str, Any], keys: list[str], shards: list[str]) -> ExactVectors:
         """The embeddings of the ids (by shard, in id order): of a shard that near-duplicates were left out of,
