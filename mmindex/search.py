@@ -21,7 +21,7 @@ import numpy as np
 
 from mmindex.dataset.duplicates import DuplicateStore
 from mmindex.dataset.embeddings import EmbeddingStore, Skipped
-from mmindex.dataset.indexes import PointerDamaged, published
+from mmindex.dataset.indexes import Generation, PointerDamaged, published
 from mmindex.dataset.samples import read_samples, shown
 from mmindex.dedup.pairs import first_of_each
 from mmindex.encoders.base import Encoder
@@ -94,7 +94,7 @@ class Searcher:
         self._reloading = threading.Lock()
         self._encoding = {m: threading.Lock() for m in MODALITIES}  # a model runs one query at a time
         self.damaged: dict[str, str] = {}  # modality -> what is wrong with its index (a damaged CURRENT)
-        published = [m for m in targets or MODALITIES if self._published(m)]
+        published = [m for m in targets or MODALITIES if self._published(m) is not None]
         self.targets = targets or published
         self.skipped = self._wholly_skipped([m for m in targets or space.modalities()
                                              if m not in published and m not in self.damaged])
@@ -121,16 +121,16 @@ class Searcher:
                                f"index can be built in it; embed the dataset in a space that embeds {modality} "
                                f"(the spaces and what each embeds: docs/cli.md, 'Model spaces')")
 
-    def _published(self, modality: str) -> bool:
-        """Whether ``modality`` has an index to load; a damaged one is noted in ``damaged`` (and not followed),
-        so the other modalities keep serving."""
+    def _published(self, modality: str) -> Generation | None:
+        """The published build of ``modality``'s index, if it has one to load; a damaged one is noted in
+        ``damaged`` (and not followed), so the other modalities keep serving."""
         try:
-            found = IndexFiles(self.store, modality).exists()
+            found = published(IndexFiles(self.store, modality).root)
         except PointerDamaged as err:
             if self.damaged.get(modality) != str(err):
                 log.warning("search: the %s index cannot be used: %s", modality, err)
             self.damaged[modality] = str(err)
-            return False
+            return None
         self.damaged.pop(modality, None)
         return found
 
@@ -151,9 +151,9 @@ class Searcher:
             return []  # another thread is loading it
         try:
             changed = {m: loaded for m, loaded in self.indexes.items()
-                       if self._published(m) and published(IndexFiles(self.store, m).root) != loaded.generation}
+                       if (now := self._published(m)) is not None and now != loaded.generation}
             fresh = dict(self.indexes)
-            for modality in [m for m in list(self.damaged) if m not in fresh and self._published(m)]:
+            for modality in [m for m in list(self.damaged) if m not in fresh and self._published(m) is not None]:
                 try:  # its CURRENT was repaired
                     fresh[modality] = self._load(modality)
                 except (OSError, RuntimeError, ValueError) as err:
