@@ -31,7 +31,6 @@ from mmindex.stages import Each, Stage, Whole, portable
 @dataclass(frozen=True)
 class ShardDescribed:
     number: int
-    described: int
     skipped: dict[str, int]   # reason -> members
 
 
@@ -74,7 +73,7 @@ class Describe:
                 shard.add(member.key, modality, None, skipped=f"{err.reason}: {err.detail}")
                 skipped[err.reason] = skipped.get(err.reason, 0) + 1
         store.commit_descriptors(shard)
-        return [ShardDescribed(number, sum(len(v) for v in shard.views.values()), skipped)]
+        return [ShardDescribed(number, skipped)]
 
 
 def _items(parts: list[Described]) -> tuple[list[str], list[float], Items]:
