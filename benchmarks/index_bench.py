@@ -105,8 +105,9 @@ def run_one(contender: str, root: Path, max_memory: str, index_type: str | None 
         index.add(all_vectors(root))
         info = {"type": "Flat"}
     elif contender == "mmindex":
-        from mmindex.index.build import BuildSettings, build_index
+        from mmindex.index.run import build_index
         from mmindex.index.searchable import describe_search
+        from mmindex.index.settings import BuildSettings
         from mmindex.index.store import IndexFiles
         from mmindex.sizes import parse_size
 

@@ -87,8 +87,8 @@ def embed_settings(options: dict[str, Any], extra: list[str]) -> tuple[EmbedSett
 def index_settings(dataset: str, model: str, max_memory: str, target_recall: float, index_type: str | None,
                    update: bool, exclude_duplicates: bool) -> IndexSettings:
     """`mmindex index`'s options as settings."""
-    from mmindex.index.build import BuildSettings
     from mmindex.index.run import IndexSettings
+    from mmindex.index.settings import BuildSettings
     from mmindex.sizes import parse_size
     build = BuildSettings(parse_size(max_memory), target_recall, index_type, exclude_duplicates)
     return IndexSettings(dataset, model, build, update)

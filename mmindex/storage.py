@@ -152,6 +152,13 @@ class HashingWriter:
     def tell(self) -> int:
         return self.size
 
+    @property
+    def closed(self) -> bool:  # for Arrow's writers, which stream into it
+        return self._raw.closed
+
+    def flush(self) -> None:
+        self._raw.flush()
+
 
 @contextlib.contextmanager
 def atomic_writer(path: str) -> Iterator[HashingWriter]:

@@ -33,8 +33,8 @@ from faultpoints import DISK_FULL, KINDS, Points, inject
 from mmindex.cli import app
 from mmindex.dataset.embeddings import EmbeddingStore
 from mmindex.demo import CORPUS
-from mmindex.index.build import BuildSettings
 from mmindex.index.run import IndexSettings, build_indexes
+from mmindex.index.settings import BuildSettings
 from mmindex.index.store import IndexFiles
 from mmindex.spaces import resolve_space
 

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from conftest import looping, synthetic_dataset, synthetic_space_file
 from mmindex.cli import app
 from mmindex.dataset.indexes import published, reading
-from mmindex.index.build import BuildSettings, build_index
+from mmindex.index.run import build_index
+from mmindex.index.settings import BuildSettings
 from mmindex.index.store import IndexFiles, IndexStale
 
 runner = CliRunner()

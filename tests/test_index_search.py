@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from conftest import add_shard, copy_dataset, synthetic_dataset, synthetic_space_file
 from mmindex.cli import app
 from mmindex.evaluate import evaluate
-from mmindex.index.build import BuildSettings, build_index
 from mmindex.index.choose import choose
+from mmindex.index.run import build_index
+from mmindex.index.settings import BuildSettings
 from mmindex.index.store import IndexFiles, IndexStale
 from mmindex.index.tune import exact_neighbours, recall
 from mmindex.index.vectors import modality_shards
@@ -42,7 +43,8 @@ def test_the_choice_follows_size_and_memory():
     assert choose(1_000_000, 384, 2**40, 1.0).factory == "Flat"
     assert choose(1_000_000, 384, 8 * 2**30, 0.95).factory == "IVF4096,Flat"
     assert choose(1_000_000, 384, 2**30, 0.95).factory == "IVF4096,SQ8"          # float32 would need 1.5 GB
-    assert choose(1_000_000, 384, 100 * 2**20, 0.95).factory == "IVF4096,PQ64"   # 64 bytes a vector fit
+    # 64 bytes a vector fit; training holds a quarter of the budget (17,066 vectors): 256 lists of 40 or more
+    assert choose(1_000_000, 384, 100 * 2**20, 0.95).factory == "IVF256,PQ64"
     with pytest.raises(MemoryError, match="--max-memory"):
         choose(1_000_000, 384, 2**20, 0.95)
 

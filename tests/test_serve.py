@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 from conftest import embed, ingest, looping
 from mmindex.cli import app
 from mmindex.demo import CORPUS
-from mmindex.index.build import BuildSettings
 from mmindex.index.run import IndexSettings, build_indexes
+from mmindex.index.settings import BuildSettings
 from serve_cases import BAD_REQUESTS, MULTIPART_MISTAKES, TOKEN, UPLOAD_LIMIT
 from serving import Server, running
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from mmindex.check.scan import check_unit
 from mmindex.check.units import index_unit
 from mmindex.dataset.embeddings import EmbeddingStore
+from mmindex.index.built import BuiltIndex
 from mmindex.index.run import IndexSettings
-from mmindex.index.steps import BuiltIndex
 from mmindex.index.store import IndexFiles, IndexStale, not_embedded
 from mmindex.progress import Progress
 from mmindex.spaces import resolve_space

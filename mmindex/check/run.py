@@ -15,7 +15,7 @@ from mmindex.check.units import Unit
 from mmindex.dataset import Dataset, checksums, shard_name
 from mmindex.dataset.indexes import repair_pointer
 from mmindex.dataset.lock import exclusive
-from mmindex.index.build import BuildSettings
+from mmindex.index.settings import BuildSettings
 from mmindex.index.store import IndexFiles
 from mmindex.sizes import counted
 from mmindex.spaces import Space

@@ -55,6 +55,12 @@ class Recorder:
             yield out
         self.sums[relative(self.root, path)] = Sum(out.size, out.sha256.hexdigest())
 
+    def record_file(self, path: str) -> int:
+        """Records a file that was written without a writer of ours (read back once); returns its size."""
+        found = file_sum(path)
+        self.sums[relative(self.root, path)] = found
+        return found.bytes
+
     def write(self, path: str, data: bytes) -> None:
         with self.writer(path) as out:
             out.write(data)

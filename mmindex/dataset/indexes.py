@@ -4,9 +4,12 @@ rename publishes it.
     indexes/<space>/<modality>/CURRENT    the name of the published generation (written whole, then renamed)
     indexes/<space>/<modality>/gNNNNNN/   one build:
         index.faiss     the FAISS index; id i is row i of keys.parquet
+        lists.ivfdata   an IVF index's inverted lists (codes and ids), on disk beside it: memory-mapped when read,
+                        so a search process's memory does not grow with the vectors (local datasets; elsewhere,
+                        and for other index types, the lists are inside index.faiss)
         keys.parquet    id -> key, shard
         info.json       type, search parameters, measured recall, build time, bytes, vectors per shard (written last)
-        checksums.json  size and sha256 of the three (checksums.py)
+        checksums.json  size and sha256 of the others (checksums.py)
         .readers        the lock readers hold (below)
 
 A reader resolves CURRENT once and reads every file of one build from that folder, so an index and the
@@ -29,19 +32,21 @@ import os
 import posixpath
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mmindex import storage
 from mmindex.dataset.checksums import Recorder
-from mmindex.dataset.parquet import parquet_bytes, read_parquet
+from mmindex.dataset.parquet import read_parquet
 
 CURRENT = "CURRENT"
 READERS = ".readers"
 INDEX = "index.faiss"
+LISTS = "lists.ivfdata"
 KEYS = "keys.parquet"
 INFO = "info.json"   # written last: a generation is complete once it exists
 RECORD = "checksums.json"
@@ -118,24 +123,47 @@ def _linked(folder: str) -> bool:
     return storage.is_local(folder) and os.path.islink(folder)
 
 
-def write_generation(dataset_root: str, root: str, write_index: Callable[[BinaryIO], None],
-                     rows: list[dict[str, str]], info: dict[str, Any]) -> Generation:
-    """Writes a new generation whole (the index through ``write_index``, then the keys and info, each recorded)
-    and publishes it; returns once readers get it. A generation that cannot be written whole (a full disk) is
-    removed, and the published one stays."""
-    generation = new_generation(root)
-    recorder = Recorder(dataset_root, generation.path(RECORD))
+class GenerationWriter:
+    """The files of a new generation, each recorded as it is written; ``commit`` writes info.json last."""
+
+    def __init__(self, dataset_root: str, generation: Generation):
+        self.generation = generation
+        self.recorder = Recorder(dataset_root, generation.path(RECORD))
+        self.bytes = 0
+
+    def record(self, name: str) -> None:
+        """Records a file that another writer (FAISS's on-disk lists) wrote into the generation."""
+        self.bytes += self.recorder.record_file(self.generation.path(name))
+
+    def write_index(self, write: Callable[[BinaryIO], None]) -> None:
+        with self.recorder.writer(self.generation.path(INDEX)) as out:
+            write(out)
+        self.bytes += out.size
+
+    def write_keys(self, tables: Iterable[pa.Table]) -> None:
+        """The key and shard of every id, in id order, a table (a shard) at a time: never all keys in memory."""
+        with self.recorder.writer(self.generation.path(KEYS)) as out, \
+                pq.ParquetWriter(pa.PythonFile(out, mode="w"), KEYS_SCHEMA, compression="zstd") as parquet:
+            for table in tables:
+                parquet.write_table(table.cast(KEYS_SCHEMA))
+
+    def commit(self, info: dict[str, Any]) -> None:
+        info["bytes"] = self.bytes
+        self.recorder.commit(self.generation.path(INFO), json.dumps(info, indent=2).encode())
+
+
+@contextlib.contextmanager
+def writing_generation(dataset_root: str, root: str) -> Iterator[GenerationWriter]:
+    """A new generation to write, published when the block ends (once readers get it, this returns). One that
+    cannot be written whole (a full disk, an error) is removed, and the published one stays; one whose builder
+    was killed is never published, and the next build removes it."""
+    writer = GenerationWriter(dataset_root, new_generation(root))
     try:
-        with recorder.writer(generation.path(INDEX)) as out:
-            write_index(out)
-        info["bytes"] = out.size
-        recorder.write(generation.path(KEYS), parquet_bytes(rows, KEYS_SCHEMA))
-        recorder.commit(generation.path(INFO), json.dumps(info, indent=2).encode())
+        yield writer
     except BaseException:
-        discard(generation)
+        discard(writer.generation)
         raise
-    publish(root, generation)
-    return generation
+    publish(root, writer.generation)
 
 
 def _names(root: str) -> list[str]:

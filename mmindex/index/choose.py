@@ -5,9 +5,10 @@
     IVF, SQ8         when only 8 bits per component fit (recall near IVF-Flat's at a quarter of the memory)
     IVF, PQm         when even that does not fit: m bytes per vector, the largest m that fits
 
-The number of IVF lists grows with sqrt(n); how many are probed (nprobe), and for SQ8 and PQ how deep their
-candidates are re-ranked from the embeddings on disk (not part of the budget), is tuned after building on
-held-out queries (tune.py) to the smallest setting that meets the recall target.
+The number of IVF lists grows with sqrt(n), as far as a training sample of a quarter of the budget allows.
+How many are probed (nprobe), and for SQ8 and PQ how deep their candidates are re-ranked from the embeddings
+on disk (not part of the budget), is tuned after building on held-out queries (tune.py) to the smallest
+setting that meets the recall target.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 
 EXACT_BELOW = 20_000
 TRAIN_PER_LIST = 40       # training vectors per IVF list (FAISS warns below 39)
+MIN_TRAIN = 10_000        # training vectors whatever the budget (product quantizers want 39 x 256)
+SAMPLE_SHARE = 4          # training holds at most the budget / 4 of float32 vectors (k-means needs as much again)
 OVERHEAD = 1.2            # ids, list structures, lookup tables
 
 
@@ -31,17 +34,24 @@ class Choice:
         return self.lists > 0
 
 
-def ivf_lists(n: int) -> int:
-    """About 4 sqrt(n) lists, a power of two, with enough vectors to train each."""
+def training_sample(lists: int, dim: int, max_memory: int) -> int:
+    """Vectors to train on: TRAIN_PER_LIST a list, as the budget allows (but MIN_TRAIN, and one a list, at least)."""
+    return max(min(lists * TRAIN_PER_LIST, max_memory // SAMPLE_SHARE // (4 * dim)), MIN_TRAIN, lists)
+
+
+def ivf_lists(n: int, sample: int | None = None) -> int:
+    """About 4 sqrt(n) lists, a power of two, with enough vectors to train each (in a sample of at most
+    ``sample`` vectors)."""
     lists = 2 ** round(math.log2(max(4 * math.sqrt(n), 16)))
-    return max(16, min(lists, n // TRAIN_PER_LIST, 65_536))
+    trainable = min(n, sample or n) // TRAIN_PER_LIST
+    return max(16, min(lists, 2 ** int(math.log2(max(trainable, 1))), 65_536))
 
 
 def choose(n: int, dim: int, max_memory: int, target_recall: float) -> Choice:
     flat = 4 * dim
     if (n < EXACT_BELOW or target_recall >= 1.0) and n * flat * OVERHEAD <= max_memory:
         return Choice("Flat", flat)
-    lists = ivf_lists(n)
+    lists = ivf_lists(n, max(max_memory // SAMPLE_SHARE // (4 * dim), MIN_TRAIN))
     if n * flat * OVERHEAD <= max_memory:
         return Choice(f"IVF{lists},Flat", flat, lists)
     if n * dim * OVERHEAD <= max_memory:

@@ -1,22 +1,25 @@
 """One ``mmindex index`` run: build (or update) the index of every modality a space embedded.
 
-The driver holds the dataset's lock while the in-process executor runs the stage's steps (declared in steps.py:
-build, or skip what an ``--update`` finds up to date) and returns a typed report; build.py does the work for one
-modality.
+The driver holds the dataset's lock while an executor runs the stage's steps (declared in steps.py) and returns a
+typed report: the in-process executor by default, or Beam's (any runner: a Dask cluster with ``--profile dask``),
+which builds the same bytes.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from mmindex.dataset.embeddings import EmbeddingStore, Skipped, dataset_space
 from mmindex.dataset.lock import exclusive
 from mmindex.executors.local import LocalExecutor
-from mmindex.index.build import BuildSettings
-from mmindex.index.steps import BuiltIndex, declare
-from mmindex.index.store import not_embedded
+from mmindex.index.built import BuiltIndex
+from mmindex.index.settings import BuildSettings
+from mmindex.index.steps import declare
+from mmindex.index.store import IndexFiles, not_embedded
 from mmindex.spaces import DEFAULT_SPACE, Space
+from mmindex.stages import Executor
 
 log = logging.getLogger("mmindex")
 
@@ -38,12 +41,15 @@ class IndexReport:
     wholly_skipped: list[Skipped] = field(default_factory=list)  # modalities with no index: every item skipped
 
 
-def build_indexes(settings: IndexSettings, space: Space | None = None) -> IndexReport:
+def build_indexes(settings: IndexSettings, space: Space | None = None, executor: Executor | None = None
+                  ) -> IndexReport:
     """Builds, or with ``update`` extends, the index of every modality with vectors in the space (``space``: the
-    space already resolved)."""
+    space already resolved), on ``executor`` (None: in this process)."""
     store = EmbeddingStore.of(settings.dataset, space or dataset_space(settings.dataset, settings.model))
+    indexes = [IndexFiles(store, modality) for modality in store.space.modalities()]
     with exclusive(store.dataset, "index"):
-        built = list(LocalExecutor().run(declare(store, settings.build, settings.update)))
+        built = sorted((executor or LocalExecutor()).run(declare(indexes, settings.build, settings.update)),
+                       key=lambda b: store.space.modalities().index(b.modality))
     skipped = store.wholly_skipped()
     if not built and skipped:
         raise FileNotFoundError("nothing to index: " + "; and ".join(s.advice() for s in skipped))
@@ -51,3 +57,12 @@ def build_indexes(settings: IndexSettings, space: Space | None = None) -> IndexR
         raise FileNotFoundError(f"no vectors in space {store.space.name!r}: run `mmindex embed {settings.dataset} "
                                 f"--model {settings.model}` first")
     return IndexReport(store.space.name, settings.build.target_recall, built, not_embedded(store), skipped)
+
+
+def build_index(files: IndexFiles, settings: BuildSettings, update: bool = False) -> dict[str, Any]:
+    """Builds (or with ``update``, extends) the index of one modality in this process; returns its info."""
+    if not list(LocalExecutor().run(declare([files], settings, update))):
+        store = files.embeddings
+        raise FileNotFoundError(f"no {files.modality} vectors in space {store.space.name!r}: run `mmindex embed "
+                                f"{store.dataset.root} --model {store.space.name}` first")
+    return files.info()

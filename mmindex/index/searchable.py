@@ -91,6 +91,7 @@ class SearchableIndex:
     index: faiss.Index
     exact: ExactVectors | None = None   # needed when rerank > 0
     rerank: int = 0        # 0: the index's own scores; f: k x f candidates re-scored from ``exact``
+    hidden: range | None = None   # ids no search returns: held-out tuning queries that an IVF index already holds
 
     @property
     def ntotal(self) -> int:
@@ -103,9 +104,20 @@ class SearchableIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, np.float32)
         if not self.rerank:
-            return self.index.search(queries, k)
-        _, candidates = self.index.search(queries, min(k * self.rerank, self.ntotal))
+            return self.candidates(queries, k)
+        _, candidates = self.candidates(queries, min(k * self.rerank, self.ntotal))
         return top_k(exact_scores(self.exact, queries, candidates), candidates, k)
+
+    def candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The index's own k best, as it is set (never a ``hidden`` id)."""
+        if self.hidden is None:
+            return self.index.search(queries, k)
+        # an IVF index takes its probe count from the parameters it is given, not from itself
+        ivf = faiss.extract_index_ivf(self.index)
+        hidden = faiss.IDSelectorRange(self.hidden.start, self.hidden.stop)  # referenced until the search ends
+        outside = faiss.IDSelectorNot(hidden)
+        parameters = faiss.SearchParametersIVF(sel=outside, nprobe=ivf.nprobe)
+        return self.index.search(queries, k, params=parameters)
 
 
 def describe_search(info: dict[str, Any]) -> str:

@@ -7,7 +7,11 @@ embeddings. Every read below resolves the published generation once and reads al
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import ctypes
+import os
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any, TypeVar
@@ -19,7 +23,7 @@ from mmindex import storage
 from mmindex.dataset.checksums import unit_problem
 from mmindex.dataset.duplicates import DuplicateStore
 from mmindex.dataset.embeddings import EmbeddingStore, embedded_keys
-from mmindex.dataset.indexes import INDEX, RECORD, Generation, published, reading, write_generation
+from mmindex.dataset.indexes import INDEX, LISTS, RECORD, Generation, published, reading
 from mmindex.dataset.layout import shard_name
 from mmindex.dataset.samples import read_samples
 from mmindex.index.exclusion import Exclusion, accounted, stale_exclusion
@@ -90,22 +94,6 @@ class IndexFiles:
     def info(self) -> dict[str, Any]:
         return self._pinned(Generation.info)
 
-    def read(self) -> tuple[dict[str, Any], faiss.Index, list[str]]:
-        """The info, the FAISS index (in memory, to extend it) and the key of each id of one build."""
-        def read(generation: Generation) -> tuple[dict[str, Any], faiss.Index, list[str]]:
-            info = generation.info()
-            return info, self._read_index(generation, info), generation.keys()[0]
-
-        return self._pinned(read)
-
-    def save(self, index: faiss.Index, rows: list[dict[str, str]], info: dict[str, Any]) -> None:
-        """Writes a new generation and publishes it; returns once readers get it. A generation that cannot be
-        written whole (a full disk) is removed, and the published one stays."""
-        # FAISS writes through our writer (in pieces, never a whole copy in memory), so a failed write raises the
-        # system's error, naming the file, where FAISS's own file writer only printed a failed close
-        write_generation(self.embeddings.dataset.root, self.root,
-                         lambda out: faiss.write_index(index, faiss.PyCallbackIOWriter(out.write)), rows, info)
-
     def load(self) -> tuple[SearchableIndex, list[str], list[str]]:
         """The index (memory-mapped where FAISS can) set up as it was tuned, and the key and shard of each id."""
         loaded = self.load_published()
@@ -174,14 +162,9 @@ class IndexFiles:
         """The FAISS index as saved (``mmap``: a local file mapped, read-only); IndexStale, saying to rebuild,
         when the file is damaged or does not hold the vectors its info records."""
         path = generation.path(INDEX)
-        problem = unit_problem(self.embeddings.dataset.root, generation.path(RECORD))
-        if problem:
-            raise IndexStale(f"{problem[0]} is damaged ({problem[1]}): {self.rebuild}")
+        self._intact(generation)
         try:
-            if not storage.is_local(path):
-                index = faiss.deserialize_index(storage.read_bytes(path))
-            else:
-                index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
+            index = read_index(path, mmap)
         except RuntimeError as err:  # FAISS's read errors: a truncated or overwritten file
             reason = str(err).strip().splitlines()[-1][:120]
             raise IndexStale(f"{path} is damaged ({reason}): {self.rebuild}") from None
@@ -190,6 +173,16 @@ class IndexFiles:
             raise IndexStale(f"{path} is damaged (it holds {index.ntotal:,} vectors, its info.json {recorded:,}): "
                              f"{self.rebuild}")
         return index
+
+    def intact(self) -> None:
+        """IndexStale, saying to rebuild, when a file of the published generation is missing or not of its
+        recorded size (the cheap check, made before an --update extends it)."""
+        self._pinned(self._intact)
+
+    def _intact(self, generation: Generation) -> None:
+        problem = unit_problem(self.embeddings.dataset.root, generation.path(RECORD))
+        if problem:
+            raise IndexStale(f"{problem[0]} is damaged ({problem[1]}): {self.rebuild}")
 
     def _check(self, generation: Generation, keys: bool) -> None:
         info = generation.info()
@@ -247,6 +240,31 @@ class IndexFiles:
                 raise IndexStale(f"samples of shard {shard} with {self.modality} missing from its embeddings and so "
                                  f"from the index: {len(missing):,} (e.g. {min(missing)}). Re-embed that shard "
                                  f"(delete its embeddings) and rebuild: `{rebuild}`")
+
+
+def read_index(path: str, mmap: bool = False) -> faiss.Index:
+    """An index file; ``mmap``: a local one mapped read-only. Its on-disk lists, if any, are read beside it."""
+    if not storage.is_local(path):
+        return faiss.deserialize_index(np.frombuffer(storage.read_bytes(path), np.uint8))
+    if not os.path.exists(os.path.join(os.path.dirname(path), LISTS)):
+        return faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
+    # on-disk lists are always memory-mapped, by FAISS when it reads them (its MMAP flag would skip them)
+    with native_stdout_to_stderr():  # FAISS says where it found them, on stdout
+        return faiss.read_index(path, faiss.IO_FLAG_ONDISK_SAME_DIR | (faiss.IO_FLAG_READ_ONLY if mmap else 0))
+
+
+@contextlib.contextmanager
+def native_stdout_to_stderr() -> Iterator[None]:
+    """What native code prints on stdout goes to stderr while the block runs: stdout is for the command's report."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def not_embedded(store: EmbeddingStore) -> str | None:

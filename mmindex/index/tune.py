@@ -50,7 +50,7 @@ def exact_neighbours(shards: list[ShardVectors], queries: np.ndarray, k: int = K
     best_ids = np.full((len(queries), k), -1, np.int64)
     offset = 0
     for shard in shards:
-        for start in range(0, len(shard.keys), EXACT_BLOCK):
+        for start in range(0, len(shard), EXACT_BLOCK):
             block = np.asarray(shard.vectors[start:start + EXACT_BLOCK], np.float32)
             scores = queries @ block.T
             ids = np.broadcast_to(np.arange(offset + start, offset + start + len(block)), scores.shape)
@@ -59,7 +59,7 @@ def exact_neighbours(shards: list[ShardVectors], queries: np.ndarray, k: int = K
             top = np.argpartition(-both_scores, k - 1, axis=1)[:, :k]
             best_scores = np.take_along_axis(both_scores, top, axis=1)
             best_ids = np.take_along_axis(both_ids, top, axis=1)
-        offset += len(shard.keys)
+        offset += len(shard)
     return top_k(best_scores, best_ids, k)[1]
 
 
@@ -71,7 +71,7 @@ def recall(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def cross_modal_sources(store: EmbeddingStore, modality: str, dim: int) -> dict[str, list[ShardVectors]]:
     """The space's other modalities that have vectors (of the index's dimension), by modality."""
-    sources = {m: [s for s in modality_shards(store, m) if s.keys] for m in store.space.modalities() if m != modality}
+    sources = {m: [s for s in modality_shards(store, m) if len(s)] for m in store.space.modalities() if m != modality}
     return {m: shards for m, shards in sources.items() if shards and shards[0].vectors.shape[1] == dim}
 
 
@@ -116,7 +116,7 @@ def _trials(searchable: SearchableIndex, queries: TuningQueries) -> Iterator[lis
     depth = min(K * max(*factors, 1), searchable.ntotal)
     for parameters in [{knob[0]: value} for value in knob[1]] if knob else [{}]:
         searchable.set(parameters, 0)
-        _, candidates = searchable.index.search(queries.vectors, depth)
+        _, candidates = searchable.candidates(queries.vectors, depth)
         if not factors[0]:
             yield [_summary(candidates[:, :K], queries, parameters)]
             continue

@@ -32,8 +32,15 @@ class Rows:
 @dataclass(frozen=True)
 class ShardVectors:
     number: int
-    keys: list[str]              # keys[i] is the sample of vectors[i]
+    keys: list[str] | None       # keys[i] is the sample of vectors[i]; None: not read (a build of millions of
+                                 # vectors reads keys a shard at a time, where it needs them)
     vectors: np.ndarray | Rows   # float16, memory-mapped where the file is local
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def without_keys(self) -> ShardVectors:
+        return ShardVectors(self.number, None, self.vectors)
 
 
 def shard_vectors(store: EmbeddingStore, number: int, modality: str) -> ShardVectors:
@@ -47,7 +54,7 @@ def modality_shards(store: EmbeddingStore, modality: str, numbers: list[int] | N
 
 
 def total(shards: list[ShardVectors]) -> int:
-    return sum(len(s.keys) for s in shards)
+    return sum(len(s) for s in shards)
 
 
 def sample_rows(shards: list[ShardVectors], size: int, seed: int = 0) -> np.ndarray:
@@ -56,7 +63,7 @@ def sample_rows(shards: list[ShardVectors], size: int, seed: int = 0) -> np.ndar
     picks = np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
     out, start = [], 0
     for shard in shards:
-        end = start + len(shard.keys)
+        end = start + len(shard)
         local = picks[(picks >= start) & (picks < end)] - start
         if len(local):
             out.append(np.asarray(shard.vectors[local], dtype=np.float32))
@@ -69,9 +76,9 @@ def split_tail(shards: list[ShardVectors], count: int) -> tuple[list[ShardVector
     head, tail = list(shards), []
     while count > 0 and head:
         last = head.pop()
-        cut = max(0, len(last.keys) - count)
+        cut = max(0, len(last) - count)
         if cut:
-            head.append(ShardVectors(last.number, last.keys[:cut], last.vectors[:cut]))
-        tail.insert(0, ShardVectors(last.number, last.keys[cut:], last.vectors[cut:]))
-        count -= len(last.keys) - cut
+            head.append(ShardVectors(last.number, None if last.keys is None else last.keys[:cut], last.vectors[:cut]))
+        tail.insert(0, ShardVectors(last.number, None if last.keys is None else last.keys[cut:], last.vectors[cut:]))
+        count -= len(last) - cut
     return head, tail

@@ -1,0 +1,158 @@
+"""An index in parts: trained once, filled one part per shard on any worker, merged into one set of lists.
+
+    Train     the empty index, trained on a sample of at most --max-memory / 4 of vectors drawn across the
+              memory-mapped shards (or, for an --update, the published index with its lists emptied)
+    AddShard  a copy of it holding one shard's vectors, under their final ids
+    merge     every part's inverted lists (and the published generation's, for an --update) into one set:
+              on disk beside the index where the dataset is local (FAISS's OnDiskInvertedLists, written list by
+              list and memory-mapped when searched), else in memory
+
+The trained index and the parts sit in the dataset's scratch area under a name that the plan decides, so a rerun
+after a crash reuses what was made, and the same plan gives the same bytes on any executor: training samples
+with a fixed seed, a part depends on its shard alone, and lists are merged in id order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from mmindex import storage
+from mmindex.dataset.indexes import INDEX, LISTS, Generation
+from mmindex.index.plan import IndexPlan, ShardSpan, scratch_prefix
+from mmindex.index.store import native_stdout_to_stderr, read_index
+from mmindex.index.vectors import sample_rows
+from mmindex.stages import Compact
+
+log = logging.getLogger("mmindex")
+ADD_BATCH = 65_536
+
+
+@dataclass(frozen=True)
+class Trained(Compact):
+    plan: IndexPlan
+    path: str   # the trained, empty index
+
+
+@dataclass(frozen=True)
+class Part(Compact):
+    plan: IndexPlan
+    shard: ShardSpan
+
+
+@dataclass(frozen=True)
+class PartAdded(Compact):
+    root: str        # the index it belongs to
+    shard: ShardSpan
+    path: str
+
+
+def train(plan: IndexPlan) -> Iterator[Trained | Part]:
+    """The plan's trained index (made once), then one Part per shard to add when the index is built from parts.
+    A whole index's --update starts from the published index itself."""
+    path = f"{plan.work}-trained.faiss"
+    if plan.previous and not plan.parts:
+        path = storage.join(plan.previous, INDEX)
+    elif not storage.exists(path):
+        write_index(_emptied(plan) if plan.previous else _trained(plan), path)
+    yield Trained(plan, path)
+    if plan.parts:
+        yield from (Part(plan, span) for span in plan.added)
+
+
+def add_part(part: Part) -> Iterator[PartAdded]:
+    """The trained index holding one shard's vectors, as ids ``first`` on (made once)."""
+    plan, span = part.plan, part.shard
+    path = f"{plan.work}-{span.name}.faiss"
+    if not storage.exists(path):
+        index = read_index(f"{plan.work}-trained.faiss")
+        add(index, plan.shard_vectors(span).vectors, span.first)
+        write_index(index, path)
+        log.info("index: %s part of shard %s made (%s vectors)", plan.files.modality, span.name, f"{span.vectors:,}")
+    yield PartAdded(plan.files.root, span, path)
+
+
+def add(index: faiss.Index, vectors: np.ndarray, first: int) -> None:
+    """``vectors`` added in batches (float32 only a batch at a time), as ids ``first`` on where the index takes
+    ids (IVF), else in order."""
+    ivf = _ivf(index)
+    for start in range(0, len(vectors), ADD_BATCH):
+        batch = np.ascontiguousarray(vectors[start:start + ADD_BATCH], dtype=np.float32)
+        if ivf is None:
+            index.add(batch)
+        else:
+            index.add_with_ids(batch, np.arange(first + start, first + start + len(batch), dtype=np.int64))
+
+
+def merge(plan: IndexPlan, trained: Trained, parts: list[PartAdded], generation: Generation) -> faiss.Index:
+    """The trained index with the lists of the parts (in id order) and, for an --update, the published index's."""
+    index = read_index(trained.path)
+    sources = [read_index(p.path, mmap=True) for p in sorted(parts, key=lambda p: p.shard.first)]
+    if plan.previous:
+        sources.insert(0, read_index(storage.join(plan.previous, INDEX), mmap=True))
+    ivf = faiss.extract_index_ivf(index)
+    if lists_on_disk(generation):
+        lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, generation.path(LISTS))
+        pointers = faiss.InvertedListsPtrVector()
+        for source in sources:
+            pointers.push_back(faiss.extract_index_ivf(source).invlists)
+        with native_stdout_to_stderr():  # FAISS prints the file's size on stdout, where the command's report goes
+            ntotal = lists.merge_from_multiple(pointers.data(), pointers.size(), False)
+        lists.filename = LISTS  # recorded in the index as a bare name: it is read beside the index, wherever that is
+        ivf.replace_invlists(lists, True)
+        lists.this.disown()
+        index.ntotal = ivf.ntotal = ntotal
+    else:
+        for source in sources:
+            index.merge_from(source, 0)
+    log.info("index: %s lists merged from %d parts (%s vectors)", plan.files.modality, len(sources),
+             f"{index.ntotal:,}")
+    return index
+
+
+def lists_on_disk(generation: Generation) -> bool:
+    """Whether a generation built from parts keeps its lists in a file of their own: where the dataset is local."""
+    return storage.is_local(generation.folder)
+
+
+def remove_work(plan: IndexPlan) -> None:
+    """Deletes the scratch files of every build of this index (this plan's and those of builds that died)."""
+    storage.delete(storage.glob(plan.files.embeddings.dataset.scratch_path(f"{scratch_prefix(plan.files)}*")))
+
+
+def _trained(plan: IndexPlan) -> faiss.Index:
+    index = faiss.index_factory(plan.dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        shards = [plan.shard_vectors(span) for span in plan.shards]
+        sample = sample_rows(shards, plan.sample, seed=0)
+        log.info("index: training %s on %s vectors", plan.factory, f"{len(sample):,}")
+        index.train(sample)
+    return index
+
+
+def _emptied(plan: IndexPlan) -> faiss.Index:
+    """The published index with no vectors: trained as it was, so that new parts fit its lists."""
+    index = read_index(storage.join(plan.previous, INDEX))
+    ivf = faiss.extract_index_ivf(index)
+    empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(empty, True)
+    empty.this.disown()  # the index owns it now
+    index.ntotal = ivf.ntotal = 0
+    return index
+
+
+def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def write_index(index: faiss.Index, path: str) -> None:
+    """An index written whole or not at all, through our writer (local files and object stores alike)."""
+    with storage.atomic_writer(path) as out:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(out.write))
