@@ -14,6 +14,7 @@ import typer
 from mmindex import console
 from mmindex.cli_dedup import dedup
 from mmindex.cli_import import QueryVectors, import_command
+from mmindex.cli_index import index
 from mmindex.cli_options import (
     DEFAULT_DATASET_HELP,
     EXTRA_ARGS,
@@ -21,14 +22,12 @@ from mmindex.cli_options import (
     Decode,
     Dedup,
     DedupThreshold,
-    ExcludeDuplicates,
     Model,
     Profile,
     Verbose,
     Version,
     default_dataset,
     embed_settings,
-    index_settings,
     ingest_settings,
     on_beam,
     search_queries,
@@ -120,45 +119,6 @@ def embed(
     console.print_embed(report)
     if report.failures:
         raise typer.Exit(1)
-
-
-@app.command()
-def index(
-    dataset: Annotated[str, typer.Argument(help="A dataset with embeddings (`mmindex embed`).", show_default=False)],
-    model: Model = "offline",
-    max_memory: Annotated[str, typer.Option(help=f"Memory the index may use (per modality): 4GB, 512MB ... "
-                                                 f"({SIZES}).")] = "4GB",
-    target_recall: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="recall@10 against exact search to tune for (1: exact search).")] = 0.95,
-    index_type: Annotated[str | None, typer.Option(
-        help="A FAISS factory string (e.g. 'IVF4096,PQ32', 'HNSW32,Flat') instead of the automatic choice.")]
-    = None,
-    update: Annotated[bool, typer.Option(help="Add newly embedded shards without retraining (then tune again).")]
-    = False,
-    exclude_duplicates: ExcludeDuplicates = False,
-    check: Annotated[bool, typer.Option(
-        help="Build nothing: check every index, id by id, against the embeddings and the samples.")] = False,
-) -> None:
-    """Build one FAISS index per modality of a space, under DATASET/indexes/<space>/<modality>/.
-
-    Exact search while the dataset is small, then IVF (Flat, SQ8 or PQ) as it grows and the memory budget
-    requires. Compressed codes are re-ranked with the exact vectors of the embeddings (on disk). nprobe (or
-    efSearch) and the re-rank depth are tuned on held-out queries of every modality until recall@10 against
-    exact search meets the target; the measured recall is recorded with the index.
-    """
-    from mmindex.check.indexes import check_indexes
-    from mmindex.index.run import build_indexes
-
-    console.setup_logging()
-    with console.errors():
-        settings = index_settings(dataset, model, max_memory, target_recall, index_type, update, exclude_duplicates)
-        if not check:
-            console.print_index(build_indexes(settings))
-            return
-        checked = check_indexes(settings)
-        console.print_check(checked)
-        if checked.not_embedded:
-            raise RuntimeError(checked.not_embedded)
 
 
 @app.command()
@@ -274,6 +234,7 @@ def serve(
 
 
 app.command(context_settings=EXTRA_ARGS)(dedup)
+app.command(context_settings=EXTRA_ARGS)(index)
 
 
 @app.command()

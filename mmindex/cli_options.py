@@ -84,14 +84,17 @@ def embed_settings(options: dict[str, Any], extra: list[str]) -> tuple[EmbedSett
     return EmbedSettings(*(options[name] for name in names)), beam_args
 
 
-def index_settings(dataset: str, model: str, max_memory: str, target_recall: float, index_type: str | None,
-                   update: bool, exclude_duplicates: bool) -> IndexSettings:
-    """`mmindex index`'s options as settings."""
+def index_settings(options: dict[str, Any], extra: list[str]) -> tuple[IndexSettings, list[str]]:
+    """`mmindex index`'s options as settings, and the Beam options (which build it on Beam)."""
     from mmindex.index.run import IndexSettings
     from mmindex.index.settings import BuildSettings
     from mmindex.sizes import parse_size
-    build = BuildSettings(parse_size(max_memory), target_recall, index_type, exclude_duplicates)
-    return IndexSettings(dataset, model, build, update)
+    unexpected, beam_args = split_options(extra, options["profile"])
+    if unexpected:
+        raise typer.BadParameter(f"unexpected arguments: {' '.join(unexpected)}")
+    build = BuildSettings(parse_size(options["max_memory"]), options["target_recall"], options["index_type"],
+                          options["exclude_duplicates"])
+    return IndexSettings(options["dataset"], options["model"], build, options["update"]), beam_args
 
 
 def on_beam(beam_args: list[str], workers: int) -> Any:

@@ -1,0 +1,114 @@
+"""An IVF index built from parts: the same bytes on Beam as in-process, an --update that makes parts of the new
+shards alone (on the quantizer it was trained with), lists on disk that a search memory-maps, and a build killed
+while it merges that leaves the published index serving and is finished by the same command."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+from test_index_search import clustered, image_shards
+
+from conftest import add_shard, synthetic_dataset, synthetic_space_file
+from mmindex.dataset.indexes import published
+from mmindex.index.run import IndexSettings, build_indexes
+from mmindex.index.settings import BuildSettings
+from mmindex.index.store import IndexFiles
+from pipelines.executor import BeamExecutor
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = BuildSettings(index_type="IVF64,PQ8")   # a compressed IVF index: parts, on-disk lists, re-ranking
+
+
+def generation_digests(files: IndexFiles) -> dict[str, str]:
+    """sha256 of each file of the published generation but info.json (it holds the build time) and the checksum
+    record (it holds info.json's digest)."""
+    folder = Path(published(files.root).folder)
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+            if p.name not in ("info.json", "checksums.json", ".readers")}
+
+
+def build(dataset: Path, executor=None, update: bool = False, settings: BuildSettings = SETTINGS):
+    return build_indexes(IndexSettings(str(dataset), synthetic_space_file(dataset.parent), settings, update),
+                         executor=executor).indexes[0]
+
+
+def test_the_lists_are_on_disk_and_beam_builds_the_same_bytes(tmp_path: Path):
+    vectors = clustered(12_000, 32, 60, seed=3)
+    stores = {name: synthetic_dataset(tmp_path / name / "ds", image_shards(vectors, 3_000)) for name in ("local", "beam")}
+    local = build(tmp_path / "local" / "ds")
+    beam = build(tmp_path / "beam" / "ds", BeamExecutor([]))
+    local_files = IndexFiles(stores["local"], "image")
+    digests = generation_digests(local_files)
+    assert set(digests) == {"index.faiss", "lists.ivfdata", "keys.parquet"}
+    assert digests == generation_digests(IndexFiles(stores["beam"], "image"))
+    assert local.vectors == beam.vectors == 12_000 and local.recall_at_10 == beam.recall_at_10 >= 0.9
+    # the search memory-maps the lists: they are not in the index file, which holds the quantizer alone
+    folder = Path(published(local_files.root).folder)
+    assert (folder / "lists.ivfdata").stat().st_size == 12_000 * (8 + 8) > (folder / "index.faiss").stat().st_size
+    index, keys, _ = local_files.load()
+    _, found = index.search(vectors[:20], 1)
+    assert [keys[i] for i in found[:, 0]] == [f"k{i:07d}" for i in range(20)]
+    assert not list((tmp_path / "local" / "ds" / ".scratch").glob("index-*")), "the build's parts are removed"
+
+
+def test_an_update_makes_parts_of_the_new_shards_alone_on_the_same_quantizer(tmp_path: Path):
+    vectors = clustered(15_000, 32, 60, seed=4)
+    dataset = tmp_path / "ds"
+    store = synthetic_dataset(dataset, image_shards(vectors[:12_000], 4_000))
+    first = build(dataset)
+    files = IndexFiles(store, "image")
+    loaded = files.load_published()
+    before = faiss.extract_index_ivf(loaded.index.index).quantizer.reconstruct_n(0, 64)
+    add_shard(store, 3, image_shards(vectors[12_000:], 3_000, prefix="new")[0])
+    updated = build(dataset, update=True)
+    info = files.info()
+    assert info["parts"] == 1 and updated.vectors == 15_000 and first.type == updated.type
+    index, keys, shards = files.load()
+    assert np.array_equal(faiss.extract_index_ivf(index.index).quantizer.reconstruct_n(0, 64), before)
+    assert keys[:12_000] == [f"k{i:07d}" for i in range(12_000)] and shards[-1] == "000003"
+    _, found = index.search(vectors[12_000:12_010], 1)
+    assert [keys[i] for i in found[:, 0]] == [f"new{i:07d}" for i in range(10)]
+    files.check(keys=True)
+    assert build(dataset, update=True).up_to_date
+
+
+def test_a_build_killed_while_it_merges_leaves_the_last_generation_serving_and_the_rerun_finishes(tmp_path: Path):
+    vectors = clustered(60_000, 64, 200, seed=5)
+    dataset = tmp_path / "ds"
+    store = synthetic_dataset(dataset, image_shards(vectors[:20_000], 10_000))
+    build(dataset)
+    files = IndexFiles(store, "image")
+    serving = published(files.root)
+    for number, start in enumerate(range(20_000, 60_000, 10_000), start=2):
+        add_shard(store, number, image_shards(vectors[start:start + 10_000], 10_000, prefix=f"s{number}-")[0])
+    command = [sys.executable, "-m", "mmindex", "index", str(dataset), "--model", synthetic_space_file(tmp_path),
+               "--index-type", "IVF64,PQ8"]
+    run = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    new_lists = Path(files.root) / "g000002" / "lists.ivfdata"
+    deadline = time.monotonic() + 300
+    while not new_lists.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert new_lists.exists(), "the build was killed after its merge began"
+    assert published(files.root) == serving
+    index, keys, _ = files.load()   # the last generation still answers, whole
+    assert index.ntotal == len(keys) == 20_000
+    parts = sorted(p.name.rsplit("-", 1)[1] for p in (dataset / ".scratch").glob("index-*.faiss"))
+    assert parts == ["000000.faiss", "000001.faiss", "000002.faiss", "000003.faiss", "000004.faiss",
+                     "000005.faiss", "trained.faiss"]
+    done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "made" not in done.stderr, "the rerun reuses the parts the killed build made"
+    index, keys, _ = files.load()
+    assert index.ntotal == len(keys) == 60_000 and published(files.root) != serving
+    files.check(keys=True)
