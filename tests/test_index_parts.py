@@ -24,7 +24,7 @@ from mmindex.index.store import IndexFiles
 from pipelines.executor import BeamExecutor
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = BuildSettings(index_type="IVF64,PQ8")   # a compressed IVF index: parts, on-disk lists, re-ranking
+SETTINGS = BuildSettings(index_type="IVF64,SQ8")   # a compressed IVF index: parts, on-disk lists, re-ranking
 
 
 def generation_digests(files: IndexFiles) -> dict[str, str]:
@@ -42,7 +42,8 @@ def build(dataset: Path, executor=None, update: bool = False, settings: BuildSet
 
 def test_the_lists_are_on_disk_and_beam_builds_the_same_bytes(tmp_path: Path):
     vectors = clustered(12_000, 32, 60, seed=3)
-    stores = {name: synthetic_dataset(tmp_path / name / "ds", image_shards(vectors, 3_000)) for name in ("local", "beam")}
+    stores = {name: synthetic_dataset(tmp_path / name / "ds", image_shards(vectors, 3_000))
+              for name in ("local", "beam")}
     local = build(tmp_path / "local" / "ds")
     beam = build(tmp_path / "beam" / "ds", BeamExecutor([]))
     local_files = IndexFiles(stores["local"], "image")
@@ -52,7 +53,8 @@ def test_the_lists_are_on_disk_and_beam_builds_the_same_bytes(tmp_path: Path):
     assert local.vectors == beam.vectors == 12_000 and local.recall_at_10 == beam.recall_at_10 >= 0.9
     # the search memory-maps the lists: they are not in the index file, which holds the quantizer alone
     folder = Path(published(local_files.root).folder)
-    assert (folder / "lists.ivfdata").stat().st_size == 12_000 * (8 + 8) > (folder / "index.faiss").stat().st_size
+    codes_and_ids = 12_000 * (32 + 8)  # SQ8: a byte a component, then the id
+    assert (folder / "lists.ivfdata").stat().st_size == codes_and_ids > (folder / "index.faiss").stat().st_size
     index, keys, _ = local_files.load()
     _, found = index.search(vectors[:20], 1)
     assert [keys[i] for i in found[:, 0]] == [f"k{i:07d}" for i in range(20)]
@@ -90,7 +92,7 @@ def test_a_build_killed_while_it_merges_leaves_the_last_generation_serving_and_t
     for number, start in enumerate(range(20_000, 60_000, 10_000), start=2):
         add_shard(store, number, image_shards(vectors[start:start + 10_000], 10_000, prefix=f"s{number}-")[0])
     command = [sys.executable, "-m", "mmindex", "index", str(dataset), "--model", synthetic_space_file(tmp_path),
-               "--index-type", "IVF64,PQ8"]
+               "--index-type", "IVF64,SQ8"]
     run = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE)
     new_lists = Path(files.root) / "g000002" / "lists.ivfdata"
