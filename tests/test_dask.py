@@ -198,3 +198,24 @@ def test_a_cluster_that_gives_up_after_a_killed_worker_fails_in_one_line_and_the
     done = cluster.run(*embed_args(str(dataset), tiny_clip), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert embeddings(dataset, "tiny-clip") == embeddings(reference, "tiny-clip")
+
+
+def test_an_index_built_on_a_dask_cluster_has_the_bytes_of_the_local_build(cluster, tmp_path):
+    """The index stage's parts are made by the cluster's workers and merged by one of them into on-disk lists:
+    the same index, lists and keys as the in-process build."""
+    from test_index_parts import generation_digests
+    from test_index_search import clustered, image_shards
+
+    from conftest import synthetic_dataset, synthetic_space_file
+    from mmindex.index.run import IndexSettings, build_indexes
+    from mmindex.index.settings import BuildSettings
+    from mmindex.index.store import IndexFiles
+
+    vectors, space = clustered(12_000, 32, 60, seed=6), synthetic_space_file(tmp_path)
+    stores = {name: synthetic_dataset(tmp_path / name, image_shards(vectors, 2_000)) for name in ("local", "dask")}
+    build_indexes(IndexSettings(str(tmp_path / "local"), space, BuildSettings(index_type="IVF64,SQ8")))
+    done = cluster.run("index", str(tmp_path / "dask"), "--model", space, "--index-type", "IVF64,SQ8", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    local = generation_digests(IndexFiles(stores["local"], "image"))
+    assert "lists.ivfdata" in local and local == generation_digests(IndexFiles(stores["dask"], "image"))
+    assert "IVF64,SQ8" in done.stdout and "12,000" in done.stdout

@@ -32,9 +32,9 @@ import os
 import posixpath
 import re
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, overload
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -74,10 +74,36 @@ class Generation:
     def info(self) -> dict[str, Any]:
         return json.loads(storage.read_bytes(self.path(INFO)))
 
-    def keys(self) -> tuple[list[str], list[str]]:
+    def keys(self) -> tuple[IdColumn, IdColumn]:
         """The key and the shard of each id: id i is the sample keys[i] of shard shards[i]."""
         table = read_parquet(self.path(KEYS), ["key", "shard"])
-        return table.column("key").to_pylist(), table.column("shard").to_pylist()
+        return IdColumn(table.column("key")), IdColumn(table.column("shard"))
+
+
+class IdColumn(Sequence[str]):
+    """A column of keys.parquet, one string per id, as Arrow holds it: some 20 bytes an id, where a list of
+    Python strings takes about 70 (700 MB for 10 million keys, in every search process)."""
+
+    def __init__(self, column: pa.ChunkedArray):
+        self.column = column.combine_chunks()
+
+    def __len__(self) -> int:
+        return len(self.column)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return self.column[index].to_pylist()
+        return self.column[index].as_py()
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, len(self.column), 65_536):
+            yield from self.column[start:start + 65_536].to_pylist()
 
 
 def published(root: str) -> Generation | None:

@@ -11,9 +11,8 @@ import contextlib
 import ctypes
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import groupby
 from typing import Any, TypeVar
 
 import faiss
@@ -23,7 +22,7 @@ from mmindex import storage
 from mmindex.dataset.checksums import unit_problem
 from mmindex.dataset.duplicates import DuplicateStore
 from mmindex.dataset.embeddings import EmbeddingStore, embedded_keys
-from mmindex.dataset.indexes import INDEX, LISTS, RECORD, Generation, published, reading
+from mmindex.dataset.indexes import INDEX, LISTS, RECORD, Generation, IdColumn, published, reading
 from mmindex.dataset.layout import shard_name
 from mmindex.dataset.samples import read_samples
 from mmindex.index.exclusion import Exclusion, accounted, stale_exclusion
@@ -50,8 +49,8 @@ class LoadedIndex:
     generation: Generation
     info: dict[str, Any]
     index: SearchableIndex
-    keys: list[str]
-    shards: list[str]
+    keys: IdColumn
+    shards: IdColumn
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,7 @@ class IndexFiles:
     def info(self) -> dict[str, Any]:
         return self._pinned(Generation.info)
 
-    def load(self) -> tuple[SearchableIndex, list[str], list[str]]:
+    def load(self) -> tuple[SearchableIndex, IdColumn, IdColumn]:
         """The index (memory-mapped where FAISS can) set up as it was tuned, and the key and shard of each id."""
         loaded = self.load_published()
         return loaded.index, loaded.keys, loaded.shards
@@ -118,7 +117,7 @@ class IndexFiles:
                              f"{len(keys):,}; rebuild it with `mmindex index {self.embeddings.dataset.root}`")
         rerank = info.get("rerank", 0)
         if rerank:
-            searchable.exact = self._exact(info, keys, shards)
+            searchable.exact = self._exact(info, keys)
         searchable.set(info["parameters"], rerank)
         return LoadedIndex(generation, info, searchable, keys, shards)
 
@@ -126,21 +125,22 @@ class IndexFiles:
         """The exact vector of each id of ``loaded``: its re-ranking's, else read from the embeddings on disk once
         for the build (searches use them only to re-rank, so an index tuned without re-ranking is unchanged)."""
         if loaded.index.exact is None:
-            loaded.index.exact = self._exact(loaded.info, loaded.keys, loaded.shards)
+            loaded.index.exact = self._exact(loaded.info, loaded.keys)
         return loaded.index.exact
 
-    def _exact(self, info: dict[str, Any], keys: list[str], shards: list[str]) -> ExactVectors:
-        """The embeddings of the ids (by shard, in id order): of a shard that near-duplicates were left out of,
-        the rows of the ids' keys."""
+    def _exact(self, info: dict[str, Any], keys: Sequence[str]) -> ExactVectors:
+        """The embeddings of the ids (by shard, in id order, as info.json lists them): of a shard that
+        near-duplicates were left out of, the rows of the ids' keys."""
         left_out = info.get("excluded", {}).get("shards", {})
         arrays: list[np.ndarray | Rows] = []
-        for name, ids in groupby(range(len(shards)), key=shards.__getitem__):
-            mine = [keys[i] for i in ids]
-            vectors = self._vectors(name, len(mine) + left_out.get(name, 0))
+        first = 0
+        for name, count in info["shards"].items():
+            vectors = self._vectors(name, count + left_out.get(name, 0))
             if left_out.get(name):
                 row = {key: r for r, key in enumerate(embedded_keys(self.embeddings.read(int(name))[0], self.modality))}
-                vectors = Rows(vectors, [row[key] for key in mine])
+                vectors = Rows(vectors, [row[key] for key in keys[first:first + count]])
             arrays.append(vectors)
+            first += count
         return ExactVectors(arrays)
 
     def _vectors(self, shard: str, count: int) -> np.ndarray:
