@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from mmindex import storage
 from mmindex.dataset.indexes import INDEX, LISTS, Generation
@@ -30,6 +31,12 @@ from mmindex.stages import Compact
 
 log = logging.getLogger("mmindex")
 ADD_BATCH = 65_536
+# Training and assigning vectors to lists search the centroids through BLAS, whose choice between nearly equal
+# scores (float16 vectors have many) changes with its thread count: a Dask worker starts with one thread, this
+# machine with one a core. Both steps run on one thread wherever they run (a count can only be lowered: OpenBLAS
+# sizes its buffers for the threads it started with), so that every executor makes the same bytes; the
+# in-process executor runs two parts at a time, on threads of its own.
+THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,9 @@ def train(plan: IndexPlan) -> Iterator[Trained | Part]:
     if plan.previous and not plan.parts:
         path = storage.join(plan.previous, INDEX)
     elif not storage.exists(path):
-        write_index(_emptied(plan) if plan.previous else _trained(plan), path)
+        with threadpool_limits(THREADS):
+            index = _emptied(plan) if plan.previous else _trained(plan)
+        write_index(index, path)
     yield Trained(plan, path)
     if plan.parts:
         yield from (Part(plan, span) for span in plan.added)
@@ -70,7 +79,8 @@ def add_part(part: Part) -> Iterator[PartAdded]:
     path = f"{plan.work}-{span.name}.faiss"
     if not storage.exists(path):
         index = read_index(f"{plan.work}-trained.faiss")
-        add(index, plan.shard_vectors(span).vectors, span.first)
+        with threadpool_limits(THREADS):
+            add(index, plan.shard_vectors(span).vectors, span.first)
         write_index(index, path)
         log.info("index: %s part of shard %s made (%s vectors)", plan.files.modality, span.name, f"{span.vectors:,}")
     yield PartAdded(plan.files.root, span, path)
@@ -120,8 +130,11 @@ def lists_on_disk(generation: Generation) -> bool:
 
 
 def remove_work(plan: IndexPlan) -> None:
-    """Deletes the scratch files of every build of this index (this plan's and those of builds that died)."""
-    storage.delete(storage.glob(plan.files.embeddings.dataset.scratch_path(f"{scratch_prefix(plan.files)}*")))
+    """Deletes the scratch files of every build of this index: this plan's, and those of builds that died (their
+    half-written temporaries too)."""
+    scratch = plan.files.embeddings.dataset.scratch_path
+    prefix = scratch_prefix(plan.files)
+    storage.delete(storage.glob(scratch(f"{prefix}*")) + storage.glob(scratch(f"{storage.TEMP_MARK}{prefix}*")))
 
 
 def _trained(plan: IndexPlan) -> faiss.Index:
