@@ -21,6 +21,7 @@ from mmindex.dataset.indexes import published
 from mmindex.index.run import IndexSettings, build_indexes
 from mmindex.index.settings import BuildSettings
 from mmindex.index.store import IndexFiles
+from mmindex.index.vectors import Rows, Unmapped
 from pipelines.executor import BeamExecutor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,3 +115,20 @@ def test_a_build_killed_while_it_merges_leaves_the_last_generation_serving_and_t
     index, keys, _ = files.load()
     assert index.ntotal == len(keys) == 60_000 and published(files.root) != serving
     files.check(keys=True)
+
+
+def test_a_build_reads_vectors_without_mapping_them_and_gets_the_same_values(tmp_path: Path):
+    """The build reads embeddings with plain reads (their pages stay in the kernel's cache, not in the process):
+    slices, rows in any order and repeated, and rows of rows give what the memory-mapped array gives."""
+    array = np.random.default_rng(0).standard_normal((20_000, 7)).astype(np.float16)
+    np.save(tmp_path / "v.npy", array)
+    unmapped = Unmapped.of(np.load(tmp_path / "v.npy", mmap_mode="r"))
+    assert isinstance(unmapped, Unmapped)
+    assert np.array_equal(np.asarray(unmapped), array)
+    assert np.array_equal(np.asarray(unmapped[100:9_000][5:10]), array[105:110])
+    assert len(unmapped[19_990:30_000]) == 10
+    for rows in (np.random.default_rng(1).integers(0, 20_000, (50, 13)),   # few: read one by one
+                 np.random.default_rng(2).integers(0, 20_000, 5_000),      # many: read in blocks
+                 [3, 3, 1]):
+        assert np.array_equal(unmapped[rows], array[rows])
+    assert np.array_equal(np.asarray(Rows(unmapped, [5, 1, 19_999])), array[[5, 1, 19_999]])

@@ -79,8 +79,8 @@ class IndexPlan(Compact):
         return self.shard(span).without_keys()
 
     def shard(self, span: ShardSpan) -> ShardVectors:
-        """The shard's vectors and keys as the index holds them."""
-        shard = shard_vectors(self.files.embeddings, span.number, self.files.modality)
+        """The shard's vectors (read, not mapped: see vectors.Unmapped) and keys as the index holds them."""
+        shard = shard_vectors(self.files.embeddings, span.number, self.files.modality).unmapped()
         if self.exclusion is not None:
             shard = Exclusion.of(self.files.duplicates, self.files.modality).keep(shard)
         if len(shard) != span.vectors:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,18 +30,76 @@ class Rows:
         return np.asarray(self.array[self.rows], dtype)
 
 
+class Unmapped:
+    """A memory-mapped array of vectors read with plain reads instead, when indexed: the pages go to the kernel's
+    cache, not into this process's memory. A build reads every vector once or twice; mapped, each page it touched
+    would stay resident in the process (a 10M x 384 build's RSS would hold its 7.7 GB of embeddings). A slice is
+    Unmapped again (nothing read); an array of rows, and numpy, read them: in blocks where many rows are wanted,
+    one by one where few are."""
+
+    BLOCK = 8_192   # rows read at once
+
+    def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.offset, self.shape, self.dtype = path, offset, shape, np.dtype(dtype)
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.size = int(np.prod(shape, dtype=np.int64))
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> np.ndarray | Unmapped:
+        """``array`` unmapped if it is a map of a file, else as it is."""
+        if isinstance(array, np.memmap) and array.filename and array.flags.c_contiguous and len(array):
+            return cls(array.filename, array.offset, array.shape, array.dtype)
+        return array
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: slice | np.ndarray | list[int]) -> Unmapped | np.ndarray:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise IndexError("Unmapped vectors are sliced with a step of 1")
+            stop = max(start, stop)
+            return Unmapped(self.path, self.offset + start * self.row_bytes, (stop - start, *self.shape[1:]),
+                            self.dtype)
+        return self._rows(np.asarray(index, np.int64))
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        return np.asarray(self._read(0, len(self)), dtype)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        with open(self.path, "rb") as file:
+            data = os.pread(file.fileno(), (stop - start) * self.row_bytes, self.offset + start * self.row_bytes)
+        return np.frombuffer(data, self.dtype).reshape(stop - start, *self.shape[1:])
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        wanted, where = np.unique(rows, return_inverse=True)
+        out = np.empty((len(wanted), *self.shape[1:]), self.dtype)
+        for start in range(0, len(self), self.BLOCK):
+            low, high = np.searchsorted(wanted, [start, start + self.BLOCK])
+            if high - low > self.BLOCK // 128:
+                out[low:high] = self._read(start, min(start + self.BLOCK, len(self)))[wanted[low:high] - start]
+            else:
+                for i in range(low, high):
+                    out[i] = self._read(int(wanted[i]), int(wanted[i]) + 1)[0]
+        return out[where.reshape(-1)].reshape(*rows.shape, *self.shape[1:])
+
+
 @dataclass(frozen=True)
 class ShardVectors:
     number: int
     keys: list[str] | None       # keys[i] is the sample of vectors[i]; None: not read (a build of millions of
                                  # vectors reads keys a shard at a time, where it needs them)
-    vectors: np.ndarray | Rows   # float16, memory-mapped where the file is local
+    vectors: np.ndarray | Rows | Unmapped   # float16, memory-mapped (or Unmapped) where the file is local
 
     def __len__(self) -> int:
         return len(self.vectors)
 
     def without_keys(self) -> ShardVectors:
         return ShardVectors(self.number, None, self.vectors)
+
+    def unmapped(self) -> ShardVectors:
+        return ShardVectors(self.number, self.keys, Unmapped.of(self.vectors))
 
 
 def shard_vectors(store: EmbeddingStore, number: int, modality: str) -> ShardVectors:
