@@ -18,6 +18,7 @@ from test_index_search import clustered, image_shards
 
 from conftest import add_shard, synthetic_dataset, synthetic_space_file
 from mmindex.dataset.indexes import published
+from mmindex.index.parts import merged_on_disk
 from mmindex.index.run import IndexSettings, build_indexes
 from mmindex.index.settings import BuildSettings
 from mmindex.index.store import IndexFiles
@@ -132,3 +133,39 @@ def test_a_build_reads_vectors_without_mapping_them_and_gets_the_same_values(tmp
                  [3, 3, 1]):
         assert np.array_equal(unmapped[rows], array[rows])
     assert np.array_equal(np.asarray(Rows(unmapped, [5, 1, 19_999])), array[[5, 1, 19_999]])
+
+
+def test_the_merge_writes_what_faiss_merge_writes_in_one_pass_or_many(tmp_path: Path):
+    """The merge copies a range of lists per pass (its memory bounded by the budget) into the layout of FAISS's
+    own OnDiskInvertedLists merge: the same lists file and index bytes, whatever the passes."""
+    vectors = np.random.default_rng(0).standard_normal((30_000, 16)).astype(np.float32)
+    trained = faiss.index_factory(16, "IVF32,SQ8", faiss.METRIC_INNER_PRODUCT)
+    trained.train(vectors[:5_000])
+    parts = []
+    for i in range(3):
+        part = faiss.clone_index(trained)
+        part.add_with_ids(vectors[i * 10_000:(i + 1) * 10_000], np.arange(i * 10_000, (i + 1) * 10_000))
+        faiss.write_index(part, str(tmp_path / f"part{i}.faiss"))
+        parts.append(str(tmp_path / f"part{i}.faiss"))
+
+    def written(folder: Path, lists: faiss.InvertedLists) -> tuple[bytes, bytes]:
+        lists.filename = "lists.ivfdata"
+        index = faiss.clone_index(trained)
+        faiss.extract_index_ivf(index).replace_invlists(lists, True)
+        lists.this.disown()
+        faiss.write_index(index, str(folder / "index.faiss"))
+        return (folder / "lists.ivfdata").read_bytes(), (folder / "index.faiss").read_bytes()
+
+    ivf = faiss.extract_index_ivf(trained)
+    (tmp_path / "faiss").mkdir()
+    theirs = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(tmp_path / "faiss" / "lists.ivfdata"))
+    sources = [faiss.read_index(p, faiss.IO_FLAG_MMAP) for p in parts]
+    pointers = faiss.InvertedListsPtrVector()
+    for source in sources:
+        pointers.push_back(faiss.extract_index_ivf(source).invlists)
+    theirs.merge_from_multiple(pointers.data(), pointers.size(), False)
+    expected = written(tmp_path / "faiss", theirs)
+    for pass_bytes in (10**9, 20_000):
+        folder = tmp_path / f"ours-{pass_bytes}"
+        folder.mkdir()
+        assert written(folder, merged_on_disk(ivf, parts, str(folder / "lists.ivfdata"), pass_bytes)) == expected

@@ -15,6 +15,7 @@ with a fixed seed, a part depends on its shard alone, and lists are merged in id
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -101,27 +102,67 @@ def add(index: faiss.Index, vectors: np.ndarray, first: int) -> None:
 def merge(plan: IndexPlan, trained: Trained, parts: list[PartAdded], generation: Generation) -> faiss.Index:
     """The trained index with the lists of the parts (in id order) and, for an --update, the published index's."""
     index = read_index(trained.path)
-    sources = [read_index(p.path, mmap=True) for p in sorted(parts, key=lambda p: p.shard.first)]
+    sources = [p.path for p in sorted(parts, key=lambda p: p.shard.first)]
     if plan.previous:
-        sources.insert(0, read_index(storage.join(plan.previous, INDEX), mmap=True))
+        sources.insert(0, storage.join(plan.previous, INDEX))
     ivf = faiss.extract_index_ivf(index)
     if lists_on_disk(generation):
-        lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, generation.path(LISTS))
-        pointers = faiss.InvertedListsPtrVector()
-        for source in sources:
-            pointers.push_back(faiss.extract_index_ivf(source).invlists)
-        with native_stdout_to_stderr():  # FAISS prints the file's size on stdout, where the command's report goes
-            ntotal = lists.merge_from_multiple(pointers.data(), pointers.size(), False)
-        lists.filename = LISTS  # recorded in the index as a bare name: it is read beside the index, wherever that is
+        lists = merged_on_disk(ivf, sources, generation.path(LISTS), plan.settings.max_memory // 4)
         ivf.replace_invlists(lists, True)
         lists.this.disown()
-        index.ntotal = ivf.ntotal = ntotal
+        index.ntotal = ivf.ntotal = lists.compute_ntotal()
     else:
         for source in sources:
-            index.merge_from(source, 0)
+            index.merge_from(read_index(source), 0)
     log.info("index: %s lists merged from %d parts (%s vectors)", plan.files.modality, len(sources),
              f"{index.ntotal:,}")
     return index
+
+
+def merged_on_disk(ivf: faiss.IndexIVF, sources: list[str], path: str, pass_bytes: int) -> faiss.InvertedLists:
+    """The sources' lists, in order, in one file laid out as FAISS's OnDiskInvertedLists lays out a merge (each
+    list's codes, then its ids). Written with plain writes, a range of lists per pass over the (memory-mapped)
+    sources, which are closed between passes: the pages this process touches, and so its memory, stay within
+    ``pass_bytes``, however many vectors there are."""
+    sizes = np.zeros(ivf.nlist, np.uint64)
+    for source in sources:
+        lists = faiss.extract_index_ivf(source_index := read_index(source, mmap=True)).invlists
+        sizes += np.array([lists.list_size(j) for j in range(ivf.nlist)], np.uint64)
+        del source_index
+    entry = ivf.code_size + 8
+    offsets = np.concatenate([[0], np.cumsum(sizes * entry)]).astype(np.int64)
+    merged = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, path)
+    merged.set_all_lists_sizes(faiss.swig_ptr(sizes))
+    if offsets[-1]:
+        with native_stdout_to_stderr():  # FAISS prints the file's size on stdout, where the command's report goes
+            merged.update_totsize(int(offsets[-1]))
+    merged.filename = LISTS  # recorded in the index as a bare name: it is read beside the index, wherever that is
+    with open(path, "r+b") as out:
+        first = 0
+        while first < ivf.nlist:
+            last = int(np.searchsorted(offsets, offsets[first] + max(pass_bytes, 1), side="right")) - 1
+            last = max(last, first + 1)
+            _copy_lists(sources, range(first, min(last, ivf.nlist)), sizes, offsets, ivf.code_size, out.fileno())
+            first = last
+    return merged
+
+
+def _copy_lists(sources: list[str], numbers: range, sizes: np.ndarray, offsets: np.ndarray, code_size: int,
+                out: int) -> None:
+    filled = np.zeros(len(numbers), np.int64)
+    for source in sources:
+        index = read_index(source, mmap=True)
+        lists = faiss.extract_index_ivf(index).invlists
+        for k, j in enumerate(numbers):
+            n = lists.list_size(j)
+            if not n:
+                continue
+            codes = faiss.rev_swig_ptr(lists.get_codes(j), n * code_size).tobytes()
+            ids = faiss.rev_swig_ptr(lists.get_ids(j), n).tobytes()
+            os.pwrite(out, codes, int(offsets[j]) + int(filled[k]) * code_size)
+            os.pwrite(out, ids, int(offsets[j]) + int(sizes[j]) * code_size + int(filled[k]) * 8)
+            filled[k] += n
+        del lists, index  # unmapped: its pages leave this process
 
 
 def lists_on_disk(generation: Generation) -> bool:
