@@ -1,15 +1,16 @@
 """An index in parts: trained once, filled one part per shard on any worker, merged into one set of lists.
 
-    Train     the empty index, trained on a sample of at most --max-memory / 4 of vectors drawn across the
-              memory-mapped shards (or, for an --update, the published index with its lists emptied)
+    Train     the empty index, trained on a sample of at most --max-memory / 4 of float32 vectors drawn across
+              the shards (or, for an --update, the published index with its lists emptied)
     AddShard  a copy of it holding one shard's vectors, under their final ids
-    merge     every part's inverted lists (and the published generation's, for an --update) into one set:
-              on disk beside the index where the dataset is local (FAISS's OnDiskInvertedLists, written list by
-              list and memory-mapped when searched), else in memory
+    merge     every part's inverted lists (and the published generation's, for an --update) into one set: on disk
+              beside the index where the dataset is local (FAISS's OnDiskInvertedLists layout, written a range
+              of lists per pass, and memory-mapped when searched), else in memory
 
 The trained index and the parts sit in the dataset's scratch area under a name that the plan decides, so a rerun
 after a crash reuses what was made, and the same plan gives the same bytes on any executor: training samples
-with a fixed seed, a part depends on its shard alone, and lists are merged in id order.
+with a fixed seed, a part depends on its shard alone, both run on one thread (below), and lists are merged in
+id order.
 """
 
 from __future__ import annotations
