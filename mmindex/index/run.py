@@ -15,8 +15,9 @@ from mmindex.dataset.embeddings import EmbeddingStore, Skipped, dataset_space
 from mmindex.dataset.lock import exclusive
 from mmindex.executors.local import LocalExecutor
 from mmindex.index.built import BuiltIndex
+from mmindex.index.parts import Trained
 from mmindex.index.settings import BuildSettings
-from mmindex.index.steps import declare
+from mmindex.index.steps import declare, started
 from mmindex.index.store import IndexFiles, not_embedded
 from mmindex.spaces import DEFAULT_SPACE, Space
 from mmindex.stages import Executor
@@ -48,7 +49,7 @@ def build_indexes(settings: IndexSettings, space: Space | None = None, executor:
     store = EmbeddingStore.of(settings.dataset, space or dataset_space(settings.dataset, settings.model))
     indexes = [IndexFiles(store, modality) for modality in store.space.modalities()]
     with exclusive(store.dataset, "index"):
-        built = sorted((executor or LocalExecutor()).run(declare(indexes, settings.build, settings.update)),
+        built = sorted(_run(indexes, settings.build, settings.update, executor),
                        key=lambda b: store.space.modalities().index(b.modality))
     skipped = store.wholly_skipped()
     if not built and skipped:
@@ -59,9 +60,18 @@ def build_indexes(settings: IndexSettings, space: Space | None = None, executor:
     return IndexReport(store.space.name, settings.build.target_recall, built, not_embedded(store), skipped)
 
 
+def _run(indexes: list[IndexFiles], settings: BuildSettings, update: bool, executor: Executor | None
+         ) -> list[BuiltIndex]:
+    """The indexes planned and trained here, their parts made and merged on ``executor``."""
+    start = started(indexes, settings, update)
+    if not any(isinstance(element, Trained) for element in start):
+        return start  # nothing to build: each index is up to date, or has no vectors
+    return list((executor or LocalExecutor()).run(declare(indexes, start)))
+
+
 def build_index(files: IndexFiles, settings: BuildSettings, update: bool = False) -> dict[str, Any]:
     """Builds (or with ``update``, extends) the index of one modality in this process; returns its info."""
-    if not list(LocalExecutor().run(declare([files], settings, update))):
+    if not _run([files], settings, update, None):
         store = files.embeddings
         raise FileNotFoundError(f"no {files.modality} vectors in space {store.space.name!r}: run `mmindex embed "
                                 f"{store.dataset.root} --model {store.space.name}` first")

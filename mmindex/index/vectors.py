@@ -117,17 +117,21 @@ def total(shards: list[ShardVectors]) -> int:
 
 
 def sample_rows(shards: list[ShardVectors], size: int, seed: int = 0) -> np.ndarray:
-    """``size`` vectors drawn uniformly without replacement across shards, as float32."""
+    """``size`` vectors drawn uniformly without replacement across shards, as float32 (filled in place: a
+    training sample is the largest thing a build holds, so it is held once)."""
     n = total(shards)
     picks = np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
-    out, start = [], 0
+    dim = next((s.vectors.shape[1] for s in shards if len(s)), 0)
+    out = np.empty((len(picks), dim), np.float32)
+    start = filled = 0
     for shard in shards:
         end = start + len(shard)
         local = picks[(picks >= start) & (picks < end)] - start
         if len(local):
-            out.append(np.asarray(shard.vectors[local], dtype=np.float32))
+            out[filled:filled + len(local)] = shard.vectors[local]
+            filled += len(local)
         start = end
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return out if len(out) else np.zeros((0, 0), np.float32)
 
 
 def split_tail(shards: list[ShardVectors], count: int) -> tuple[list[ShardVectors], list[ShardVectors]]:
