@@ -273,8 +273,9 @@ class EmbeddingStore:
                 write_vectors(out, stacked.shape, [stacked])
         self.commit_rows(recorder, shard.number, shard.rows)
 
-    def commit_rows(self, recorder: Recorder, number: int, rows: list[dict[str, Any]]) -> None:
-        """Commits a shard whose vector files ``recorder`` wrote: its parquet (EMBEDDINGS_SCHEMA), written last."""
+    def commit_rows(self, recorder: Recorder, number: int, rows: list[dict[str, Any]] | dict[str, list[Any]]) -> None:
+        """Commits a shard whose vector files ``recorder`` wrote: its parquet (EMBEDDINGS_SCHEMA; rows, or columns),
+        written last."""
         recorder.commit(self.parquet_path(number), parquet_bytes(rows, EMBEDDINGS_SCHEMA))
 
     def read(self, number: int) -> tuple[pa.Table, dict[str, np.ndarray]]:

@@ -13,10 +13,13 @@ import pyarrow.parquet as pq
 from mmindex import storage
 
 
-def parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
-    """Rows as a parquet file; the same rows always give the same bytes."""
+def parquet_bytes(rows: list[dict[str, Any]] | dict[str, list[Any]], schema: pa.Schema) -> bytes:
+    """Rows (or the same as columns: a tenth of the memory for shards of millions) as a parquet file; the same rows
+    always give the same bytes."""
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer, compression="zstd")
+    table = (pa.Table.from_pydict(rows, schema=schema) if isinstance(rows, dict)
+             else pa.Table.from_pylist(rows, schema=schema))
+    pq.write_table(table, buffer, compression="zstd")
     return buffer.getvalue()
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mmindex import storage
 from mmindex.dataset.checksums import Recorder
@@ -49,6 +50,11 @@ RejectRow = tuple[str, str, str]   # (source, reason, detail)
 def samples_bytes(rows: list[dict[str, Any]]) -> bytes:
     """A shard's samples parquet."""
     return parquet_bytes(rows, SAMPLES_SCHEMA)
+
+
+def samples_writer(out: BinaryIO) -> pq.ParquetWriter:
+    """A shard's samples parquet written a batch of rows at a time (into ``out``), for shards of millions."""
+    return pq.ParquetWriter(out, SAMPLES_SCHEMA, compression="zstd")
 
 
 def read_samples(samples_parquet: str, columns: list[str] | None = None) -> pa.Table:

@@ -135,8 +135,8 @@ def _check_metadata(metadata: str, rows: int, path: str, key_column: str | None)
 
 
 def unit_rows(file: VectorFile) -> Iterator[np.ndarray]:
-    """The file's vectors, L2-normalised, as float16 chunks of rows (memory-mapped where the file is local,
-    streamed otherwise); BadEmbeddings at the first row that is NaN, infinite or zero."""
+    """The file's vectors, L2-normalised, as float16 chunks of rows (streamed); BadEmbeddings at the first row that
+    is NaN, infinite or zero."""
     for start, chunk in _chunks(file):
         vectors = chunk.astype(np.float32)
         finite = np.isfinite(vectors).all(axis=1)
@@ -150,11 +150,7 @@ def unit_rows(file: VectorFile) -> Iterator[np.ndarray]:
 
 
 def _chunks(file: VectorFile) -> Iterator[tuple[int, np.ndarray]]:
-    if storage.is_local(file.path):
-        array = np.load(file.path, mmap_mode="r", allow_pickle=False)
-        for start in range(0, file.rows, CHUNK_ROWS):
-            yield start, array[start:start + CHUNK_ROWS]
-        return
+    """The file's rows, a chunk at a time, with plain reads (mapped, every page read would stay in the process)."""
     dtype = np.dtype(file.dtype)
     with storage.open_read(file.path) as f:
         f.seek(file.offset)
@@ -166,61 +162,74 @@ def _chunks(file: VectorFile) -> Iterator[tuple[int, np.ndarray]]:
 
 @dataclass(frozen=True)
 class ImportedSamples:
-    """A file's samples as a shard holds them: keys in row order, tar members and samples parquet rows."""
+    """Some of a file's samples (a batch of rows) as a shard holds them: tar members and samples parquet rows."""
 
-    keys: list[str]
     members: list[tuple[str, dict[str, bytes]]]
     rows: list[dict[str, Any]]
 
 
-def samples_of(file: VectorFile, key_column: str | None, shard: str) -> ImportedSamples:
-    """Each row's sample: a key (from ``key_column``, else the file's name and the row), its caption as KEY.txt
-    and its other metadata columns as KEY.json; BadEmbeddings for a key that is missing, twice or unusable."""
-    records = _metadata_rows(file)
-    keys = _keys(file, records, key_column)
-    members, rows = [], []
-    for number, (key, record) in enumerate(zip(keys, records, strict=True)):
-        caption = record.pop(CAPTION, None)
-        caption = caption if isinstance(caption, str) and caption.strip() else None
-        files = {"json": json.dumps({k: _plain(v) for k, v in record.items()}, sort_keys=True, ensure_ascii=False,
-                                    default=str).encode()}
-        if caption is not None:
-            files["txt"] = caption.encode()
-        members.append((key, files))
-        digest = hashlib.sha256(b"".join(files[ext] + b"\0" for ext in sorted(files))).hexdigest()
-        rows.append({"key": key, "shard": shard, "modalities": ["text"] if caption else [], "members": sorted(files),
-                     "caption": caption, "source": row_source(file.path, number), "sha256": digest,
-                     "bytes": sum(map(len, files.values())), "width": _pixels(record.get("width")),
-                     "height": _pixels(record.get("height"))})
-    return ImportedSamples(keys, members, rows)
-
-
-def _metadata_rows(file: VectorFile) -> list[dict[str, Any]]:
-    if file.metadata is None:
-        return [{} for _ in range(file.rows)]
-    try:
-        return read_parquet(file.metadata).to_pylist()
-    except (OSError, pa.ArrowException) as err:
-        raise BadEmbeddings(f"{file.metadata}: unreadable ({' '.join(str(err).split())[:100]})") from None
-
-
-def _keys(file: VectorFile, records: list[dict[str, Any]], key_column: str | None) -> list[str]:
+def keys_of(file: VectorFile, key_column: str | None) -> list[str]:
+    """Each row's key, in row order: from ``key_column``, else the file's name and the row; BadEmbeddings for a
+    key that is missing, twice or unusable."""
     if key_column is None:
         stem = re.sub(r"[^A-Za-z0-9_-]", "_", posixpath.basename(file.path).rsplit(".", 1)[0])
         return [f"{stem}_{row:09d}" for row in range(file.rows)]
     keys, seen = [], {}
-    for row, record in enumerate(records):
-        key = record.get(key_column)
-        key = str(key) if isinstance(key, int | str) and not isinstance(key, bool) else None
+    for row, value in enumerate(_metadata(file, [key_column]).column(key_column).to_pylist()):
+        key = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else None
         if not key or BAD_KEY.search(key):
-            raise BadEmbeddings(f"{file.metadata}: row {row:,}: {key_column} {record.get(key_column)!r} cannot be a "
-                                f"sample's key (it needs a value without spaces, dots or slashes)")
+            raise BadEmbeddings(f"{file.metadata}: row {row:,}: {key_column} {value!r} cannot be a sample's key (it "
+                                f"needs a value without spaces, dots or slashes)")
         if key in seen:
             raise BadEmbeddings(f"{file.metadata}: {key_column} {key!r} is in rows {seen[key]:,} and {row:,}; keys "
                                 f"must be unique")
         seen[key] = row
         keys.append(key)
     return keys
+
+
+def samples_of(file: VectorFile, keys: list[str], key_column: str | None, shard: str) -> Iterator[ImportedSamples]:
+    """The file's samples, CHUNK_ROWS rows at a time (a row's Python objects take about a kilobyte: a file of a
+    million rows is never held whole): its caption as KEY.txt and its other metadata columns as KEY.json."""
+    for start, records in _metadata_batches(file):
+        members, rows = [], []
+        for number, (key, record) in enumerate(zip(keys[start:start + len(records)], records, strict=True),
+                                               start=start):
+            caption = record.pop(CAPTION, None)
+            caption = caption if isinstance(caption, str) and caption.strip() else None
+            files = {"json": json.dumps({k: _plain(v) for k, v in record.items()}, sort_keys=True,
+                                        ensure_ascii=False, default=str).encode()}
+            if caption is not None:
+                files["txt"] = caption.encode()
+            members.append((key, files))
+            digest = hashlib.sha256(b"".join(files[ext] + b"\0" for ext in sorted(files))).hexdigest()
+            rows.append({"key": key, "shard": shard, "modalities": ["text"] if caption else [],
+                         "members": sorted(files), "caption": caption, "source": row_source(file.path, number),
+                         "sha256": digest, "bytes": sum(map(len, files.values())),
+                         "width": _pixels(record.get("width")), "height": _pixels(record.get("height"))})
+        yield ImportedSamples(members, rows)
+
+
+def _metadata_batches(file: VectorFile) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """(first row, the metadata rows from it) in batches; rows with no metadata without a parquet."""
+    if file.metadata is None:
+        for start in range(0, file.rows, CHUNK_ROWS):
+            yield start, [{} for _ in range(min(CHUNK_ROWS, file.rows - start))]
+        return
+    start = 0
+    try:
+        for batch in parquet_file(file.metadata).iter_batches(batch_size=CHUNK_ROWS):
+            yield start, batch.to_pylist()
+            start += batch.num_rows
+    except (OSError, pa.ArrowException) as err:
+        raise BadEmbeddings(f"{file.metadata}: unreadable ({' '.join(str(err).split())[:100]})") from None
+
+
+def _metadata(file: VectorFile, columns: list[str] | None = None) -> pa.Table:
+    try:
+        return read_parquet(file.metadata, columns)
+    except (OSError, pa.ArrowException) as err:
+        raise BadEmbeddings(f"{file.metadata}: unreadable ({' '.join(str(err).split())[:100]})") from None
 
 
 def _plain(value: Any) -> Any:

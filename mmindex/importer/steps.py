@@ -10,13 +10,18 @@ in parallel; their shard numbers are fixed by the driver.
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mmindex.dataset.checksums import Recorder
 from mmindex.dataset.embeddings import EmbeddingStore, write_vectors
 from mmindex.dataset.layout import shard_name
-from mmindex.dataset.samples import samples_bytes
-from mmindex.importer.inputs import BadEmbeddings, VectorFile, samples_of, unit_rows
+from mmindex.dataset.samples import SAMPLES_SCHEMA, samples_writer
+from mmindex.importer.inputs import BadEmbeddings, ImportedSamples, VectorFile, keys_of, samples_of, unit_rows
 from mmindex.stages import Each, Stage
 from mmindex.webdataset import write_tar
 
@@ -51,16 +56,25 @@ class ImportShard:
 
     def write(self, file: VectorFile, number: int) -> None:
         store, dataset = self.store, self.store.dataset
-        samples = samples_of(file, self.key_column, shard_name(number))
+        keys = keys_of(file, self.key_column)
         vectors = store.recorder(number)
         with vectors.writer(store.vectors_path(number, self.modality)) as out:
             write_vectors(out, (file.rows, file.dim), unit_rows(file))
         shard = Recorder(dataset.root, dataset.record_path(number))
-        with shard.writer(dataset.shard_path(number)) as out:
-            write_tar(out, samples.members)
-        shard.commit(dataset.samples_path(number), samples_bytes(samples.rows))
-        store.commit_rows(vectors, number, [{"key": key, "modality": self.modality, "row": row, "skipped": None,
-                                             "note": None} for row, key in enumerate(samples.keys)])
+        samples = io.BytesIO()  # the samples parquet commits the shard, so it is written last, whole
+        with shard.writer(dataset.shard_path(number)) as out, samples_writer(samples) as rows:
+            write_tar(out, _members(samples_of(file, keys, self.key_column, shard_name(number)), rows))
+        shard.commit(dataset.samples_path(number), samples.getvalue())
+        store.commit_rows(vectors, number, {"key": keys, "modality": [self.modality] * len(keys),
+                                            "row": list(range(len(keys))), "skipped": [None] * len(keys),
+                                            "note": [None] * len(keys)})
+
+
+def _members(batches: Iterator[ImportedSamples], rows: pq.ParquetWriter) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """The tar's members, batch by batch; each batch's samples parquet rows written as it passes."""
+    for batch in batches:
+        rows.write_table(pa.Table.from_pylist(batch.rows, schema=SAMPLES_SCHEMA))
+        yield from batch.members
 
 
 def declare(store: EmbeddingStore, files: list[ImportFile], modality: str, key_column: str | None) -> Stage:
