@@ -169,3 +169,17 @@ def test_the_merge_writes_what_faiss_merge_writes_in_one_pass_or_many(tmp_path: 
         folder = tmp_path / f"ours-{pass_bytes}"
         folder.mkdir()
         assert written(folder, merged_on_disk(ivf, parts, str(folder / "lists.ivfdata"), pass_bytes)) == expected
+
+
+def test_an_index_whose_lists_are_found_through_a_graph_builds_the_same_bytes_twice(tmp_path: Path):
+    """Many lists are found through an HNSW graph of the centroids, a graph FAISS builds on many threads in any
+    order: built on one, it is the same on every run and executor."""
+    vectors = clustered(6_000, 32, 40, seed=8)
+    settings = BuildSettings(index_type="IVF64_HNSW32,SQ8")
+    stores = {name: synthetic_dataset(tmp_path / name / "ds", image_shards(vectors, 2_000))
+              for name in ("local", "beam")}
+    local = build(tmp_path / "local" / "ds", settings=settings)
+    build(tmp_path / "beam" / "ds", BeamExecutor([]), settings=settings)
+    assert local.type == "IVF64_HNSW32,SQ8" and local.recall_at_10 >= 0.9
+    digests = generation_digests(IndexFiles(stores["local"], "image"))
+    assert "lists.ivfdata" in digests and digests == generation_digests(IndexFiles(stores["beam"], "image"))

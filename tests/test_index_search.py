@@ -45,6 +45,8 @@ def test_the_choice_follows_size_and_memory():
     assert choose(1_000_000, 384, 2**30, 0.95).factory == "IVF4096,SQ8"          # float32 would need 1.5 GB
     # 64 bytes a vector fit; training holds a quarter of the budget (17,066 vectors): 256 lists of 40 or more
     assert choose(1_000_000, 384, 100 * 2**20, 0.95).factory == "IVF256,PQ64"
+    # a billion vectors: 65,536 lists, found through a graph of the centroids; 32 bytes a vector fit 40 GB
+    assert choose(10**9, 768, 40 * 10**9, 0.95).factory == "IVF65536_HNSW32,PQ32"
     with pytest.raises(MemoryError, match="--max-memory"):
         choose(1_000_000, 384, 2**20, 0.95)
 

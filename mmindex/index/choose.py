@@ -5,7 +5,9 @@
     IVF, SQ8         when only 8 bits per component fit (recall near IVF-Flat's at a quarter of the memory)
     IVF, PQm         when even that does not fit: m bytes per vector, the largest m that fits
 
-The number of IVF lists grows with sqrt(n), as far as a training sample of a quarter of the budget allows.
+The number of IVF lists grows with sqrt(n), as far as a training sample of a quarter of the budget allows; from
+16,384 lists, vectors and queries find their lists through an HNSW graph of the centroids (as LAION's index
+does), since comparing each with every centroid would cost more than scanning the lists.
 How many are probed (nprobe), and for SQ8 and PQ how deep their candidates are re-ranked from the embeddings
 on disk (not part of the budget), is tuned after building on held-out queries (tune.py) to the smallest
 setting that meets the recall target.
@@ -21,6 +23,7 @@ TRAIN_PER_LIST = 40       # training vectors per IVF list (FAISS warns below 39)
 MIN_TRAIN = 10_000        # training vectors whatever the budget (product quantizers want 39 x 256)
 SAMPLE_SHARE = 4          # training holds at most the budget / 4 of float32 vectors (k-means needs as much again)
 OVERHEAD = 1.2            # ids, list structures, lookup tables
+HNSW_QUANTIZER_FROM = 16_384   # lists from which vectors find theirs through a graph of the centroids, not all
 
 
 @dataclass(frozen=True)
@@ -52,12 +55,13 @@ def choose(n: int, dim: int, max_memory: int, target_recall: float) -> Choice:
     if (n < EXACT_BELOW or target_recall >= 1.0) and n * flat * OVERHEAD <= max_memory:
         return Choice("Flat", flat)
     lists = ivf_lists(n, max(max_memory // SAMPLE_SHARE // (4 * dim), MIN_TRAIN))
+    ivf = f"IVF{lists}_HNSW32" if lists >= HNSW_QUANTIZER_FROM else f"IVF{lists}"
     if n * flat * OVERHEAD <= max_memory:
-        return Choice(f"IVF{lists},Flat", flat, lists)
+        return Choice(f"{ivf},Flat", flat, lists)
     if n * dim * OVERHEAD <= max_memory:
-        return Choice(f"IVF{lists},SQ8", dim, lists)
+        return Choice(f"{ivf},SQ8", dim, lists)
     for m in sorted((m for m in range(1, dim + 1) if dim % m == 0 and m <= dim // 2), reverse=True):
         if n * m * OVERHEAD <= max_memory:
-            return Choice(f"IVF{lists},PQ{m}", m, lists)
+            return Choice(f"{ivf},PQ{m}", m, lists)
     raise MemoryError(f"{n:,} vectors of dimension {dim} do not fit in {max_memory:,} bytes even at 1 byte "
                       f"per vector; raise --max-memory")
