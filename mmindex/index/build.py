@@ -34,7 +34,6 @@ Shards = list[ShardVectors]   # in id order
 
 def finish(root: str, elements: list[Trained | PartAdded]) -> list[BuiltIndex]:
     """The Finish step of one index (``root``): its trained index and parts in, its new generation out."""
-    started = time.monotonic()
     trained = next(e for e in elements if isinstance(e, Trained))
     plan, files = trained.plan, trained.plan.files
     parts = [e for e in elements if isinstance(e, PartAdded)]
@@ -58,7 +57,7 @@ def finish(root: str, elements: list[Trained | PartAdded]) -> list[BuiltIndex]:
             tuned = _tuned(plan, SearchableIndex(index), shards, queries, share)
             for shard in held_out:
                 add(index, shard.vectors, 0)
-        info = _info(plan, tuned, time.monotonic() - started)
+        info = _info(plan, tuned, time.time() - plan.started_at)
         _write(new, plan, index, info)
     remove_work(plan)
     return [BuiltIndex.of(files, info)]

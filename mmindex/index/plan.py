@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,7 @@ class IndexPlan(Compact):
     parts: bool                      # built from parts (IVF); else whole
     exclusion: str | None            # digest of the near-duplicates left out (None: none are)
     sample: int                      # training vectors (bounded by --max-memory)
+    started_at: float                # when the build began, in seconds since the epoch (a worker ends the clock)
 
     @property
     def vectors(self) -> int:
@@ -123,7 +125,7 @@ def plan(files: IndexFiles, settings: BuildSettings, update: bool) -> list[Index
     sample = training_sample(chosen["lists"], dim, settings.max_memory)
     return [IndexPlan(files, settings, chosen["type"], dim, chosen, tuple(shards), new,
                       _published(files) if previous else None, chosen["lists"] > 0,
-                      exclusion.digest if exclusion else None, sample)]
+                      exclusion.digest if exclusion else None, sample, time.time())]
 
 
 def _published(files: IndexFiles) -> str:
