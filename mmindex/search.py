@@ -309,7 +309,8 @@ class Searcher:
         """Adds each hit's caption, name and source from the samples parquet of its shard."""
         dataset = self.store.dataset
         for shard in sorted({h["shard"] for h in hits}):
-            table = read_samples(dataset.samples_path(int(shard)), columns=["key", "caption", "source"])
+            wanted = sorted({h["key"] for h in hits if h["shard"] == shard})
+            table = read_samples(dataset.samples_path(int(shard)), ["key", "caption", "source"], keys=wanted)
             rows = {r["key"]: r for r in table.to_pylist()}
             for hit in hits:
                 if hit["shard"] == shard:

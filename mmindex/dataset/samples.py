@@ -57,9 +57,15 @@ def samples_writer(out: BinaryIO) -> pq.ParquetWriter:
     return pq.ParquetWriter(out, SAMPLES_SCHEMA, compression="zstd")
 
 
-def read_samples(samples_parquet: str, columns: list[str] | None = None) -> pa.Table:
-    """One shard's samples parquet; a damaged one is an error that says what to do (not Arrow's message alone)."""
+def read_samples(samples_parquet: str, columns: list[str] | None = None, keys: list[str] | None = None) -> pa.Table:
+    """One shard's samples parquet (with ``keys``, only their rows: row groups whose key range holds none of them
+    are not read, which matters for shards of a million rows); a damaged one is an error that says what to do
+    (not Arrow's message alone)."""
     try:
+        if keys is not None:
+            source = samples_parquet if storage.is_local(samples_parquet) else pa.BufferReader(
+                storage.read_bytes(samples_parquet))
+            return pq.read_table(source, columns=columns, filters=[("key", "in", keys)])
         return read_parquet(samples_parquet, columns)
     except (OSError, pa.ArrowException) as err:
         root = posixpath.dirname(posixpath.dirname(samples_parquet))

@@ -32,7 +32,7 @@ from mmindex.index.vectors import sample_rows
 from mmindex.stages import Compact
 
 log = logging.getLogger("mmindex")
-ADD_BATCH = 65_536
+ADD_BATCH = 16_384   # vectors a part adds at a time (FAISS holds a few float32 copies of a batch)
 # Training and assigning vectors to lists search the centroids through BLAS, whose choice between nearly equal
 # scores (float16 vectors have many) changes with its thread count: a Dask worker starts with one thread, this
 # machine with one a core. Both steps run on one thread wherever they run (a count can only be lowered: OpenBLAS

@@ -9,6 +9,7 @@ also keeps results of several modalities on one scale.
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,9 @@ import faiss
 import numpy as np
 
 RERANK_BLOCK = 64   # queries re-scored at a time (bounds memory: block x candidates x dim)
+SEARCH_BLOCK = 256  # queries searched at a time (bounds the pages of on-disk lists a batch holds)
+MADV_DONTNEED = 4   # madvise(2): the process no longer needs these pages of a mapping
+_LIBC = ctypes.CDLL(None)
 
 
 class ExactVectors:
@@ -102,11 +106,21 @@ class SearchableIndex:
         self.rerank = rerank
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best of each query, a block of queries at a time: after each, the pages of on-disk lists it
+        touched are let go (release_pages), so a batch of any size holds one block's."""
         queries = np.ascontiguousarray(queries, np.float32)
-        if not self.rerank:
-            return self.candidates(queries, k)
-        _, candidates = self.candidates(queries, min(k * self.rerank, self.ntotal))
-        return top_k(exact_scores(self.exact, queries, candidates), candidates, k)
+        blocks = [self._search(queries[start:start + SEARCH_BLOCK], k)
+                  for start in range(0, max(len(queries), 1), SEARCH_BLOCK)]
+        return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            if not self.rerank:
+                return self.candidates(queries, k)
+            _, candidates = self.candidates(queries, min(k * self.rerank, self.ntotal))
+            return top_k(exact_scores(self.exact, queries, candidates), candidates, k)
+        finally:
+            release_pages(self.index)
 
     def candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The index's own k best, as it is set (never a ``hidden`` id)."""
@@ -118,6 +132,18 @@ class SearchableIndex:
         outside = faiss.IDSelectorNot(hidden)
         parameters = faiss.SearchParametersIVF(sel=outside, nprobe=ivf.nprobe)
         return self.index.search(queries, k, params=parameters)
+
+
+def release_pages(index: faiss.Index) -> None:
+    """Lets go of the pages of an index's on-disk lists that a search touched: they stay in the kernel's cache
+    (the next search finds them there), but not in this process, whose memory then does not grow with the lists
+    it has read (a 10M-vector index's 720 MB of lists, all touched by a thousand queries)."""
+    try:
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+    except RuntimeError:
+        return
+    if isinstance(lists, faiss.OnDiskInvertedLists) and lists.totsize:
+        _LIBC.madvise(ctypes.c_void_p(int(lists.ptr)), ctypes.c_size_t(lists.totsize), MADV_DONTNEED)
 
 
 def describe_search(info: dict[str, Any]) -> str:

@@ -75,13 +75,16 @@ class Unmapped:
     def _rows(self, rows: np.ndarray) -> np.ndarray:
         wanted, where = np.unique(rows, return_inverse=True)
         out = np.empty((len(wanted), *self.shape[1:]), self.dtype)
-        for start in range(0, len(self), self.BLOCK):
-            low, high = np.searchsorted(wanted, [start, start + self.BLOCK])
-            if high - low > self.BLOCK // 128:
-                out[low:high] = self._read(start, min(start + self.BLOCK, len(self)))[wanted[low:high] - start]
-            else:
-                for i in range(low, high):
-                    out[i] = self._read(int(wanted[i]), int(wanted[i]) + 1)[0]
+        bounds = np.searchsorted(wanted, np.arange(0, len(self) + self.BLOCK, self.BLOCK))
+        with open(self.path, "rb") as file:
+            for block in np.flatnonzero(np.diff(bounds)):   # the blocks that hold wanted rows
+                low, high, start = bounds[block], bounds[block + 1], int(block) * self.BLOCK
+                if high - low > self.BLOCK // 16:   # many of its rows: one read of the block
+                    out[low:high] = self._read(start, min(start + self.BLOCK, len(self)))[wanted[low:high] - start]
+                    continue
+                for i in range(low, high):          # few: each row read into its place
+                    offset = self.offset + int(wanted[i]) * self.row_bytes
+                    os.preadv(file.fileno(), [memoryview(out[i]).cast("B")], offset)
         return out[where.reshape(-1)].reshape(*rows.shape, *self.shape[1:])
 
 
