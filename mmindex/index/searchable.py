@@ -106,32 +106,32 @@ class SearchableIndex:
         self.rerank = rerank
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k best of each query, a block of queries at a time: after each, the pages of on-disk lists it
-        touched are let go (release_pages), so a batch of any size holds one block's."""
         queries = np.ascontiguousarray(queries, np.float32)
-        blocks = [self._search(queries[start:start + SEARCH_BLOCK], k)
+        if not self.rerank:
+            return self.candidates(queries, k)
+        _, candidates = self.candidates(queries, min(k * self.rerank, self.ntotal))
+        return top_k(exact_scores(self.exact, queries, candidates), candidates, k)
+
+    def candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The index's own k best, as it is set (never a ``hidden`` id), a block of queries at a time: after each,
+        the pages of on-disk lists it touched are let go (release_pages), so a batch of any size holds one
+        block's."""
+        blocks = [self._candidates(queries[start:start + SEARCH_BLOCK], k)
                   for start in range(0, max(len(queries), 1), SEARCH_BLOCK)]
         return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
 
-    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         try:
-            if not self.rerank:
-                return self.candidates(queries, k)
-            _, candidates = self.candidates(queries, min(k * self.rerank, self.ntotal))
-            return top_k(exact_scores(self.exact, queries, candidates), candidates, k)
+            if self.hidden is None:
+                return self.index.search(queries, k)
+            # an IVF index takes its probe count from the parameters it is given, not from itself
+            ivf = faiss.extract_index_ivf(self.index)
+            hidden = faiss.IDSelectorRange(self.hidden.start, self.hidden.stop)  # referenced until the search ends
+            outside = faiss.IDSelectorNot(hidden)
+            parameters = faiss.SearchParametersIVF(sel=outside, nprobe=ivf.nprobe)
+            return self.index.search(queries, k, params=parameters)
         finally:
             release_pages(self.index)
-
-    def candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The index's own k best, as it is set (never a ``hidden`` id)."""
-        if self.hidden is None:
-            return self.index.search(queries, k)
-        # an IVF index takes its probe count from the parameters it is given, not from itself
-        ivf = faiss.extract_index_ivf(self.index)
-        hidden = faiss.IDSelectorRange(self.hidden.start, self.hidden.stop)  # referenced until the search ends
-        outside = faiss.IDSelectorNot(hidden)
-        parameters = faiss.SearchParametersIVF(sel=outside, nprobe=ivf.nprobe)
-        return self.index.search(queries, k, params=parameters)
 
 
 def release_pages(index: faiss.Index) -> None:
