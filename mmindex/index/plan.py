@@ -27,7 +27,6 @@ from mmindex.index.exclusion import Exclusion
 from mmindex.index.settings import BuildSettings
 from mmindex.index.store import IndexFiles
 from mmindex.index.vectors import ShardVectors, shard_vectors
-from mmindex.sizes import counted
 from mmindex.stages import Compact
 
 
@@ -48,16 +47,23 @@ class ShardSpan(Compact):
 class IndexPlan(Compact):
     files: IndexFiles
     settings: BuildSettings
-    factory: str
     dim: int
     chosen: dict[str, Any]           # how the type was chosen (info.json's type, lists, chosen_by, bytes_per_vector)
     shards: tuple[ShardSpan, ...]    # every shard of the index, in id order
     new: int                         # shards[new:] are added by this build; those before, by the generations before
     previous: str | None             # the generation an --update extends
-    parts: bool                      # built from parts (IVF); else whole
     exclusion: str | None            # digest of the near-duplicates left out (None: none are)
     sample: int                      # training vectors (bounded by --max-memory)
     started_at: float                # when the build began, in seconds since the epoch (a worker ends the clock)
+
+    @property
+    def factory(self) -> str:
+        return self.chosen["type"]
+
+    @property
+    def parts(self) -> bool:
+        """Whether it is built from parts (an IVF index); else whole."""
+        return self.chosen["lists"] > 0
 
     @property
     def vectors(self) -> int:
@@ -123,8 +129,7 @@ def plan(files: IndexFiles, settings: BuildSettings, update: bool) -> list[Index
         chosen = {"type": factory, "lists": _lists(factory, dim), "chosen_by": "--index-type" if settings.index_type
                   else "auto", "bytes_per_vector": None if settings.index_type else choice.bytes_per_vector}
     sample = training_sample(chosen["lists"], dim, settings.max_memory)
-    return [IndexPlan(files, settings, chosen["type"], dim, chosen, tuple(shards), new,
-                      _published(files) if previous else None, chosen["lists"] > 0,
+    return [IndexPlan(files, settings, dim, chosen, tuple(shards), new, _published(files) if previous else None,
                       exclusion.digest if exclusion else None, sample, time.time())]
 
 
@@ -171,9 +176,3 @@ def _exclusion(files: IndexFiles, asked: bool, previous: dict | None) -> Exclusi
                              "without --update to leave them out")
         asked = bool(previous.get("excluded"))
     return Exclusion.read(files.embeddings, files.modality) if asked else None
-
-
-def describe(plan: IndexPlan) -> str:
-    how = f"from {counted(len(plan.added), 'part')}" if plan.parts else "whole"
-    return (f"{plan.factory}, {plan.vectors:,} vectors of dimension {plan.dim}, "
-            f"{counted(len(plan.added), 'shard')} to add, {how}")
