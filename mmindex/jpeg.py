@@ -59,8 +59,8 @@ def plain_header(data: bytes, max_pixels: int) -> Header | None:
 
 
 def ends_whole(data: bytes) -> bool:
-    """Whether the file ends with its end-of-image marker (a cut-off file does not): a cheap test for decoders that
-    may not report truncation."""
+    """Whether the file ends with its end-of-image marker (a cut-off file does not): ingest's test for truncation,
+    and the device decoder's, which may not report it."""
     return data.rstrip(b"\0").endswith(EOI)
 
 
@@ -75,16 +75,6 @@ def decode_rgb(data: bytes, header: Header, need: Need | None) -> np.ndarray | N
     except ValueError:
         return None
     return oriented(pixels, header.orientation)
-
-
-def decodes(data: bytes, header: Header) -> bool:
-    """Whether the whole file decodes without a problem: every byte of the entropy-coded data is read, at 1/8 scale
-    and in grey (ingest's check; the pixels are not kept)."""
-    try:
-        simplejpeg.decode_jpeg(data, "GRAY", min_height=ceil(header.height / 8), min_width=ceil(header.width / 8))
-    except ValueError:
-        return False
-    return True
 
 
 def oriented(pixels: np.ndarray, orientation: int) -> np.ndarray:

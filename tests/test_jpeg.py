@@ -89,7 +89,7 @@ def test_files_pillow_reads_differently_go_pillows_way(data):
 def test_a_truncated_jpeg_is_refused_for_pillows_reason_by_embed_and_ingest():
     data = photo(451, 300)[:5000]
     assert jpeg.plain_header(data, LIMITS.max_image_pixels) is not None and not jpeg.ends_whole(data)
-    assert fast(data) is None and not jpeg.decodes(data, jpeg.plain_header(data, LIMITS.max_image_pixels))
+    assert fast(data) is None
     for check in (load_rgb, lambda d: inspect_image(d, LIMITS)):
         with pytest.raises(Rejected) as refused:
             check(data)
