@@ -43,7 +43,6 @@ from mmindex.ingest.discover import ManifestColumns, discover
 from mmindex.ingest.run import IngestSettings, ingest
 from mmindex.ingest.validate import inspect_candidate
 from mmindex.media import Limits, Rejected
-from pipelines.executor import BeamExecutor
 
 
 def build_corpus(root: Path, samples: int, workdir: Path) -> None:
@@ -178,7 +177,11 @@ def run_once(name: str, root: Path, out: Path) -> int:
     if name == "checks only":
         return checks_only(root)
     settings = IngestSettings((str(root),), str(out), workers=int(name.split()[-1]))
-    return ingest(settings, BeamExecutor([], settings.workers) if name.startswith("beam") else None).counts.ingested
+    if name.startswith("beam"):
+        # Imported here, not at the top: worker processes import this script again, and need no Beam.
+        from pipelines.executor import BeamExecutor
+        return ingest(settings, BeamExecutor([], settings.workers)).counts.ingested
+    return ingest(settings).counts.ingested
 
 
 if __name__ == "__main__":

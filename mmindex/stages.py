@@ -32,8 +32,11 @@ from mmindex import storage
 #   driver   cheap, or must run in order (a commit): in the driver's thread
 #   io       file reads and writes, which release the GIL: on threads
 #   cpu      decoding and hashing, which mostly release the GIL: on threads with one worker, else on processes
+#   python   mostly Python, which holds the GIL (a step may hand what releases it to threads of its own): in the
+#            driver's thread with one worker, where more threads would only wait for the GIL, else on processes
 #   workers  work behind a heavy set-up (a model): one element at a time per worker; one worker runs in-process
-Runs = Literal["driver", "io", "cpu", "workers"]
+Runs = Literal["driver", "io", "cpu", "python", "workers"]
+PARALLEL: tuple[Runs, ...] = ("io", "cpu", "python", "workers")  # Each steps whose elements may run anywhere
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Each(Step):
-    """``fn(element)`` -> elements. ``threads``: the size of its thread pool, where it runs on one (None: the
-    executor's); one thread of its own reads ahead of the next step without competing with it."""
-
-    threads: int | None = None
+    """``fn(element)`` -> elements."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class Worker:
     number: int = 0
     count: int = 1               # workers of the run (on a cluster, unknown: 1)
     device: str | None = None    # the device this worker owns (None: the step's own setting)
-    keep_bytes: int = 0          # memory a step may fill with data for later steps (0: elements cross machines)
+    keep_bytes: int = 0          # memory a step may fill with data for later steps (0: elements cross processes)
     local: bool = False          # on this machine, in-process or a child: it may start processes of its own
 
 

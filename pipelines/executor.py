@@ -5,7 +5,7 @@
           -> ... -> Gather -> Outcome
 
 ByKey keys the elements it takes and groups them (GroupByKey) before the step; Whole groups them all under one
-key. A run of consecutive parallel Each steps (``runs`` io, cpu or workers) is spread over the workers first
+key. A run of consecutive parallel Each steps (``runs`` io, cpu, python or workers) is spread over the workers first
 (Reshuffle), and then runs fused, as the in-process executor fuses such steps onto its processes. Every
 transform costs each element that goes through it, so an Each step is a single ParDo, and only grouping steps
 split the stream. The shape is one every runner runs, Beam's DaskRunner included (see pipelines.options): no side
@@ -27,10 +27,8 @@ from typing import Any
 import apache_beam as beam
 
 from mmindex import storage
-from mmindex.stages import ByKey, Each, Stage, Step, Worker, set_up, tear_down
+from mmindex.stages import PARALLEL, ByKey, Each, Stage, Step, Worker, set_up, tear_down
 from pipelines.options import run_to_completion, runner_and_options
-
-PARALLEL = ("io", "cpu", "workers")
 
 
 class StepFn(beam.DoFn):

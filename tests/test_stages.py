@@ -3,7 +3,9 @@ facts that no step takes ride along to the end; a dead worker or a failing step 
 
 from __future__ import annotations
 
+import gc
 import os
+import threading
 from collections import Counter
 from dataclasses import dataclass
 
@@ -141,3 +143,24 @@ def test_fused_steps_on_processes_take_what_any_of_them_takes(tmp_path):
     on_threads, on_processes = (Counter(LocalExecutor(workers=n).run(declared)) for n in (1, 2))
     assert on_processes == on_threads
     assert on_threads[Note("GIVEN AT THE START")] == 1 and on_threads[Note("SPLIT ON A LOCAL WORKER")] == 3
+
+
+class WhereItRan:
+    """Says which process and thread ran it."""
+
+    def __call__(self, line: Line) -> list[Note]:
+        return [Note(f"{os.getpid()} {threading.current_thread().name}")]
+
+
+def test_python_steps_run_in_the_drivers_thread_with_one_worker_and_on_processes_with_more(tmp_path):
+    """Mostly-Python steps would only wait for the GIL on threads; the run leaves the garbage collector as it was,
+    even when a step fails."""
+    declared = Stage("where", [Line("a"), Line("b")], [Each("Where", WhereItRan(), Line, runs="python")], (Note,),
+                     str(tmp_path))
+    thresholds = gc.get_threshold()
+    here = Note(f"{os.getpid()} {threading.current_thread().name}")
+    assert list(LocalExecutor().run(declared)) == [here, here]
+    assert not {n.what.split()[0] for n in LocalExecutor(workers=2).run(declared)} & {str(os.getpid())}
+    with pytest.raises(ValueError, match="a step's own error"):
+        list(LocalExecutor().run(stage([*LINES, "fail"], tmp_path)))
+    assert gc.get_threshold() == thresholds

@@ -108,16 +108,6 @@ class Found:
     candidates: list[Candidate]
 
 
-Read = tuple[bytes, str]  # a member's bytes and their sha256, taken ahead of its check
-
-
-@dataclass(frozen=True)
-class ReadAhead:
-    """Found candidates with their small members' bytes and digests (None: read by the check), read ahead."""
-
-    candidates: list[tuple[Candidate, tuple[Read | None, ...]]]
-
-
 @dataclass(frozen=True)
 class Present(Compact):
     key: str

@@ -13,9 +13,9 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from mmindex import storage
-from mmindex.ingest.records import Candidate, Member, Read, Reject, SampleRecord
+from mmindex.ingest.records import Candidate, Member, Reject, SampleRecord
 from mmindex.media import Limits, Rejected
-from mmindex.modalities import BY_NAME, KINDS, MODALITIES, modality_of, stored_ext
+from mmindex.modalities import BY_NAME, KINDS, MEDIA, MODALITIES, canonical_ext, modality_of, stored_ext
 
 log = logging.getLogger("mmindex")
 KEY_HEX_DIGITS = 20  # 80 bits: a collision among a billion samples has odds below one in a million
@@ -43,32 +43,17 @@ def load_member(member: Member, limits: Limits) -> bytes:
         raise Rejected("unreadable file", f"{member.path}: {err.strerror or err}") from None
 
 
-READ_AHEAD_BYTES = 256 * 1024  # bounds what batches waiting for a checking thread hold
+def decodes_media(candidate: Candidate) -> bool:
+    """Whether its check decodes audio or an image other than a JPEG (whose structure is checked, not its pixels):
+    work in C that releases the GIL, unlike the rest of a check."""
+    return any(modality_of(m.ext) in MEDIA and canonical_ext(m.ext) != "jpg" for m in candidate.members)
 
 
-def read_ahead(candidate: Candidate, limits: Limits) -> tuple[Read | None, ...]:
-    """Each small member's bytes and digest, taken before its check: on one process, a reader thread does this,
-    because short reads on the checking threads cost more in waits for the GIL than the reading itself. None for
-    a larger member, or where a read fails: the check then reads it, and rejects with the reason."""
-    if candidate.problem:
-        return ()
-    read: list[Read | None] = []
-    for member in candidate.members:
-        try:
-            small = member.data is None and member.size is not None and member.size <= READ_AHEAD_BYTES
-            data = load_member(member, limits) if small else None
-            read.append((data, hashlib.sha256(data).hexdigest()) if data is not None else None)
-        except Rejected:
-            read.append(None)
-    return tuple(read)
-
-
-def check(candidate: Candidate, limits: Limits, keep: Callable[[int], bool] = small_files_only,
-          read: tuple[Read | None, ...] = ()) -> SampleRecord | Reject:
-    """The validated sample, or a Reject with its reason: bad input never stops a run. ``read``: the members'
-    bytes and digests from ``read_ahead``, if it ran."""
+def check(candidate: Candidate, limits: Limits,
+          keep: Callable[[int], bool] = small_files_only) -> SampleRecord | Reject:
+    """The validated sample, or a Reject with its reason: bad input never stops a run."""
     try:
-        return inspect_candidate(candidate, limits, keep, read)
+        return inspect_candidate(candidate, limits, keep)
     except Rejected as err:
         return Reject(candidate.source, err.reason, err.detail)
     except Exception as err:  # a decoder's unforeseen failure on hostile bytes must not stop the run
@@ -76,8 +61,8 @@ def check(candidate: Candidate, limits: Limits, keep: Callable[[int], bool] = sm
         return Reject(candidate.source, "unreadable input", f"{type(err).__name__}: {err}")
 
 
-def inspect_candidate(candidate: Candidate, limits: Limits, keep: Callable[[int], bool] = small_files_only,
-                      read: tuple[Read | None, ...] = ()) -> SampleRecord:
+def inspect_candidate(candidate: Candidate, limits: Limits,
+                      keep: Callable[[int], bool] = small_files_only) -> SampleRecord:
     """A validated SampleRecord, or Rejected saying why the candidate cannot be ingested.
 
     ``keep(size)`` says whether a checked file's bytes travel inline in the record, to be written as they were
@@ -95,7 +80,6 @@ def inspect_candidate(candidate: Candidate, limits: Limits, keep: Callable[[int]
     if not set(MODALITIES) & by_modality.keys():
         raise Rejected("metadata without content", "a .json file with no image, audio or text beside it")
 
-    already_read = {id(m): done for m, done in zip(candidate.members, read, strict=False) if done is not None}
     row: dict = {"caption": None}
     digests: dict[str, str] = {}
     members: dict[str, Member] = {}
@@ -105,7 +89,7 @@ def inspect_candidate(candidate: Candidate, limits: Limits, keep: Callable[[int]
         if modality not in by_modality:
             continue
         member = by_modality[modality][0]
-        data, digest = already_read.get(id(member)) or (load_member(member, limits), None)
+        data = load_member(member, limits)
         if not data and not (modality == "text" and len(by_modality) > 1):
             raise Rejected("empty file", f"the .{member.ext} file has 0 bytes")
         fields = BY_NAME[modality].inspect(data, limits)
@@ -115,7 +99,7 @@ def inspect_candidate(candidate: Candidate, limits: Limits, keep: Callable[[int]
         if modality in MODALITIES and (modality != "text" or row["caption"] is not None):
             modalities.append(modality)
         ext = stored_ext(member.ext, row.get(f"{modality}_format"))
-        digests[ext] = digest or hashlib.sha256(data).hexdigest()
+        digests[ext] = hashlib.sha256(data).hexdigest()
         members[ext] = Member(ext=member.ext, data=data) if keep(len(data)) else member
         sizes.append(len(data))
 
