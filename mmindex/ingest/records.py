@@ -103,7 +103,14 @@ class Existing:
 
 @dataclass(frozen=True)
 class Found:
-    """Candidates discovered together: the unit that executors spread over threads and workers."""
+    """Candidates discovered together, whose checks parse: the unit that executors spread over workers."""
+
+    candidates: list[Candidate]
+
+
+@dataclass(frozen=True)
+class FoundMedia:
+    """Candidates discovered together whose checks decode audio or an image other than a JPEG."""
 
     candidates: list[Candidate]
 
