@@ -74,13 +74,13 @@ FILES = {
     "embeddings npy": lambda d, s: d / "embeddings" / s / "image" / "000001.npy",
     "embeddings parquet": lambda d, s: d / "embeddings" / s / "000001.parquet",
     "index.faiss": lambda d, s: generation(d, s, "text") / "index.faiss",
-    "keys.parquet": lambda d, s: generation(d, s, "image") / "keys.parquet",
+    "keys.arrow": lambda d, s: generation(d, s, "image") / "keys.arrow",
     "info.json": lambda d, s: generation(d, s, "image") / "info.json",
 }
 REPAIRS = {"shard tar": "--repair` rebuilds it from its sources", "samples parquet": "restore it from a copy",
            "rejects parquet": "restore it from a copy", "embeddings npy": "--repair` embeds shard 000001 again",
            "embeddings parquet": "--repair` embeds shard 000001 again", "index.faiss": "--repair` rebuilds the index",
-           "keys.parquet": "--repair` rebuilds the index", "info.json": "--repair` rebuilds the index"}
+           "keys.arrow": "--repair` rebuilds the index", "info.json": "--repair` rebuilds the index"}
 
 
 def test_a_clean_dataset_checks_ok(built):

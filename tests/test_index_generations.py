@@ -6,12 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from conftest import looping, synthetic_dataset, synthetic_space_file
 from mmindex.cli import app
-from mmindex.dataset.indexes import published, reading
+from mmindex.dataset.checksums import file_sum, read_record, write_record
+from mmindex.dataset.indexes import RECORD, published, reading
 from mmindex.index.run import build_index
 from mmindex.index.settings import BuildSettings
 from mmindex.index.store import IndexFiles, IndexStale
@@ -65,11 +68,34 @@ def test_a_build_that_a_reader_holds_is_kept_until_it_lets_go(tmp_path: Path):
     assert generations(files) == [Path(published(files.root).folder).name]
 
 
+def keys_as_before(generation: Path) -> None:
+    """The keys file as builds before keys.arrow wrote it, keys.parquet, and recorded so."""
+    keys = generation / "keys.arrow"
+    pq.write_table(pa.ipc.open_file(pa.memory_map(str(keys))).read_all(), generation / "keys.parquet")
+    keys.unlink()
+    recorded = read_record(str(generation / RECORD))
+    sums = {path.replace("keys.arrow", "keys.parquet"): file_sum(str(generation / "keys.parquet"))
+            if path.endswith("keys.arrow") else sum_ for path, sum_ in recorded.items()}
+    write_record(str(generation / RECORD), sums)
+
+
+def test_keys_are_mapped_not_read_and_the_keys_parquet_of_earlier_builds_is_read(tmp_path: Path):
+    files = image_index(tmp_path)
+    build_index(files, BuildSettings())
+    allocated = pa.total_allocated_bytes()
+    keys, shards = published(files.root).keys()
+    assert pa.total_allocated_bytes() == allocated, "a search process holds no keys but the pages it reads"
+    assert len(keys) == len(shards) == 3_000 and keys[2_999] == list(keys)[-1]
+    keys_as_before(Path(published(files.root).folder))
+    assert list(files.load()[1]) == list(keys) and list(files.load()[2]) == list(shards)
+
+
 def test_an_index_from_before_generations_is_read_and_replaced(tmp_path: Path):
     files = image_index(tmp_path)
     build_index(files, BuildSettings())
     generation = Path(published(files.root).folder)
     root = Path(files.root)
+    keys_as_before(generation)
     for name in ("index.faiss", "keys.parquet", "info.json"):  # the layout of earlier versions
         (generation / name).rename(root / name)
     (root / "CURRENT").unlink()

@@ -50,7 +50,7 @@ def test_the_lists_are_on_disk_and_beam_builds_the_same_bytes(tmp_path: Path):
     beam = build(tmp_path / "beam" / "ds", BeamExecutor([]))
     local_files = IndexFiles(stores["local"], "image")
     digests = generation_digests(local_files)
-    assert set(digests) == {"index.faiss", "lists.ivfdata", "keys.parquet"}
+    assert set(digests) == {"index.faiss", "lists.ivfdata", "keys.arrow"}
     assert digests == generation_digests(IndexFiles(stores["beam"], "image"))
     assert local.vectors == beam.vectors == 12_000 and local.recall_at_10 == beam.recall_at_10 >= 0.9
     # the search memory-maps the lists: they are not in the index file, which holds the quantizer alone

@@ -15,7 +15,7 @@ from mmindex import storage
 from mmindex.dataset import Dataset, checksums, shard_name
 from mmindex.dataset.duplicates import DuplicateStore, dedup_spaces, load_views
 from mmindex.dataset.embeddings import DamagedEmbeddings, EmbeddingStore, load_vectors, recorded_spaces
-from mmindex.dataset.indexes import INDEX, INFO, KEYS, RECORD, PointerDamaged, pointer_path, published
+from mmindex.dataset.indexes import INDEX, INFO, RECORD, PointerDamaged, pointer_path, published
 from mmindex.dataset.members import shard_members
 from mmindex.dataset.parquet import read_parquet
 from mmindex.dataset.samples import sample_keys
@@ -91,7 +91,8 @@ def index_unit(files: IndexFiles) -> Unit | None:
         return Unit("pointer", None, "", (pointer,), files.embeddings, files.modality, f"damaged: {err.problem}")
     if generation is None:
         return None
-    return Unit("index", None, generation.path(RECORD), tuple(generation.path(n) for n in (INDEX, KEYS, INFO)),
+    return Unit("index", None, generation.path(RECORD), (generation.path(INDEX), generation.keys_file(),
+                                                         generation.path(INFO)),
                 files.embeddings, files.modality)
 
 

@@ -3,11 +3,12 @@ rename publishes it.
 
     indexes/<space>/<modality>/CURRENT    the name of the published generation (written whole, then renamed)
     indexes/<space>/<modality>/gNNNNNN/   one build:
-        index.faiss     the FAISS index; id i is row i of keys.parquet
+        index.faiss     the FAISS index; id i is row i of keys.arrow
         lists.ivfdata   an IVF index's inverted lists (codes and ids), on disk beside it: memory-mapped when read,
                         so a search process's memory does not grow with the vectors (local datasets; elsewhere,
                         and for other index types, the lists are inside index.faiss)
-        keys.parquet    id -> key, shard
+        keys.arrow      id -> key, shard: an Arrow IPC file, memory-mapped when read, so a search process holds no
+                        keys but the pages it touches (builds before it wrote keys.parquet, still read)
         info.json       type, search parameters, measured recall, build time, bytes, vectors per shard (written last)
         checksums.json  size and sha256 of the others (checksums.py)
         .readers        the lock readers hold (below)
@@ -37,7 +38,6 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, overload
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mmindex import storage
 from mmindex.dataset.checksums import Recorder
@@ -47,10 +47,11 @@ CURRENT = "CURRENT"
 READERS = ".readers"
 INDEX = "index.faiss"
 LISTS = "lists.ivfdata"
-KEYS = "keys.parquet"
+KEYS = "keys.arrow"
+KEYS_BEFORE = "keys.parquet"  # what builds wrote before keys.arrow
 INFO = "info.json"   # written last: a generation is complete once it exists
 RECORD = "checksums.json"
-LEGACY = (INDEX, KEYS, INFO)
+LEGACY = (INDEX, KEYS_BEFORE, INFO)
 KEYS_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("shard", pa.string(), nullable=False)])
 _NAME = re.compile(r"g(\d{6})")
 
@@ -74,18 +75,28 @@ class Generation:
     def info(self) -> dict[str, Any]:
         return json.loads(storage.read_bytes(self.path(INFO)))
 
+    def keys_file(self) -> str:
+        """The generation's keys file: keys.arrow, or the keys.parquet of a build before it."""
+        return self.path(KEYS_BEFORE if storage.exists(self.path(KEYS_BEFORE)) else KEYS)
+
     def keys(self) -> tuple[IdColumn, IdColumn]:
-        """The key and the shard of each id: id i is the sample keys[i] of shard shards[i]."""
-        table = read_parquet(self.path(KEYS), ["key", "shard"])
+        """The key and the shard of each id: id i is the sample keys[i] of shard shards[i]. A local keys.arrow is
+        memory-mapped (read whole elsewhere): 10 million keys took 340 MB of every search process's memory."""
+        path = self.keys_file()
+        if path.endswith(KEYS_BEFORE):
+            table = read_parquet(path, ["key", "shard"])
+        else:
+            source = pa.memory_map(path) if storage.is_local(path) else pa.BufferReader(storage.read_bytes(path))
+            table = pa.ipc.open_file(source).read_all()
         return IdColumn(table.column("key")), IdColumn(table.column("shard"))
 
 
 class IdColumn(Sequence[str]):
-    """A column of keys.parquet, one string per id, as Arrow holds it: some 20 bytes an id, where a list of
-    Python strings takes about 70 (700 MB for 10 million keys, in every search process)."""
+    """A column of the keys file, one string per id, as Arrow holds it (in chunks, one per shard): where it is
+    memory-mapped, an id's string is read when asked for; a list of Python strings took 70 bytes an id."""
 
     def __init__(self, column: pa.ChunkedArray):
-        self.column = column.combine_chunks()
+        self.column = column
 
     def __len__(self) -> int:
         return len(self.column)
@@ -102,8 +113,9 @@ class IdColumn(Sequence[str]):
         return self.column[index].as_py()
 
     def __iter__(self) -> Iterator[str]:
-        for start in range(0, len(self.column), 65_536):
-            yield from self.column[start:start + 65_536].to_pylist()
+        for chunk in self.column.iterchunks():
+            for start in range(0, len(chunk), 65_536):
+                yield from chunk[start:start + 65_536].to_pylist()
 
 
 def published(root: str) -> Generation | None:
@@ -167,11 +179,12 @@ class GenerationWriter:
         self.bytes += out.size
 
     def write_keys(self, tables: Iterable[pa.Table]) -> None:
-        """The key and shard of every id, in id order, a table (a shard) at a time: never all keys in memory."""
+        """The key and shard of every id, in id order, a table (a shard) at a time: never all keys in memory.
+        Uncompressed, so that readers can map it."""
         with self.recorder.writer(self.generation.path(KEYS)) as out, \
-                pq.ParquetWriter(pa.PythonFile(out, mode="w"), KEYS_SCHEMA, compression="zstd") as parquet:
+                pa.ipc.new_file(pa.PythonFile(out, mode="w"), KEYS_SCHEMA) as keys:
             for table in tables:
-                parquet.write_table(table.cast(KEYS_SCHEMA))
+                keys.write_table(table.cast(KEYS_SCHEMA))
 
     def commit(self, info: dict[str, Any]) -> None:
         info["bytes"] = self.bytes

@@ -113,7 +113,7 @@ class IndexFiles:
         keys, shards = generation.keys()
         searchable = SearchableIndex(self._read_index(generation, info, mmap=True))
         if len(keys) != searchable.ntotal:
-            raise IndexStale(f"{self.root}: the index holds {searchable.ntotal:,} vectors but keys.parquet names "
+            raise IndexStale(f"{self.root}: the index holds {searchable.ntotal:,} vectors but its keys file names "
                              f"{len(keys):,}; rebuild it with `mmindex index {self.embeddings.dataset.root}`")
         rerank = info.get("rerank", 0)
         if rerank:
