@@ -49,6 +49,10 @@ def test_the_choice_follows_size_and_memory():
     assert choose(10**9, 768, 40 * 10**9, 0.95).factory == "IVF65536_HNSW32,PQ32"
     with pytest.raises(MemoryError, match="--max-memory"):
         choose(1_000_000, 384, 2**20, 0.95)
+    # lists on disk: only the parts being filled (two of a shard each) hold codes, and never more than SQ8's
+    assert choose(10_000_000, 384, 10**9, 0.95, largest_part=1_000_000).factory == "IVF2048,SQ8"
+    assert choose(10_000_000, 384, 10**9, 0.95, largest_part=5_000_000).factory == "IVF2048,PQ64"
+    assert choose(1_000_000, 384, 8 * 2**30, 0.95, largest_part=100_000).factory == "IVF4096,SQ8"
 
 
 def test_the_automatic_index_meets_its_target_recall_on_clustered_data(tmp_path):
@@ -75,7 +79,7 @@ def test_a_tight_memory_budget_still_meets_the_target_by_re_ranking_from_the_emb
     vectors = clustered(30_500, 64, 100, seed=4)
     store = synthetic_dataset(tmp_path / "ds", image_shards(vectors[:30_000], 10_000))
     files = IndexFiles(store, "image")
-    info = build_index(files, BuildSettings(max_memory=500_000))  # 16 bytes a vector: product quantization
+    info = build_index(files, BuildSettings(max_memory=300_000))  # two shards' codes at 8 bytes a vector
     assert info["type"].endswith(",PQ8") and info["rerank"] >= 1 and info["target_met"]
     assert info["recall_at_10"] >= 0.95 and fresh_recall(files, vectors[30_000:]) >= 0.93
     index, _, _ = files.load()

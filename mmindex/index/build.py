@@ -21,8 +21,8 @@ from mmindex.dataset import shard_name
 from mmindex.dataset.indexes import LISTS, GenerationWriter, writing_generation
 from mmindex.index.built import BuiltIndex
 from mmindex.index.exclusion import Exclusion
-from mmindex.index.parts import PartAdded, Trained, add, lists_on_disk, merge, remove_work
-from mmindex.index.plan import IndexPlan
+from mmindex.index.parts import PartAdded, Trained, add, merge, remove_work
+from mmindex.index.plan import IndexPlan, lists_on_disk
 from mmindex.index.searchable import ExactVectors, SearchableIndex, keeps_exact_vectors
 from mmindex.index.store import read_index
 from mmindex.index.tune import QUERIES, Tuned, cross_modal_sources, tune, tuning_queries
@@ -95,7 +95,7 @@ def _info(plan: IndexPlan, tuned: Tuned, seconds: float) -> dict[str, Any]:
 
 def _write(new: GenerationWriter, plan: IndexPlan, index: faiss.Index, info: dict[str, Any]) -> None:
     """The generation's files: the lists (already on disk), the index, the keys shard by shard, then the info."""
-    if plan.parts and lists_on_disk(new.generation):
+    if plan.parts and lists_on_disk(new.generation.folder):
         new.record(LISTS)
     new.write_index(lambda out: faiss.write_index(index, faiss.PyCallbackIOWriter(out.write)))
     new.write_keys(_keys(plan))

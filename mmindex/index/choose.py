@@ -5,6 +5,12 @@
     IVF, SQ8         when only 8 bits per component fit (recall near IVF-Flat's at a quarter of the memory)
     IVF, PQm         when even that does not fit: m bytes per vector, the largest m that fits
 
+What must fit is the codes held in memory at once. An index held whole holds them all. One built from parts
+whose lists go to disk (a local dataset) holds only the parts being filled, each one shard's codes: there the
+codes follow the largest shard, not n, and are at most SQ8's (re-ranking reads the exact float16 vectors, so
+float32 codes on disk would only be more to read). At 10M x 384 under 1 GB this chose SQ8 where PQ64 reached a
+recall of 0.79 (benchmarks/RESULTS.md).
+
 The number of IVF lists grows with sqrt(n), as far as a training sample of a quarter of the budget allows; from
 16,384 lists, vectors and queries find their lists through an HNSW graph of the centroids (as LAION's index
 does), since comparing each with every centroid would cost more than scanning the lists.
@@ -24,6 +30,7 @@ MIN_TRAIN = 10_000        # training vectors whatever the budget (product quanti
 SAMPLE_SHARE = 4          # training holds at most the budget / 4 of float32 vectors (k-means needs as much again)
 OVERHEAD = 1.2            # ids, list structures, lookup tables
 HNSW_QUANTIZER_FROM = 16_384   # lists from which vectors find theirs through a graph of the centroids, not all
+PARTS_AT_ONCE = 2         # parts a process fills at once (the executor's threads on two cores)
 
 
 @dataclass(frozen=True)
@@ -50,18 +57,20 @@ def ivf_lists(n: int, sample: int | None = None) -> int:
     return max(16, min(lists, 2 ** int(math.log2(max(trainable, 1))), 65_536))
 
 
-def choose(n: int, dim: int, max_memory: int, target_recall: float) -> Choice:
+def choose(n: int, dim: int, max_memory: int, target_recall: float, largest_part: int | None = None) -> Choice:
+    """The index for n vectors; ``largest_part``: the most vectors one part holds, where the lists go to disk."""
     flat = 4 * dim
     if (n < EXACT_BELOW or target_recall >= 1.0) and n * flat * OVERHEAD <= max_memory:
         return Choice("Flat", flat)
     lists = ivf_lists(n, max(max_memory // SAMPLE_SHARE // (4 * dim), MIN_TRAIN))
     ivf = f"IVF{lists}_HNSW32" if lists >= HNSW_QUANTIZER_FROM else f"IVF{lists}"
-    if n * flat * OVERHEAD <= max_memory:
+    held = n if largest_part is None else min(n, PARTS_AT_ONCE * largest_part)
+    if largest_part is None and n * flat * OVERHEAD <= max_memory:
         return Choice(f"{ivf},Flat", flat, lists)
-    if n * dim * OVERHEAD <= max_memory:
+    if held * dim * OVERHEAD <= max_memory:
         return Choice(f"{ivf},SQ8", dim, lists)
     for m in sorted((m for m in range(1, dim + 1) if dim % m == 0 and m <= dim // 2), reverse=True):
-        if n * m * OVERHEAD <= max_memory:
+        if held * m * OVERHEAD <= max_memory:
             return Choice(f"{ivf},PQ{m}", m, lists)
     raise MemoryError(f"{n:,} vectors of dimension {dim} do not fit in {max_memory:,} bytes even at 1 byte "
                       f"per vector; raise --max-memory")

@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from mmindex import storage
 from mmindex.dataset.indexes import INDEX, LISTS, Generation
-from mmindex.index.plan import IndexPlan, ShardSpan, scratch_prefix
+from mmindex.index.plan import IndexPlan, ShardSpan, lists_on_disk, scratch_prefix
 from mmindex.index.store import native_stdout_to_stderr, read_index
 from mmindex.index.vectors import sample_rows
 from mmindex.stages import Compact
@@ -107,7 +107,7 @@ def merge(plan: IndexPlan, trained: Trained, parts: list[PartAdded], generation:
     if plan.previous:
         sources.insert(0, storage.join(plan.previous, INDEX))
     ivf = faiss.extract_index_ivf(index)
-    if lists_on_disk(generation):
+    if lists_on_disk(generation.folder):
         lists = merged_on_disk(ivf, sources, generation.path(LISTS), plan.settings.max_memory // 4)
         ivf.replace_invlists(lists, True)
         lists.this.disown()
@@ -164,11 +164,6 @@ def _copy_lists(sources: list[str], numbers: range, sizes: np.ndarray, offsets: 
             os.pwrite(out, ids, int(offsets[j]) + int(sizes[j]) * code_size + int(filled[k]) * 8)
             filled[k] += n
         del lists, index  # unmapped: its pages leave this process
-
-
-def lists_on_disk(generation: Generation) -> bool:
-    """Whether a generation built from parts keeps its lists in a file of their own: where the dataset is local."""
-    return storage.is_local(generation.folder)
 
 
 def remove_work(plan: IndexPlan) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import faiss
 
+from mmindex import storage
 from mmindex.dataset import shard_name
 from mmindex.dataset.indexes import published
 from mmindex.index.built import BuiltIndex
@@ -97,6 +98,11 @@ class IndexPlan(Compact):
         return shard
 
 
+def lists_on_disk(folder: str) -> bool:
+    """Whether an index built from parts keeps its lists in a file of their own: where the dataset is local."""
+    return storage.is_local(folder)
+
+
 def scratch_prefix(files: IndexFiles) -> str:
     return f"index-{files.embeddings.space.name}-{files.modality}-"
 
@@ -124,7 +130,8 @@ def plan(files: IndexFiles, settings: BuildSettings, update: bool) -> list[Index
     if previous is not None:
         chosen = {k: previous[k] for k in ("type", "lists", "chosen_by", "bytes_per_vector")}
     else:
-        choice = choose(first, dim, settings.max_memory, settings.target_recall)
+        largest_part = max(counts.values()) if lists_on_disk(files.root) else None
+        choice = choose(first, dim, settings.max_memory, settings.target_recall, largest_part)
         factory = settings.index_type or choice.factory
         chosen = {"type": factory, "lists": _lists(factory, dim), "chosen_by": "--index-type" if settings.index_type
                   else "auto", "bytes_per_vector": None if settings.index_type else choice.bytes_per_vector}
