@@ -308,14 +308,16 @@ class EmbeddingStore:
     def wholly_skipped(self) -> list[Skipped]:
         """The modalities of which the space skipped every item of the committed shards, with the reasons."""
         embedded, reasons = set(), {}
-        for number in sorted(self.committed()):
+        for number in sorted(self.committed()):  # counted by Arrow: a shard of imported vectors has a million rows
             table = read_parquet(self.parquet_path(number), columns=["modality", "row", "skipped"])
-            for modality, row, skipped in zip(*(table[c].to_pylist() for c in table.column_names), strict=True):
-                if row is not None:
-                    embedded.add(modality)
-                elif skipped:
-                    reasons.setdefault(modality, Counter())[reason_of(skipped)] += 1
-        return [Skipped(self.dataset.root, self.space.name, modality, dict(counts.most_common()),
+            has_row = pc.is_valid(table["row"])
+            embedded.update(pc.unique(table["modality"].filter(has_row)).to_pylist())
+            skipped = table.filter(pc.and_(pc.invert(has_row), pc.not_equal(table["skipped"], "")))
+            counted = skipped.group_by(["modality", "skipped"], use_threads=False).aggregate([([], "count_all")])
+            for group in counted.to_pylist():
+                reasons.setdefault(group["modality"], Counter())[reason_of(group["skipped"])] += group["count_all"]
+        return [Skipped(self.dataset.root, self.space.name, modality,
+                        dict(sorted(counts.items(), key=lambda reason: (-reason[1], reason[0]))),
                         self.space.embeds_instead(modality))
                 for modality, counts in sorted(reasons.items()) if modality not in embedded]
 
