@@ -14,11 +14,12 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pytest
 from test_index_search import clustered, image_shards
 
 from conftest import add_shard, synthetic_dataset, synthetic_space_file
 from mmindex.dataset.indexes import published
-from mmindex.index.parts import merged_on_disk
+from mmindex.index.parts import add, merged_on_disk
 from mmindex.index.run import IndexSettings, build_indexes
 from mmindex.index.settings import BuildSettings
 from mmindex.index.store import IndexFiles
@@ -183,3 +184,15 @@ def test_an_index_whose_lists_are_found_through_a_graph_builds_the_same_bytes_tw
     assert local.type == "IVF64_HNSW32,SQ8" and local.recall_at_10 >= 0.9
     digests = generation_digests(IndexFiles(stores["local"], "image"))
     assert "lists.ivfdata" in digests and digests == generation_digests(IndexFiles(stores["beam"], "image"))
+
+
+@pytest.mark.parametrize("factory", ["IVF32,SQ8", "IVF32,PQ4", "IVF32_HNSW32,Flat", "OPQ4,IVF32,PQ4"])
+def test_a_part_made_with_lists_at_their_size_is_the_index_faiss_add_makes(factory):
+    """Parts place codes in lists allocated once (FAISS's own add doubles them as they grow): same bytes."""
+    vectors = np.random.default_rng(3).standard_normal((20_000, 16)).astype(np.float16)
+    trained = faiss.index_factory(16, factory, faiss.METRIC_INNER_PRODUCT)
+    trained.train(vectors[:8_000].astype(np.float32))
+    ours, theirs = faiss.clone_index(trained), faiss.clone_index(trained)
+    add(ours, vectors, 500)
+    theirs.add_with_ids(vectors.astype(np.float32), np.arange(500, 20_500, dtype=np.int64))
+    assert faiss.serialize_index(ours).tobytes() == faiss.serialize_index(theirs).tobytes()

@@ -17,7 +17,8 @@ import faiss
 import numpy as np
 
 RERANK_BLOCK = 64   # queries re-scored at a time (bounds memory: block x candidates x dim)
-SEARCH_BLOCK = 256  # queries searched at a time (bounds the pages of on-disk lists a batch holds)
+SEARCH_BLOCK = 256  # queries searched at a time (bounds the pages of on-disk lists a batch holds) ...
+BLOCK_LIST_BYTES = 64 * 2**20  # ... and fewer where their lists would hold more than this (10M SQ8: 8 MB a query)
 MADV_DONTNEED = 4   # madvise(2): the process no longer needs these pages of a mapping
 _LIBC = ctypes.CDLL(None)
 
@@ -116,9 +117,17 @@ class SearchableIndex:
         """The index's own k best, as it is set (never a ``hidden`` id), a block of queries at a time: after each,
         the pages of on-disk lists it touched are let go (release_pages), so a batch of any size holds one
         block's."""
-        blocks = [self._candidates(queries[start:start + SEARCH_BLOCK], k)
-                  for start in range(0, max(len(queries), 1), SEARCH_BLOCK)]
+        size = self._block()
+        blocks = [self._candidates(queries[start:start + size], k) for start in range(0, max(len(queries), 1), size)]
         return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+
+    def _block(self) -> int:
+        """Queries a block: SEARCH_BLOCK, or fewer where the lists they probe would hold over BLOCK_LIST_BYTES."""
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is None or not ivf.ntotal:
+            return SEARCH_BLOCK
+        per_query = ivf.nprobe * ivf.ntotal / ivf.nlist * (ivf.code_size + 8)
+        return max(1, min(SEARCH_BLOCK, int(BLOCK_LIST_BYTES // per_query)))
 
     def _candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         try:
