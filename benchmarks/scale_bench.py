@@ -245,23 +245,33 @@ class Measured:
         return json.loads(self.stdout.strip().splitlines()[-1])
 
 
+# Runs its arguments and reports their peak RSS. The kernel's ru_maxrss of a process started from this one counts
+# this process's own peak (taken over at exec): every command measured after a big step showed that step's peak.
+# Started from this small process instead, a command's ru_maxrss is its own.
+PEAK_OF = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+           "print(f'maxrss_kb={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', file=sys.stderr); "
+           "sys.exit(code)")
+
+
 def run_measured(command: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> Measured:
     """Runs ``command`` to its end: its wall time, output, and peak memory (its own and its children's)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err)
-        sampler = Sampler(lambda: tree(process.pid))
-        _, status, usage = os.wait4(process.pid, 0)
+        process = subprocess.Popen([sys.executable, "-c", PEAK_OF, *command], cwd=cwd, env=env, stdout=out,
+                                   stderr=err)
+        sampler = Sampler(lambda: tree(process.pid)[1:])  # the command and its children, not the wrapper
+        process.wait()
         seconds = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
         sampled = sampler.stop().values()
-        peak = Peak(usage.ru_maxrss * 1024)
-        for seen in sampled:
-            peak = peak.merge(seen)
         out.seek(0)
         err.seek(0)
-        return Measured(process.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                        seconds, peak)
+        stderr = err.read().decode(errors="replace")
+        lines = stderr.rstrip().splitlines()
+        reported = int(lines[-1].removeprefix("maxrss_kb=")) if lines and lines[-1].startswith("maxrss_kb=") else 0
+        peak = Peak(reported * 1024)
+        for seen in sampled:
+            peak = peak.merge(seen)
+        return Measured(process.returncode, out.read().decode(errors="replace"), "\n".join(lines[:-1]), seconds, peak)
 
 
 def checkout_env(**extra: str) -> dict[str, str]:
