@@ -53,6 +53,8 @@ def test_the_choice_follows_size_and_memory():
     assert choose(10_000_000, 384, 10**9, 0.95, largest_part=1_000_000).factory == "IVF2048,SQ8"
     assert choose(10_000_000, 384, 10**9, 0.95, largest_part=5_000_000).factory == "IVF2048,PQ64"
     assert choose(1_000_000, 384, 8 * 2**30, 0.95, largest_part=100_000).factory == "IVF4096,SQ8"
+    # ... and a probe reads at most 4 MiB of a list: LAION-5B's 85,000 vectors a list get 48 bytes each
+    assert choose(5_550_000_000, 768, 64 * 10**9, 0.95, largest_part=1_000_000).factory == "IVF65536_HNSW32,PQ48"
 
 
 def test_the_automatic_index_meets_its_target_recall_on_clustered_data(tmp_path):

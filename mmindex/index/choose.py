@@ -8,8 +8,9 @@
 What must fit is the codes held in memory at once. An index held whole holds them all. One built from parts
 whose lists go to disk (a local dataset) holds only the parts being filled, each one shard's codes: there the
 codes follow the largest shard, not n, and are at most SQ8's (re-ranking reads the exact float16 vectors, so
-float32 codes on disk would only be more to read). At 10M x 384 under 1 GB this chose SQ8 where PQ64 reached a
-recall of 0.79 (benchmarks/RESULTS.md).
+float32 codes on disk would only be more to read), and at most what keeps a list within LIST_BYTES, since each
+probe reads one from disk (at LAION's 5.55B vectors in 65,536 lists: 48 bytes a vector). At 10M x 384 under
+1 GB this chose SQ8 where PQ64 reached a recall of 0.79 (benchmarks/RESULTS.md).
 
 The number of IVF lists grows with sqrt(n), as far as a training sample of a quarter of the budget allows; from
 16,384 lists, vectors and queries find their lists through an HNSW graph of the centroids (as LAION's index
@@ -31,6 +32,7 @@ SAMPLE_SHARE = 4          # training holds at most the budget / 4 of float32 vec
 OVERHEAD = 1.2            # ids, list structures, lookup tables
 HNSW_QUANTIZER_FROM = 16_384   # lists from which vectors find theirs through a graph of the centroids, not all
 PARTS_AT_ONCE = 2         # parts a process fills at once (the executor's threads on two cores)
+LIST_BYTES = 4 * 2**20    # an on-disk list's codes at most: one probe, about 2 ms of reading at 2 GB/s
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,17 @@ def choose(n: int, dim: int, max_memory: int, target_recall: float, largest_part
     lists = ivf_lists(n, max(max_memory // SAMPLE_SHARE // (4 * dim), MIN_TRAIN))
     ivf = f"IVF{lists}_HNSW32" if lists >= HNSW_QUANTIZER_FROM else f"IVF{lists}"
     held = n if largest_part is None else min(n, PARTS_AT_ONCE * largest_part)
-    if largest_part is None and n * flat * OVERHEAD <= max_memory:
+
+    def fits(code_bytes: int) -> bool:
+        on_disk = largest_part is None or n / lists * code_bytes <= LIST_BYTES
+        return held * code_bytes * OVERHEAD <= max_memory and on_disk
+
+    if largest_part is None and fits(flat):
         return Choice(f"{ivf},Flat", flat, lists)
-    if held * dim * OVERHEAD <= max_memory:
+    if fits(dim):
         return Choice(f"{ivf},SQ8", dim, lists)
     for m in sorted((m for m in range(1, dim + 1) if dim % m == 0 and m <= dim // 2), reverse=True):
-        if held * m * OVERHEAD <= max_memory:
+        if fits(m):
             return Choice(f"{ivf},PQ{m}", m, lists)
     raise MemoryError(f"{n:,} vectors of dimension {dim} do not fit in {max_memory:,} bytes even at 1 byte "
                       f"per vector; raise --max-memory")

@@ -27,6 +27,7 @@ from threadpoolctl import threadpool_limits
 from mmindex import storage
 from mmindex.dataset.indexes import INDEX, LISTS, Generation
 from mmindex.index.plan import IndexPlan, ShardSpan, lists_on_disk, scratch_prefix
+from mmindex.index.searchable import give_back_freed_memory
 from mmindex.index.store import native_stdout_to_stderr, read_index
 from mmindex.index.vectors import sample_rows
 from mmindex.stages import Compact
@@ -84,6 +85,8 @@ def add_part(part: Part) -> Iterator[PartAdded]:
         with threadpool_limits(THREADS):
             add(index, plan.shard_vectors(span).vectors, span.first)
         write_index(index, path)
+        del index
+        give_back_freed_memory()
         log.info("index: %s part of shard %s made (%s vectors)", plan.files.modality, span.name, f"{span.vectors:,}")
     yield PartAdded(plan.files.root, span, path)
 

@@ -155,6 +155,14 @@ def release_pages(index: faiss.Index) -> None:
         _LIBC.madvise(ctypes.c_void_p(int(lists.ptr)), ctypes.c_size_t(lists.totsize), MADV_DONTNEED)
 
 
+def give_back_freed_memory() -> None:
+    """Hands memory that was freed back to the system: glibc keeps what a thread freed for its next allocations,
+    and after filling parts on two threads a build held 1.3 GB that nothing used while it merged and tuned."""
+    trim = getattr(_LIBC, "malloc_trim", None)  # glibc's; other C libraries give memory back as they do
+    if trim is not None:
+        trim(0)
+
+
 def describe_search(info: dict[str, Any]) -> str:
     """How an index is searched, from its info: 'exact', 'nprobe=8, re-rank 4x' ..."""
     parts = [f"{k}={v}" for k, v in info["parameters"].items()]
