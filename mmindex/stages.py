@@ -32,8 +32,8 @@ from mmindex import storage
 #   driver   cheap, or must run in order (a commit): in the driver's thread
 #   io       file reads and writes, which release the GIL: on threads
 #   cpu      decoding and hashing, which mostly release the GIL: on threads with one worker, else on processes
-#   python   mostly Python, which holds the GIL (a step may hand what releases it to threads of its own): in the
-#            driver's thread with one worker, where more threads would only wait for the GIL, else on processes
+#   python   mostly Python, which holds the GIL: in the driver's thread with one worker, where more threads would
+#            only wait for the GIL, else on processes
 #   workers  work behind a heavy set-up (a model): one element at a time per worker; one worker runs in-process
 Runs = Literal["driver", "io", "cpu", "python", "workers"]
 PARALLEL: tuple[Runs, ...] = ("io", "cpu", "python", "workers")  # Each steps whose elements may run anywhere
