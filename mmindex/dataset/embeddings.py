@@ -80,6 +80,7 @@ class ShardSummary:
     embedded: dict[str, int] = field(default_factory=dict)               # modality -> items
     skipped: dict[tuple[str, str], int] = field(default_factory=dict)    # (modality, reason) -> items
     seconds: dict[str, float] = field(default_factory=dict)              # modality -> seconds, where measured
+    waited: dict[str, float] = field(default_factory=dict)               # of them, waiting for decoded input
     device: str | None = None
     failed: str | None = None
 

@@ -64,6 +64,7 @@ class EmbedReport:
     embedded: Counter = field(default_factory=Counter)   # modality -> items
     skipped: Counter = field(default_factory=Counter)    # (modality, reason) -> items
     seconds: Counter = field(default_factory=Counter)    # modality -> worker seconds (where measured)
+    waited: Counter = field(default_factory=Counter)     # of them, waiting for decoded input
     failures: list[str] = field(default_factory=list)
     wall_seconds: float = 0.0
     wholly_skipped: list[Skipped] = field(default_factory=list)  # modalities of which no item has a vector
@@ -76,11 +77,17 @@ class EmbedReport:
         self.embedded.update(shard.embedded)
         self.skipped.update(shard.skipped)
         self.seconds.update(shard.seconds)
+        self.waited.update(shard.waited)
 
     def rate(self, modality: str) -> float | None:
         """Items per second of one worker's time, where the executor measured it."""
         seconds = self.seconds[modality]
         return self.embedded[modality] / seconds if seconds else None
+
+    def waiting(self, modality: str) -> float | None:
+        """The share of the workers' time on a modality spent waiting for decoded input, where measured."""
+        seconds = self.seconds[modality]
+        return self.waited[modality] / seconds if seconds else None
 
 
 def embed(settings: EmbedSettings, executor: Executor | None = None, space: Space | None = None) -> EmbedReport:
@@ -171,6 +178,7 @@ def _stats(report: EmbedReport, settings: dict[str, Any]) -> dict[str, Any]:
     for modality, items in sorted(report.embedded.items()):
         rate = report.rate(modality)
         per_modality[modality] = {"embedded": items, "worker_seconds": round(report.seconds[modality], 3),
+                                  "waiting_seconds": round(report.waited[modality], 3),
                                   "per_worker_items_per_s": round(rate, 2) if rate else None}
     return {
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

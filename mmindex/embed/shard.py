@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mmindex import storage
@@ -104,17 +105,30 @@ def collect(result: ShardEmbeddings, chunk: Chunk, prepared: list[Any], encoder:
         result.add(item.key, chunk.modality, None if skipped else encoded.vectors[j], skipped, encoded.notes[j])
 
 
+@dataclass
+class Times:
+    """Per modality, a worker's seconds on a shard, and of them the seconds it waited for input: its decode
+    processes' next batch (or, without them, reading and decoding it itself). A model that waits most of the
+    time is fed too slowly (see console.print_embed)."""
+
+    spent: Counter = field(default_factory=Counter)
+    waited: Counter = field(default_factory=Counter)
+
+
 def embed_shard(number: int, path: str, encoders: dict[str, Encoder],
                 prepare: Callable[[Chunk], list[Any] | SharedBatch],
-                executor: Executor | None, batch_size: int, ahead: int) -> tuple[ShardEmbeddings, dict[str, float]]:
-    """All of a shard's items in the space, and the seconds spent per modality."""
-    result = ShardEmbeddings(number)
-    seconds: dict[str, float] = {}
+                executor: Executor | None, batch_size: int, ahead: int) -> tuple[ShardEmbeddings, Times]:
+    """All of a shard's items in the space, and the time it took."""
+    result, times = ShardEmbeddings(number), Times()
     jobs = chunks(path, shard_items(path), encoders, batch_size)
+    batches = ordered_map(executor, prepare, jobs, ahead, discard=release)
     started = time.perf_counter()
-    for chunk, prepared in zip(jobs, ordered_map(executor, prepare, jobs, ahead, discard=release), strict=True):
+    for chunk in jobs:
+        prepared = next(batches)
+        arrived = time.perf_counter()
         collect(result, chunk, receive(prepared), encoders[chunk.modality])
         now = time.perf_counter()
-        seconds[chunk.modality] = seconds.get(chunk.modality, 0.0) + now - started
+        times.spent[chunk.modality] += now - started
+        times.waited[chunk.modality] += arrived - started
         started = now
-    return result, seconds
+    return result, times

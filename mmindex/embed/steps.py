@@ -108,14 +108,15 @@ class EmbedShards:
     def __call__(self, number: int) -> list[ShardSummary]:
         path = self.store.dataset.shard_path(number)
         try:
-            result, seconds = embed_shard(number, path, self.encoders, self.prepare, self.pool, self.batch_size,
-                                          self.ahead)
+            result, times = embed_shard(number, path, self.encoders, self.prepare, self.pool, self.batch_size,
+                                        self.ahead)
         except (tarfile.TarError, OSError) as err:  # a damaged shard file: the other shards go on
             return [ShardSummary(number, failed=f"shard {shard_name(number)} is damaged ({err}): run `mmindex check "
                                                 f"{self.store.dataset.root} --repair`, which rebuilds {path} from its "
                                                 f"sources")]
         self.store.commit(result)
-        return [ShardSummary.of(number, result.rows, seconds=seconds, device=self.on)]
+        return [ShardSummary.of(number, result.rows, seconds=dict(times.spent), waited=dict(times.waited),
+                                 device=self.on)]
 
 
 def declare(store: EmbeddingStore, pending: Iterable[int], device: str, batch_size: int,
