@@ -196,3 +196,31 @@ def test_a_part_made_with_lists_at_their_size_is_the_index_faiss_add_makes(facto
     add(ours, vectors, 500)
     theirs.add_with_ids(vectors.astype(np.float32), np.arange(500, 20_500, dtype=np.int64))
     assert faiss.serialize_index(ours).tobytes() == faiss.serialize_index(theirs).tobytes()
+
+
+def test_no_more_parts_are_filled_at_once_than_the_budget_was_sized_for(tmp_path: Path, monkeypatch):
+    """The chooser sizes codes for PARTS_AT_ONCE parts in memory at once; an executor with more threads (the
+    in-process one has 4 on a 4-core machine) still fills no more at once."""
+    import threading
+
+    from mmindex.executors.local import LocalExecutor
+    from mmindex.index import parts
+    from mmindex.index.choose import PARTS_AT_ONCE
+
+    filling, most, lock = 0, 0, threading.Lock()
+
+    def add_slowly(*args):
+        nonlocal filling, most
+        with lock:
+            filling += 1
+            most = max(most, filling)
+        time.sleep(0.3)  # long enough for every thread of the executor to have started its part
+        add(*args)
+        with lock:
+            filling -= 1
+
+    monkeypatch.setattr(parts, "add", add_slowly)
+    dataset = tmp_path / "ds"
+    synthetic_dataset(dataset, image_shards(clustered(6_000, 32, 60, seed=5), 1_000))
+    built = build(dataset, LocalExecutor(threads=4))
+    assert built.vectors == 6_000 and most == PARTS_AT_ONCE

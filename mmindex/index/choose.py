@@ -31,7 +31,7 @@ MIN_TRAIN = 10_000        # training vectors whatever the budget (product quanti
 SAMPLE_SHARE = 4          # training holds at most the budget / 4 of float32 vectors (k-means needs as much again)
 OVERHEAD = 1.2            # ids, list structures, lookup tables
 HNSW_QUANTIZER_FROM = 16_384   # lists from which vectors find theirs through a graph of the centroids, not all
-PARTS_AT_ONCE = 2         # parts a process fills at once (the executor's threads on two cores)
+PARTS_AT_ONCE = 2         # parts a process fills at once (index.parts holds every executor to it)
 LIST_BYTES = 4 * 2**20    # an on-disk list's codes at most: one probe, about 2 ms of reading at 2 GB/s
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from threadpoolctl import threadpool_limits
 
 from mmindex import storage
 from mmindex.dataset.indexes import INDEX, LISTS, Generation
+from mmindex.index.choose import PARTS_AT_ONCE
 from mmindex.index.plan import IndexPlan, ShardSpan, lists_on_disk, scratch_prefix
 from mmindex.index.searchable import give_back_freed_memory
 from mmindex.index.store import native_stdout_to_stderr, read_index
@@ -37,9 +39,12 @@ ADD_BATCH = 16_384   # vectors a part adds at a time (FAISS holds a few float32 
 # Training and assigning vectors to lists search the centroids through BLAS, whose choice between nearly equal
 # scores (float16 vectors have many) changes with its thread count: a Dask worker starts with one thread, this
 # machine with one a core. Both steps run on one thread wherever they run (a count can only be lowered: OpenBLAS
-# sizes its buffers for the threads it started with), so that every executor makes the same bytes; the
-# in-process executor runs two parts at a time, on threads of its own.
+# sizes its buffers for the threads it started with), so that every executor makes the same bytes; an executor
+# runs parts at once on threads of its own instead.
 THREADS = 1
+# The chooser sizes a part's codes for PARTS_AT_ONCE parts held by one process: however many threads an executor
+# gives the step (the in-process one has up to 4, a Dask worker its own), no more parts are filled at once.
+_filling = threading.BoundedSemaphore(PARTS_AT_ONCE)
 
 
 @dataclass(frozen=True)
@@ -81,12 +86,13 @@ def add_part(part: Part) -> Iterator[PartAdded]:
     plan, span = part.plan, part.shard
     path = f"{plan.work}-{span.name}.faiss"
     if not storage.exists(path):
-        index = read_index(f"{plan.work}-trained.faiss")
-        with threadpool_limits(THREADS):
-            add(index, plan.shard_vectors(span).vectors, span.first)
-        write_index(index, path)
-        del index
-        give_back_freed_memory()
+        with _filling:
+            index = read_index(f"{plan.work}-trained.faiss")
+            with threadpool_limits(THREADS):
+                add(index, plan.shard_vectors(span).vectors, span.first)
+            write_index(index, path)
+            del index
+            give_back_freed_memory()
         log.info("index: %s part of shard %s made (%s vectors)", plan.files.modality, span.name, f"{span.vectors:,}")
     yield PartAdded(plan.files.root, span, path)
 
