@@ -12,7 +12,9 @@ downloaded here): the same forward cost, meaningless vectors.
 First, decode rates in this one process (a decode process's rate) for JPEGs of 256-2048 px: Pillow's full
 decode (what embed's preparers did before libjpeg-turbo) against the new decoder (mmindex.jpeg, DCT-scaled to
 what the space's resize needs), the space's whole image preparer before and after, and ingest's image check
-before and after ("before": every file through Pillow, as mmindex.jpeg were not there).
+before and after ("before": every file through Pillow, as mmindex.jpeg were not there). Then the hand-over of
+one batch of --batch-size prepared 224 px images through the worker's reused shared-memory blocks (transfer.py),
+both sides in this process: packing it (a decode process's share) and reading and stacking it (the worker's).
 
 Builds a dataset of real media: --images JPEG crops (256 to --max-side px) of the scikit-image photos with
 captions, the demo corpus's recorded speech clips (with transcripts) and texts. Then, per modality of the space:
@@ -63,6 +65,7 @@ from mmindex.demo import CORPUS
 from mmindex.embed.run import EmbedSettings, embed
 from mmindex.embed.shard import Chunk, prepare_chunk, shard_items
 from mmindex.embed.steps import decode_processes, devices
+from mmindex.embed.transfer import Blocks, pack
 from mmindex.encoders.base import inference
 from mmindex.encoders.conse import NEEDS
 from mmindex.encoders.device_decode import DECODES, nvjpeg, on_device
@@ -158,6 +161,25 @@ def decode_rates(preparer: Callable[[bytes], object], need: Need | None) -> None
         print("| " + " | ".join(row) + " |")
 
 
+def handover_times(batch_size: int, rounds: int = 40) -> None:
+    """The hand-over of one batch of prepared 224 px images, in this process: a decode process's side (pack into a
+    block of the worker's) and the worker's (read it, stack it into the encoder's input), median ms per batch."""
+    images = [np.random.default_rng(i).integers(0, 256, (3, 224, 224), dtype=np.uint8) for i in range(batch_size)]
+    staging = np.empty((batch_size, 3, 224, 224), np.uint8)
+    blocks, packing, reading = Blocks(most=2), [], []
+    for _ in range(rounds + 5):  # the first rounds make and map the blocks
+        started = time.perf_counter()
+        packed = pack(images, into=blocks.take())
+        packed_at = time.perf_counter()
+        with blocks.received(packed) as prepared:
+            np.stack(prepared, out=staging)
+        packing.append(packed_at - started)
+        reading.append(time.perf_counter() - packed_at)
+    blocks.close()
+    print(f"\nhand-over of a batch of {batch_size} images ({staging.nbytes / 2**20:.0f} MB) through shared memory: "
+          f"pack {np.median(packing[5:]) * 1e3:.1f} ms, read and stack {np.median(reading[5:]) * 1e3:.1f} ms")
+
+
 def _need(preparer: object) -> Need | None:
     """The decoded size a preparer's resize needs (a Hugging Face processor's, or an offline view's)."""
     return getattr(preparer, "need", None) or NEEDS.get(getattr(preparer, "view", ""))
@@ -240,6 +262,7 @@ def main() -> None:
         decode_rates(preparer, _need(preparer))
     if args.decode_only:
         return
+    handover_times(args.batch_size)
     corpus, dataset = workdir / "corpus", workdir / "dataset"
     started = time.perf_counter()
     if not corpus.exists():

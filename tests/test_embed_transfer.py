@@ -1,19 +1,19 @@
-"""Prepared batches cross from decode processes through shared memory: nothing changes on the way, and no
-block outlives the run, whether it is read or the run stops first."""
+"""Prepared batches cross from decode processes through shared memory: nothing changes on the way, the worker's
+blocks are reused batch after batch (no new block once the first batches made them), and no block outlives the
+run, whether every batch is read or the run stops first."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import shared_memory
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mmindex.embed.transfer import SharedBatch, pack, receive, release
+from mmindex.embed.shard import Chunk, Item, prepare_chunk
+from mmindex.embed.steps import DecodePool
+from mmindex.embed.transfer import Blocks, SharedBatch, pack
 from mmindex.media import Rejected
-from mmindex.parallel import ordered_map
 
 
 def shared_blocks() -> set[str]:
@@ -25,19 +25,32 @@ def images(seed: int, count: int = 8) -> list[np.ndarray]:
     return [rng.integers(0, 256, (3, 224, 224), dtype=np.uint8) for _ in range(count)]
 
 
-def test_a_batch_comes_back_as_it_was_with_rejects_in_place_and_its_block_removed():
-    prepared = [*images(0, 5), Rejected("unreadable image", "cut short"), *images(1, 4)]
-    packed = pack(prepared)
-    assert isinstance(packed, SharedBatch)
-    back = receive(packed)
+def assert_same(back: list, prepared: list) -> None:
     assert [type(x) for x in back] == [type(x) for x in prepared]
     for before, after in zip(prepared, back, strict=True):
         if isinstance(before, np.ndarray):
+            assert after.dtype == before.dtype
             np.testing.assert_array_equal(after, before)
         else:
-            assert after is before or (after.reason, after.detail) == (before.reason, before.detail)
+            assert (after.reason, after.detail) == (before.reason, before.detail)
+
+
+def test_a_batch_comes_back_as_it_was_with_rejects_in_place_and_its_block_is_kept_then_removed():
+    prepared = [*images(0, 5), Rejected("unreadable image", "cut short"), *images(1, 4)]
+    blocks = Blocks(most=2)
+    assert blocks.take() is None  # nothing made yet: the decode process makes the block
+    packed = pack(prepared)
+    assert isinstance(packed, SharedBatch)
+    with blocks.received(packed) as back:
+        assert_same(back, prepared)
+    assert blocks.kept == {packed.block} and blocks.take() == packed.block  # free again, and handed out next
+    again = pack(images(2), into=packed.block)
+    assert again.block == packed.block  # filled where it was given
+    with blocks.received(again) as back:
+        assert_same(back, images(2))
+    blocks.close()
     with pytest.raises(FileNotFoundError):
-        shared_memory.SharedMemory(name=packed.block)
+        pack(images(3), into=packed.block)
 
 
 def test_small_batches_and_texts_travel_as_they_are():
@@ -52,25 +65,81 @@ def test_arrays_of_different_shapes_and_dtypes_share_one_block():
     rng = np.random.default_rng(2)
     mixed = [*images(0, 8), rng.integers(0, 256, 70_001, dtype=np.uint8), Rejected("corrupt image", "bad"),
              rng.random((3, 17), dtype=np.float32), np.zeros((3, 32, 32), np.uint8)]
-    packed = pack(mixed)
-    assert isinstance(packed, SharedBatch)
-    back = receive(packed)
-    assert isinstance(back[9], Rejected)
-    for before, after in zip(mixed, back, strict=True):
-        if isinstance(before, np.ndarray):
-            assert after.dtype == before.dtype
-            np.testing.assert_array_equal(after, before)
+    blocks = Blocks(most=1)
+    blocks.take()
+    with blocks.received(pack(mixed)) as back:
+        assert_same(back, mixed)
+    blocks.close()
 
 
-def _shared_images(seed: int) -> SharedBatch | list:
-    return pack(images(seed))
+def test_a_batch_that_outgrows_its_block_comes_in_a_new_one_which_replaces_it():
+    blocks = Blocks(most=1)
+    used = []
+    for count in (8, 16, 8, 24):  # 1.2, 2.4, 1.2 and 3.6 MB
+        given = blocks.take()
+        packed = pack(images(count, count), into=given)
+        with blocks.received(packed) as back:
+            assert_same(back, images(count, count))
+        used.append((given, packed.block))
+        assert blocks.kept == {packed.block}  # the larger block, in place of the one the batch outgrew
+    (none, first), (too_small, second), (fits, third), (outgrown, fourth) = used
+    assert none is None and too_small == first != second and fits == second == third and outgrown == third != fourth
+    for removed in (first, second):
+        with pytest.raises(FileNotFoundError):
+            pack(images(0), into=removed)
+    blocks.close()
 
 
-def test_a_run_that_stops_early_leaves_no_block_behind():
+class Pixels:
+    """A preparer for the pool's tests: an image made from the file's bytes (picklable, as decode processes need)."""
+
+    def __call__(self, data: bytes) -> np.ndarray | Rejected:
+        return images(data[0], 1)[0]
+
+
+@pytest.fixture
+def shard_of_bytes(tmp_path: Path) -> Path:
+    path = tmp_path / "bytes"
+    path.write_bytes(bytes(range(64)))
+    return path
+
+
+def chunks_of(path: Path, count: int, per_chunk: int = 8) -> list[Chunk]:
+    items = [Item(f"k{i}", "image", i % 64, 1) for i in range(count * per_chunk)]
+    return [Chunk(str(path), "image", items[i:i + per_chunk]) for i in range(0, len(items), per_chunk)]
+
+
+def test_decode_processes_hand_back_every_batch_in_order_through_blocks_reused_shard_after_shard(shard_of_bytes):
     before = shared_blocks()
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        batches = ordered_map(pool, _shared_images, range(6), ahead=4, discard=release)
-        first = receive(next(batches))
-        assert len(first) == 8
+    pool = DecodePool(2, {"image": Pixels()})
+    try:
+        kept = []
+        for _ in range(2):  # two shards
+            jobs = chunks_of(shard_of_bytes, 12)
+            batches = pool(jobs)
+            for chunk, batch in zip(jobs, batches, strict=True):
+                with batch as prepared:
+                    assert_same(prepared, prepare_chunk(chunk, {"image": Pixels()}))
+            kept.append(set(pool.blocks.kept))
+        assert 0 < len(kept[0]) <= pool.ahead + 2 and kept[1] == kept[0]  # the second shard made no block
+    finally:
+        pool.close()
+    assert shared_blocks() <= before
+
+
+def test_a_shard_that_stops_early_leaves_every_block_free_and_the_run_leaves_none_behind(shard_of_bytes):
+    before = shared_blocks()
+    pool = DecodePool(2, {"image": Pixels()})
+    try:
+        batches = pool(chunks_of(shard_of_bytes, 10))
+        with next(batches) as prepared:
+            assert len(prepared) == 8
         batches.close()  # as when the consumer fails: the batches decoded ahead are released
+        assert not pool.blocks.handed and set(pool.blocks.free) == pool.blocks.kept
+        jobs = chunks_of(shard_of_bytes, 3)
+        for chunk, batch in zip(jobs, pool(jobs), strict=True):  # the next shard still reads right
+            with batch as prepared:
+                assert_same(prepared, prepare_chunk(chunk, {"image": Pixels()}))
+    finally:
+        pool.close()
     assert shared_blocks() <= before

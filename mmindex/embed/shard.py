@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmindex import storage
 from mmindex.dataset.embeddings import ShardEmbeddings
 from mmindex.dataset.members import shard_members
-from mmindex.embed.transfer import SharedBatch, receive, release
 from mmindex.encoders.base import Encoded, Encoder, Preparer
 from mmindex.media import Rejected
 from mmindex.modalities import MODALITIES, modality_of
-from mmindex.parallel import ordered_map
 
 log = logging.getLogger("mmindex")
 
@@ -115,20 +113,29 @@ class Times:
     waited: Counter = field(default_factory=Counter)
 
 
-def embed_shard(number: int, path: str, encoders: dict[str, Encoder],
-                prepare: Callable[[Chunk], list[Any] | SharedBatch],
-                executor: Executor | None, batch_size: int, ahead: int) -> tuple[ShardEmbeddings, Times]:
-    """All of a shard's items in the space, and the time it took."""
+Decoded = Callable[[list[Chunk]], Iterator[contextlib.AbstractContextManager[list[Any]]]]
+
+
+def decoded_here(preparers: dict[str, Preparer]) -> Decoded:
+    """Each chunk's batch prepared in this process, as the worker asks for it."""
+    return lambda jobs: (contextlib.nullcontext(prepare_chunk(chunk, preparers)) for chunk in jobs)
+
+
+def embed_shard(number: int, path: str, encoders: dict[str, Encoder], decoded: Decoded,
+                batch_size: int) -> tuple[ShardEmbeddings, Times]:
+    """All of a shard's items in the space, and the time it took. ``decoded`` gives each chunk's prepared batch, in
+    order, as a context in which it may be read (here, or from decode processes: steps.DecodePool)."""
     result, times = ShardEmbeddings(number), Times()
     jobs = chunks(path, shard_items(path), encoders, batch_size)
-    batches = ordered_map(executor, prepare, jobs, ahead, discard=release)
-    started = time.perf_counter()
-    for chunk in jobs:
-        prepared = next(batches)
-        arrived = time.perf_counter()
-        collect(result, chunk, receive(prepared), encoders[chunk.modality])
-        now = time.perf_counter()
-        times.spent[chunk.modality] += now - started
-        times.waited[chunk.modality] += arrived - started
-        started = now
+    with contextlib.closing(decoded(jobs)) as batches:
+        started = time.perf_counter()
+        for chunk in jobs:
+            batch = next(batches)
+            arrived = time.perf_counter()
+            with batch as prepared:
+                collect(result, chunk, prepared, encoders[chunk.modality])
+            now = time.perf_counter()
+            times.spent[chunk.modality] += now - started
+            times.waited[chunk.modality] += arrived - started
+            started = now
     return result, times

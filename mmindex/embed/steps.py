@@ -7,29 +7,30 @@ A worker forms a shard's batches in a fixed order (shard.py), so the vectors do 
 workers or on the executor. A finished shard is committed at once, so a run killed at any point resumes with the
 shards that are not committed yet. The in-process executor runs one worker per GPU (or N on CPU), each pulling
 shards from a queue; on this machine a worker also has its own decode processes that prepare the next batches
-(decode, resize, resample) while the model encodes the current one, and hand them back through shared memory
-(transfer.py). A cluster's workers decode in the worker, between batches.
+(decode, resize, resample) while the model encodes the current one, and hand them back through the worker's
+shared-memory blocks (DecodePool, transfer.py). A cluster's workers decode in the worker, between batches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from functools import partial
 from typing import Any
 
 import torch
 
 from mmindex.dataset import Dataset, shard_name
 from mmindex.dataset.embeddings import EmbeddingStore, ShardSummary
-from mmindex.embed.shard import Chunk, embed_shard, prepare_chunk
-from mmindex.embed.transfer import SharedBatch, pack
+from mmindex.embed.shard import Chunk, decoded_here, embed_shard, prepare_chunk
+from mmindex.embed.transfer import Blocks, SharedBatch, pack
 from mmindex.encoders.base import Preparer
 from mmindex.encoders.device_decode import on_device
 from mmindex.executors.processes import child_setup
+from mmindex.parallel import ordered_map
 from mmindex.sizes import counted
 from mmindex.spaces import Space
 from mmindex.stages import Each, Stage, Worker
@@ -44,13 +45,42 @@ def _install_preparers(preparers: dict[str, Preparer]) -> None:
     torch.set_num_threads(1)
 
 
-def _prepare_and_share(chunk: Chunk) -> list[Any] | SharedBatch:
-    """In a decode process: the batch goes back through shared memory (see transfer.py)."""
-    return pack(prepare_chunk(chunk, _preparers))
+def _prepare_and_share(job: tuple[Chunk, str | None]) -> list[Any] | SharedBatch:
+    """In a decode process: the batch goes back through shared memory, in the block the worker handed over where it
+    fits (see transfer.py)."""
+    chunk, block = job
+    return pack(prepare_chunk(chunk, _preparers), into=block)
 
 
 def _started(_: int) -> None:
     """A job that only makes the pool start a process (they start on demand, each importing torch: seconds)."""
+
+
+class DecodePool:
+    """A worker's decode processes, all started at once: they prepare the next batches (decode, resize, resample)
+    while the model encodes the current one, and hand them back through the worker's shared-memory blocks."""
+
+    def __init__(self, processes: int, preparers: dict[str, Preparer]):
+        self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_install_preparers, initargs=(preparers,))
+        list(self.pool.map(_started, range(processes)))
+        self.ahead = 2 * processes
+        self.blocks = Blocks(most=self.ahead + 2)  # the batches in flight, and the one being read
+
+    def __call__(self, jobs: list[Chunk]) -> Iterator[contextlib.AbstractContextManager[list[Any]]]:
+        """Each chunk's batch, in order (see shard.embed_shard)."""
+        batches = ordered_map(self.pool, _prepare_and_share, ((chunk, self.blocks.take()) for chunk in jobs),
+                              self.ahead, discard=self.blocks.release)
+        try:
+            for packed in batches:
+                yield self.blocks.received(packed)
+        finally:
+            batches.close()  # a shard stopped early: the batches decoded ahead are released
+            self.blocks.settle()
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+        self.blocks.close()
 
 
 def decode_processes(asked: int | None, device: str, workers: int) -> int:
@@ -92,24 +122,17 @@ class EmbedShards:
                 encoder.decode_on_device()
         preparers = {modality: encoder.preparer() for modality, encoder in self.encoders.items()}
         decoders = decode_processes(self.decode_workers, self.on, worker.count) if worker.local else 0
-        self.pool = None
-        self.prepare: Any = partial(prepare_chunk, preparers=preparers)
-        if decoders:
-            self.pool = ProcessPoolExecutor(decoders, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_install_preparers, initargs=(preparers,))
-            list(self.pool.map(_started, range(decoders)))
-            self.prepare = _prepare_and_share
-        self.ahead = 2 * max(1, decoders)
+        self.pool = DecodePool(decoders, preparers) if decoders else None
+        self.decoded = self.pool or decoded_here(preparers)
 
     def teardown(self) -> None:
         if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+            self.pool.close()
 
     def __call__(self, number: int) -> list[ShardSummary]:
         path = self.store.dataset.shard_path(number)
         try:
-            result, times = embed_shard(number, path, self.encoders, self.prepare, self.pool, self.batch_size,
-                                        self.ahead)
+            result, times = embed_shard(number, path, self.encoders, self.decoded, self.batch_size)
         except (tarfile.TarError, OSError) as err:  # a damaged shard file: the other shards go on
             return [ShardSummary(number, failed=f"shard {shard_name(number)} is damaged ({err}): run `mmindex check "
                                                 f"{self.store.dataset.root} --repair`, which rebuilds {path} from its "
