@@ -21,7 +21,7 @@ captions, the demo corpus's recorded speech clips (with transcripts) and texts. 
 
     prepare   up to 4,096 items decoded and prepared in this one process (a decode process's rate)
     encode    the encoder alone over those prepared items in batches of --batch-size on --device (or cuda:0
-              with --gpus): from inputs in memory to vectors back, repeated for at least 5 seconds
+              with --gpus): from inputs in memory to vectors back, repeated for at least --seconds (5)
     model     for images, the model's image tower alone on one batch already on the device (the raw forward)
     embed     `mmindex embed` on the same dataset (one worker, or one per GPU with --gpus), once per
               --decode-workers and --decode value: reading shards, decoding in the decode processes (or on the
@@ -124,7 +124,7 @@ def pillow_only() -> Iterator[None]:
         jpeg.plain_header = plain_header
 
 
-def _per_second(fn: Callable[[bytes], object], files: list[bytes], seconds: float = 1.0) -> float:
+def _per_second(fn: Callable[[bytes], object], files: list[bytes], seconds: float) -> float:
     done, started = 0, time.perf_counter()
     while not done or time.perf_counter() - started < seconds:
         for data in files:
@@ -133,7 +133,7 @@ def _per_second(fn: Callable[[bytes], object], files: list[bytes], seconds: floa
     return done / (time.perf_counter() - started)
 
 
-def decode_rates(preparer: Callable[[bytes], object], need: Need | None) -> None:
+def decode_rates(preparer: Callable[[bytes], object], need: Need | None, seconds: float) -> None:
     """Images/s in this one process for JPEGs of 256-2048 px (long side, 4:3): decoding alone, the space's image
     preparer and ingest's check, each through Pillow alone (before) and with libjpeg-turbo (after)."""
     photos = [array[..., :3] for _, array in _photos() if array.ndim == 3][:8]
@@ -151,9 +151,9 @@ def decode_rates(preparer: Callable[[bytes], object], need: Need | None) -> None
         measured = {}
         for label, pillow in (("before", True), ("after", False)):
             with pillow_only() if pillow else contextlib.nullcontext():
-                measured[label] = (_per_second(lambda data: load_rgb(data, need=need), files),
-                                   _per_second(preparer, files),
-                                   _per_second(lambda data: inspect_image(data, Limits()), files))
+                measured[label] = (_per_second(lambda data: load_rgb(data, need=need), files, seconds),
+                                   _per_second(preparer, files, seconds),
+                                   _per_second(lambda data: inspect_image(data, Limits()), files, seconds))
         row = [f"{side}"]
         for part in range(3):
             before, after = measured["before"][part], measured["after"][part]
@@ -191,10 +191,11 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def raw_rate(encoder, path: str, modality: str, batch_size: int) -> tuple[float, float, float | None]:
+def raw_rate(encoder, path: str, modality: str, batch_size: int,
+             seconds: float) -> tuple[float, float, float | None]:
     """(prepare items/s in this one process, encode items/s, model-only items/s): up to 4,096 items prepared
     beforehand, then the encoder's batches alone over them (from prepared inputs in memory to vectors back),
-    repeated for at least 5 seconds; for images also the model's forward alone, its input already on the device."""
+    repeated for at least ``seconds``; for images also the model's forward alone, its input already on the device."""
     items = [i for i in shard_items(path) if i.modality == modality][:4096]
     started = time.perf_counter()
     prepared = [x for x in prepare_chunk(Chunk(path, modality, items), {modality: encoder.preparer()})
@@ -204,22 +205,24 @@ def raw_rate(encoder, path: str, modality: str, batch_size: int) -> tuple[float,
     encoder.encode(batches[0])  # warm-up
     _synchronize(encoder)
     done, started = 0, time.perf_counter()
-    while not done or time.perf_counter() - started < 5.0:
+    while not done or time.perf_counter() - started < seconds:
         for batch in batches:
             encoder.encode(batch)
             done += len(batch)
         encode_rate = done / (time.perf_counter() - started)
-    return prepare_rate, encode_rate, model_rate(encoder, batches[0]) if modality == "image" else None
+    decodes_on_device = getattr(encoder, "device_images", None) is not None  # its batches are JPEG files' bytes
+    return prepare_rate, encode_rate, model_rate(encoder, batches[0], seconds) if modality == "image" and not \
+        decodes_on_device else None
 
 
-def model_rate(encoder, batch: list) -> float | None:
+def model_rate(encoder, batch: list, seconds: float) -> float | None:
     """Images/s of the model's image tower alone on a batch already on the device (a Hugging Face encoder)."""
     if not hasattr(encoder, "pixels"):
         return None
     pixels = encoder.pixels(batch)
     done, started = 0, time.perf_counter()
     with inference(encoder.device):
-        while not done or time.perf_counter() - started < 5.0:
+        while not done or time.perf_counter() - started < seconds:
             encoder.model.get_image_features(pixel_values=pixels)
             done += len(batch)
             if done % (20 * len(batch)) == 0:
@@ -247,6 +250,8 @@ def main() -> None:
     parser.add_argument("--max-side", type=int, default=512, help="largest side of the corpus's JPEGs")
     parser.add_argument("--decode-only", action="store_true", help="only the decode rates")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--seconds", type=float, default=5.0,
+                        help="each encode and model rate is timed over at least this long, each decode rate a fifth")
     args = parser.parse_args()
     model = args.model
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mmindex-embed-bench-"))
@@ -259,7 +264,7 @@ def main() -> None:
     encoders = space.load(device)
     if "image" in encoders:
         preparer = encoders["image"].preparer()
-        decode_rates(preparer, _need(preparer))
+        decode_rates(preparer, _need(preparer), args.seconds / 5)
     if args.decode_only:
         return
     handover_times(args.batch_size)
@@ -275,10 +280,11 @@ def main() -> None:
           f"space {space.name}, nvJPEG {'there' if nvjpeg() else 'not there'}")
 
     path = Dataset(str(dataset)).shard_path(0)
-    raw = {(m, "cpu"): raw_rate(encoders[m], path, m, args.batch_size) for m in sorted(encoders)}
+    raw = {(m, "cpu"): raw_rate(encoders[m], path, m, args.batch_size, args.seconds) for m in sorted(encoders)}
     if any(on_device(decode, device) for decode in args.decode) and encoders.get("image", None) is not None \
             and encoders["image"].decode_on_device():  # prepare: reading bytes; encode: decoding on the device too
-        raw["image", "device"] = raw_rate(encoders["image"], path, "image", args.batch_size)
+        prepare_rate, encode_rate, _ = raw_rate(encoders["image"], path, "image", args.batch_size, args.seconds)
+        raw["image", "device"] = prepare_rate, encode_rate, raw["image", "cpu"][2]  # the same model alone
     del encoders
     print("\n| modality | decode | decode workers | items | prepare items/s (1 process) | model alone items/s "
           "| encode items/s | `mmindex embed` items/s | embed / encode | embed / model | waiting for input "

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +165,18 @@ def test_embed_with_decode_device_gives_the_cpu_paths_vectors_within_tolerance(d
     cpu, device = (v.astype(np.float32) for v in (vectors["cpu"], vectors["device"]))
     assert len(cpu) == len(device) > 20
     assert cosines(list(cpu), list(device)).min() > 0.98
+
+
+def test_the_device_check_benchmark_runs_here_through_the_cpu_fallback(tiny_clip, tmp_path):
+    """benchmarks/device_check.sh runs embed_bench with --decode cpu device once on a GPU, with no time to rerun it:
+    the same code path runs here (device decoding falls back to libjpeg-turbo in the worker), so it cannot fail
+    there for a reason a CPU would show (it once crashed timing the model on a batch of JPEG bytes)."""
+    command = [sys.executable, "benchmarks/embed_bench.py", "--model", str(tiny_clip), "--images", "24",
+               "--batch-size", "8", "--decode-workers", "1", "--decode", "cpu", "device", "--seconds", "0.2",
+               "--workdir", str(tmp_path)]
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| image |")]
+    assert [row[1].split()[0] for row in rows] == ["cpu", "device"] and all(row[3] == "24" for row in rows)
+    assert "hand-over of a batch of 8 images" in done.stdout
