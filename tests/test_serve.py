@@ -100,6 +100,7 @@ def test_media_are_the_ingested_bytes_with_their_type_and_byte_ranges(server: Se
     for outside in (f"bytes={size}-", f"bytes={size + 10}-{size + 20}", "bytes=-0"):
         beyond = server.http.get(url, headers={"Range": outside}, timeout=10)
         assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{size}", outside
+        assert beyond.headers["content-type"] == "application/json" and "outside" in beyond.json()["error"]
     for ignored in ("bytes=0-1,5-6", "items=0-5", "bytes=x-y", "bytes=50-10"):  # HTTP lets a server ignore these
         assert server.http.get(url, headers={"Range": ignored}, timeout=10).content == cat, ignored
     clip = server.http.get(f"{server.url}/media/demo/{server.key('conf_locked')}/audio", timeout=10)

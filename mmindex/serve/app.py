@@ -9,7 +9,6 @@ stall everyone.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -31,7 +30,7 @@ from mmindex.serve.fairness import Lanes, client_of
 from mmindex.serve.guards import BodyLimit, BodyTooLarge, Timeout, TokenAuth
 from mmindex.serve.hits import api_hit
 from mmindex.serve.members import RangeNotSatisfiable, byte_range, find_member
-from mmindex.serve.policy import ApiError
+from mmindex.serve.policy import ApiError, error_body
 from mmindex.serve.queries import SearchRequest, read_search
 from mmindex.serve.settings import ServeLimits, ServeSettings
 from mmindex.serve.thumbnails import Thumbnails
@@ -92,8 +91,9 @@ def create_app(settings: ServeSettings, catalog: dict[str, ServedDataset]) -> Fa
         try:
             wanted = byte_range(request.headers.get("range"), found.size)
         except RangeNotSatisfiable:
-            return JSONResponse({"error": f"the range {request.headers.get('range')} lies outside the member's "
-                                 f"{found.size:,} bytes"}, 416, {**headers, "Content-Range": f"bytes */{found.size}"})
+            return Response(error_body(f"the range {request.headers.get('range')} lies outside the member's "
+                                       f"{found.size:,} bytes"), 416,
+                            {**headers, "Content-Range": f"bytes */{found.size}"}, media_type="application/json")
         if wanted is None:
             return StreamingResponse(found.read(), 200, {**headers, "Content-Length": str(found.size)},
                                      media_type=found.content_type)
@@ -167,8 +167,8 @@ def checked_key(key: str) -> str:
 
 def _errors(app: FastAPI) -> None:
     """Every refusal as {"error": "..."}: what was wrong, in one sentence."""
-    def error(status: int, message: str) -> Response:  # plain ASCII JSON, whatever a message quotes
-        return Response(json.dumps({"error": message}), status, media_type="application/json")
+    def error(status: int, message: str) -> Response:
+        return Response(error_body(message), status, media_type="application/json")
 
     app.add_exception_handler(ApiError, lambda _, err: error(err.status, err.message))
     app.add_exception_handler(NotFound, lambda _, err: error(404, str(err)))

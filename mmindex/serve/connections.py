@@ -15,12 +15,12 @@ bounded by the Timeout guard (guards.py).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from mmindex.serve.policy import error_body
 from mmindex.serve.settings import ServeLimits
 
 WAITING, READING, WORKING = "waiting", "reading", "working"   # for a request, for its body, on it
@@ -28,7 +28,7 @@ WAITING, READING, WORKING = "waiting", "reading", "working"   # for a request, f
 
 def raw_error(status: int, reason: str, message: str) -> bytes:
     """A whole HTTP/1.1 response with the API's error shape, for a connection about to be closed."""
-    body = json.dumps({"error": message}).encode()
+    body = error_body(message)
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             f"connection: close\r\n\r\n").encode() + body
 

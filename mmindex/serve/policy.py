@@ -26,6 +26,11 @@ class ApiError(Exception):
         self.message = message
 
 
+def error_body(message: str) -> bytes:
+    """The one shape of every refusal's body, {"error": "..."}: plain ASCII JSON, whatever the message quotes."""
+    return json.dumps({"error": message}).encode()
+
+
 def shown(value: Any) -> str:
     """A value as an error may quote it: short, and plain ASCII whatever the client sent."""
     try:
