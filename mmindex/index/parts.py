@@ -29,9 +29,9 @@ from mmindex import storage
 from mmindex.dataset.indexes import INDEX, LISTS, Generation
 from mmindex.index.choose import PARTS_AT_ONCE
 from mmindex.index.plan import IndexPlan, ShardSpan, lists_on_disk, scratch_prefix
-from mmindex.index.searchable import give_back_freed_memory
 from mmindex.index.store import native_stdout_to_stderr, read_index
 from mmindex.index.vectors import sample_rows
+from mmindex.native import give_back_freed_memory
 from mmindex.stages import Compact
 
 log = logging.getLogger("mmindex")

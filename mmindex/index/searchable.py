@@ -9,18 +9,17 @@ also keeps results of several modalities on one scale.
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 from typing import Any
 
 import faiss
 import numpy as np
 
+from mmindex.native import drop_pages
+
 RERANK_BLOCK = 64   # queries re-scored at a time (bounds memory: block x candidates x dim)
 SEARCH_BLOCK = 256  # queries searched at a time (bounds the pages of on-disk lists a batch holds) ...
 BLOCK_LIST_BYTES = 64 * 2**20  # ... and fewer where their lists would hold more than this (10M SQ8: 8 MB a query)
-MADV_DONTNEED = 4   # madvise(2): the process no longer needs these pages of a mapping
-_LIBC = ctypes.CDLL(None)
 
 
 class ExactVectors:
@@ -152,15 +151,7 @@ def release_pages(index: faiss.Index) -> None:
     except RuntimeError:
         return
     if isinstance(lists, faiss.OnDiskInvertedLists) and lists.totsize:
-        _LIBC.madvise(ctypes.c_void_p(int(lists.ptr)), ctypes.c_size_t(lists.totsize), MADV_DONTNEED)
-
-
-def give_back_freed_memory() -> None:
-    """Hands memory that was freed back to the system: glibc keeps what a thread freed for its next allocations,
-    and after filling parts on two threads a build held 1.3 GB that nothing used while it merged and tuned."""
-    trim = getattr(_LIBC, "malloc_trim", None)  # glibc's; other C libraries give memory back as they do
-    if trim is not None:
-        trim(0)
+        drop_pages(int(lists.ptr), lists.totsize)
 
 
 def describe_search(info: dict[str, Any]) -> str:

@@ -8,7 +8,6 @@ embeddings. Every read below resolves the published generation once and reads al
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +27,7 @@ from mmindex.dataset.samples import read_samples
 from mmindex.index.exclusion import Exclusion, accounted, stale_exclusion
 from mmindex.index.searchable import ExactVectors, SearchableIndex
 from mmindex.index.vectors import Rows, Unmapped
+from mmindex.native import flush_c_stdio
 from mmindex.sizes import counted
 
 T = TypeVar("T")
@@ -263,7 +263,7 @@ def native_stdout_to_stderr() -> Iterator[None]:
     try:
         yield
     finally:
-        ctypes.CDLL(None).fflush(None)
+        flush_c_stdio()
         os.dup2(saved, 1)
         os.close(saved)
 
