@@ -2,7 +2,9 @@
 
 For each ordered pair of modalities, every sample with both is a query (its vector of the first modality);
 the correct answers are the second modality's items of all samples that share its caption (so duplicates
-of a caption count as correct). Ranks come from exact search over all vectors, and from the built index.
+of a caption count as correct). Ranks come from exact search over all vectors, and from the built index (one
+built without near-duplicates holds a group's representative for its copies, and finding it counts as finding
+them).
 
 In a bridge space, only the held-out samples (a fixed 20% of keys, whose captions the mapping never learned
 from) are queries, and pairs with a modality that came through the bridge are marked as such.
@@ -10,6 +12,7 @@ from) are queries, and pairs with a modality that came through the bridge are ma
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mmindex.bridge.learn import held_out
+from mmindex.dataset.duplicates import DuplicateStore
 from mmindex.dataset.embeddings import EmbeddingStore
 from mmindex.dataset.samples import captions
 from mmindex.index.searchable import SearchableIndex
@@ -89,11 +93,12 @@ def evaluate(store: EmbeddingStore, with_index: bool = True) -> list[dict[str, A
             row["queries_from"] = "held-out keys"
             row["through_bridge"] = source in bridged or target in bridged
         if target not in built:
-            built[target] = _checked_index(store, target) if with_index else None
-        index = built[target]
-        if index is not None:
+            built[target] = _checked_index(store, target, targets.keys) if with_index else None
+        if built[target] is not None:
+            index, positions, stands_for = built[target]
             _, found = index.search(query_vectors, min(INDEX_DEPTH, index.ntotal))
-            row["index"] = summarise([first_correct(r, c) for r, (_, c) in zip(found, asked, strict=True)])
+            row["index"] = summarise([first_correct(np.where(r >= 0, positions[r], -1), stands_for(c))
+                                      for r, (_, c) in zip(found, asked, strict=True)])
             row["index_type"] = IndexFiles(store, target).info()["type"]
         rows.append(row)
     return rows
@@ -107,9 +112,22 @@ def _bridged_modalities(store: EmbeddingStore) -> set[str] | None:
     return set(bridged.modalities()) - set(base.modalities())
 
 
-def _checked_index(store: EmbeddingStore, modality: str) -> SearchableIndex | None:
-    """The modality's built index, refused if stale; None if none is built."""
+def _checked_index(store: EmbeddingStore, modality: str,
+                   keys: list[str]) -> tuple[SearchableIndex, np.ndarray, Callable[[set[int]], set[int]]] | None:
+    """The modality's built index (refused if stale; None if none is built), the position in ``keys`` of each of
+    its ids, and what makes a set of correct positions whole for it: an index without near-duplicates holds each
+    group's representative alone (under ids of its own), which stands for the copies it leaves out, as search
+    shows it in their place."""
     files = IndexFiles(store, modality)
     if not files.exists():
         return None
-    return files.load_published(check=True).index
+    loaded = files.load_published(check=True)
+    position = {key: i for i, key in enumerate(keys)}
+    positions = np.fromiter((position[key] for key in loaded.keys), np.int64, len(loaded.keys))
+    if not loaded.info.get("excluded"):
+        return loaded.index, positions, lambda correct: correct
+    groups = DuplicateStore(store.dataset, store.space.name).groups()
+    representative = {position[row["key"]]: position[row["representative"]] for row in groups
+                      if row["modality"] == modality and row["key"] in position}
+    return loaded.index, positions, lambda correct: correct | {representative[i] for i in correct
+                                                               if i in representative}

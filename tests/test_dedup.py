@@ -388,3 +388,35 @@ def test_check_repair_rebuilds_an_index_without_duplicates_as_it_was_built(exclu
     assert result.exit_code == 0, result.output
     assert files.info()["excluded"]["vectors"] == 6
     files.check(keys=True)
+
+
+def test_eval_of_an_index_without_duplicates_counts_the_copy_it_stands_for(tiny_clip: Path, tmp_path: Path):
+    """Captioned photos and captioned copies of the coffee photo, the copies left out of the index: eval reads each
+    id's key (the index numbers only what it holds), and the representative found for a copy's caption counts as
+    found, as search shows it. The index is exact at this size, so it ranks answers as high as exact search or
+    higher (a copy gone can only lift the others)."""
+    from mmindex.evaluate import evaluate
+    from mmindex.index.settings import BuildSettings
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for stem in PHOTOS:
+        shutil.copy(CORPUS / "photos" / f"{stem}.jpg", corpus / f"{stem}.jpg")
+        shutil.copy(CORPUS / "photos" / f"{stem}.txt", corpus / f"{stem}.txt")
+    coffee = Image.open(CORPUS / "photos" / "coffee.jpg").convert("RGB")
+    for name, copy in (("coffee_png.png", coffee), ("coffee_small.jpg", coffee.resize((200, 133))),
+                       ("coffee_gray.jpg", ImageOps.grayscale(coffee))):
+        copy.save(corpus / name)
+        (corpus / name).with_suffix(".txt").write_text(f"the coffee photo again, {name.split('_')[1][:-4]}")
+    dataset = tmp_path / "dataset"
+    ingest(corpus, dataset=dataset)
+    embed(dataset, str(tiny_clip), threads=1)
+    dedup(DedupSettings(str(dataset), str(tiny_clip)))
+    build_indexes(IndexSettings(str(dataset), str(tiny_clip), BuildSettings(exclude_duplicates=True)))
+    store = EmbeddingStore(Dataset(str(dataset)), resolve_space(str(tiny_clip)))
+    members, _ = image_group(dataset, store.space.name)
+    assert len(members) == 4
+    [row] = [row for row in evaluate(store) if (row["query"], row["target"]) == ("caption", "image")]
+    assert row["exact"]["queries"] == row["index"]["queries"] == len(PHOTOS) + 3
+    for k in (1, 5):
+        assert row["index"][f"recall@{k}"] >= row["exact"][f"recall@{k}"], row
