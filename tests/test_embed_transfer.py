@@ -143,3 +143,29 @@ def test_a_shard_that_stops_early_leaves_every_block_free_and_the_run_leaves_non
     finally:
         pool.close()
     assert shared_blocks() <= before
+
+
+def test_where_shared_memory_is_short_a_batch_goes_through_the_pipe_and_the_user_is_told(monkeypatch, caplog):
+    """A container's /dev/shm is 64 MB unless given more, and writing a block past its end kills the process
+    (SIGBUS): a batch no free block holds goes through the pipe instead when a new block would not fit."""
+    from mmindex.embed import transfer
+
+    class Full:
+        f_bavail, f_frsize = 100, 4096   # 400 KB free
+
+    monkeypatch.setattr(transfer.os, "statvfs", lambda _: Full)
+    transfer._say_shared_memory_is_short.cache_clear()
+    batch = images(0)   # 1.2 MB
+    with caplog.at_level("WARNING", logger="mmindex"):
+        assert pack(batch) is batch and isinstance(pack(images(1)), list)  # said once, not per batch
+    [said] = [r.getMessage() for r in caplog.records]
+    assert "/dev/shm has no room" in said and "--shm-size" in said
+    blocks = Blocks(most=1)
+    monkeypatch.undo()
+    blocks.take()
+    with blocks.received(pack(batch)) as back:  # with room, a block as before
+        assert_same(back, batch)
+    given = blocks.take()
+    monkeypatch.setattr(transfer.os, "statvfs", lambda _: Full)
+    assert pack(batch, into=given).block == given   # a free block that holds it is used whatever the room left
+    blocks.close()

@@ -12,11 +12,18 @@ reads it, one 4 KB page at a time, and for a 38 MB batch that cost several times
 (benchmarks/RESULTS.md). So the worker owns its blocks (Blocks): it hands each job a free block to fill, takes it
 back once the batch is encoded, and keeps a block that a decode process had to make (none was free, or the batch
 outgrew it), up to a bound. Each process maps a block once and keeps it mapped.
+
+Where shared memory is short (a container's /dev/shm is 64 MB unless it is given more), a batch that no free block
+holds and that a new block would not fit goes through the pipe instead, slower but whole: a process that writes a
+block past the end of /dev/shm is killed (SIGBUS).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
+import os
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+log = logging.getLogger("mmindex")
+SHARED_MEMORY = "/dev/shm"   # where Linux keeps shared memory (a tmpfs)
 SMALLEST = 1 << 20   # below a megabyte the pipe is as fast, and no block is used
 ALIGN = 64           # each array starts on a cache line
 
@@ -62,6 +71,9 @@ def pack(prepared: list[Any], into: str | None = None) -> list[Any] | SharedBatc
     if given is not None and given.size < size:  # the worker swaps it for the larger one (Blocks._done)
         _mapped.pop(given.name).close()
         given = None
+    if given is None and not _room_for(size):
+        _say_shared_memory_is_short()
+        return prepared
     block = given or shared_memory.SharedMemory(create=True, size=size)
     for array, offset in zip(arrays.values(), offsets, strict=True):
         np.ndarray(array.shape, array.dtype, buffer=block.buf, offset=offset)[...] = array
@@ -70,6 +82,23 @@ def pack(prepared: list[Any], into: str | None = None) -> list[Any] | SharedBatc
     return SharedBatch(block.name, [(i, a.shape, a.dtype.str, offset) for (i, a), offset
                                     in zip(arrays.items(), offsets, strict=True)],
                        {i: x for i, x in enumerate(prepared) if i not in arrays})
+
+
+def _room_for(size: int) -> bool:
+    """Whether Linux's shared memory (/dev/shm) has room for a new block of ``size`` bytes, with as much again to
+    spare for the other decode processes' (elsewhere, True: shared memory is not a small file system there)."""
+    try:
+        found = os.statvfs(SHARED_MEMORY)
+    except OSError:
+        return True
+    return found.f_bavail * found.f_frsize >= 2 * size
+
+
+@functools.cache
+def _say_shared_memory_is_short() -> None:
+    """Once per process: shared memory is short, and what gives it room."""
+    log.warning("embed: %s has no room for another batch: batches go through a pipe instead, more slowly. Give it "
+                "more (docker run --shm-size=2g), or lower --batch-size or --decode-workers", SHARED_MEMORY)
 
 
 def _remove(name: str) -> None:
