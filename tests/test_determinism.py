@@ -53,9 +53,13 @@ def test_real_speech_still_passes(audio_encoder):
     assert result.skipped == [None] and "too short" in result.notes[0].lower(), result.notes
 
 
-def test_clips_transcribed_together_keep_their_own_words(audio_encoder):
-    """Whisper decodes the windows of a batch's clips together: each clip still gets its own transcript, the same
-    as alone, and a sound between two speech clips stays no speech."""
+@pytest.mark.parametrize("at_once", [32, 1])
+def test_clips_transcribed_together_keep_their_own_words(audio_encoder, at_once, monkeypatch):
+    """Whisper decodes the windows of a batch's clips together (at most WINDOWS_AT_ONCE per call): each clip still
+    gets its own transcript, the same as alone, and a sound between two speech clips stays no speech."""
+    from mmindex.encoders import speech
+
+    monkeypatch.setattr(speech, "WINDOWS_AT_ONCE", at_once)
     prepare = audio_encoder.preparer()
     clips = [prepare((CORPUS / "speech" / name).read_bytes()) for name in ("vm_tooshort.flac", "demo_thanks.wav")]
     clips.insert(1, prepare(slowed_cat()))

@@ -44,6 +44,7 @@ WHISPER_RATE = 16_000
 NO_SPEECH = "no speech detected"
 NO_SPEECH_PROB = 0.6   # whisper's own default: above it, whisper judges a window not to be speech
 WINDOW_SECONDS = 30    # whisper's window: it reads no more at once
+WINDOWS_AT_ONCE = 32   # windows decoded in one batch (30 s of audio and 1 MB of features each, at most)
 
 
 @dataclass(frozen=True)
@@ -115,17 +116,25 @@ class SpeechEncoder(Encoder):
         return collect_chunks(samples, stretches, WHISPER_RATE, longest)[0] if stretches else []
 
     def transcripts(self, clips: list[np.ndarray]) -> list[str]:
-        """Each clip's transcript ("" for no speech). The windows of all the clips are laid end to end, each from
-        a whole second, and decoded in batches of as many windows as there are clips. Each segment whisper returns
-        names its window by its ``seek``: the window's start in whisper's frames (exact, from a whole second)."""
+        """Each clip's transcript ("" for no speech): the windows of all the clips, decoded WINDOWS_AT_ONCE at a
+        time (a bound on the audio and features held at once, whatever the clips' lengths)."""
         owners, windows = [], []
         for owner, samples in enumerate(clips):
             for window in self.windows(samples):
                 owners.append(owner)
                 windows.append(window)
         texts: list[list[str]] = [[] for _ in clips]
-        if not windows:
-            return ["" for _ in clips]
+        for start in range(0, len(windows), WINDOWS_AT_ONCE):
+            decoded = self._decoded(windows[start:start + WINDOWS_AT_ONCE])
+            for owner, text in zip(owners[start:start + WINDOWS_AT_ONCE], decoded, strict=True):
+                if text:
+                    texts[owner].append(text)
+        return [" ".join(text) for text in texts]
+
+    def _decoded(self, windows: list[np.ndarray]) -> list[str]:
+        """Each window's text ("" where whisper hears no speech, or doubts what it heard), all in one batch. The
+        windows are laid end to end, each from a whole second, and each segment whisper returns names its window
+        by its ``seek``: the window's start in whisper's frames (exact, from a whole second)."""
         starts = [0]
         for window in windows[:-1]:
             starts.append(starts[-1] + ceil(len(window) / WHISPER_RATE))
@@ -135,13 +144,14 @@ class SpeechEncoder(Encoder):
         bounds = [{"start": start, "end": start + len(window) / WHISPER_RATE}
                   for start, window in zip(starts, windows, strict=True)]
         segments, _ = self.batched.transcribe(audio, language=self.settings.language, clip_timestamps=bounds,
-                                              batch_size=len(clips), beam_size=self.settings.beam_size,
+                                              batch_size=len(windows), beam_size=self.settings.beam_size,
                                               temperature=0, without_timestamps=True)
-        owner_at = {start * self.whisper.frames_per_second: owner for start, owner in zip(starts, owners, strict=True)}
+        window_at = {start * self.whisper.frames_per_second: i for i, start in enumerate(starts)}
+        texts: list[list[str]] = [[] for _ in windows]
         for segment in segments:
-            if self.speech(segment):
-                texts[owner_at[segment.seek]].append(segment.text.strip())
-        return [" ".join(text).strip() for text in texts]
+            if self.speech(segment) and segment.text.strip():
+                texts[window_at[segment.seek]].append(segment.text.strip())
+        return [" ".join(text) for text in texts]
 
     def speech(self, segment: Any) -> bool:
         """Whether whisper both takes a segment for speech and trusts its transcript."""
