@@ -4,6 +4,7 @@ run, whether every batch is read or the run stops first."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def test_a_shard_that_stops_early_leaves_every_block_free_and_the_run_leaves_non
     assert shared_blocks() <= before
 
 
-def test_where_shared_memory_is_short_a_batch_goes_through_the_pipe_and_the_user_is_told(monkeypatch, caplog):
+def test_where_shared_memory_is_short_a_batch_goes_through_the_pipe_and_the_user_is_told(monkeypatch):
     """A container's /dev/shm is 64 MB unless given more, and writing a block past its end kills the process
     (SIGBUS): a batch no free block holds goes through the pipe instead when a new block would not fit."""
     from mmindex.embed import transfer
@@ -156,9 +157,15 @@ def test_where_shared_memory_is_short_a_batch_goes_through_the_pipe_and_the_user
     monkeypatch.setattr(transfer.os, "statvfs", lambda _: Full)
     transfer._say_shared_memory_is_short.cache_clear()
     batch = images(0)   # 1.2 MB
-    with caplog.at_level("WARNING", logger="mmindex"):
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("mmindex").addHandler(handler)  # the CLI's setup stops the logger's records at its own handler
+    try:
         assert pack(batch) is batch and isinstance(pack(images(1)), list)  # said once, not per batch
-    [said] = [r.getMessage() for r in caplog.records]
+    finally:
+        logging.getLogger("mmindex").removeHandler(handler)
+    [said] = said
     assert "/dev/shm has no room" in said and "--shm-size" in said
     blocks = Blocks(most=1)
     monkeypatch.undo()
