@@ -113,7 +113,8 @@ def test_each_run_records_how_long_the_model_waited_for_its_input(offline_embedd
     """The share of a worker's time spent waiting for decoded input says whether decoding bounds a run."""
     run = json.loads((offline_embedded / "embeddings" / "offline" / "stats.json").read_text())["runs"][-1]
     for modality, figures in run["modalities"].items():
-        assert 0 < figures["waiting_seconds"] < figures["worker_seconds"], (modality, figures)
+        assert 0 <= figures["waiting_seconds"] < figures["worker_seconds"], (modality, figures)
+    assert run["modalities"]["image"]["waiting_seconds"] > 0  # 35 photos and drawings decoded (milliseconds each)
 
 
 @pytest.mark.parametrize("waited, starved", [(8.0, True), (2.0, False)])
