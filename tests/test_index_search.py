@@ -369,3 +369,20 @@ def test_eval_of_a_dataset_not_embedded_says_what_to_run(demo_dataset):
     result = runner.invoke(app, ["eval", str(demo_dataset)])
     assert result.exit_code == 2 and "nothing to evaluate" in result.output
     assert f"mmindex embed {demo_dataset} --model offline" in result.output and "No pairs" not in result.output
+
+
+@pytest.mark.parametrize("block", [7, 64, 8_192])
+def test_the_ground_truth_of_tuning_is_every_querys_exact_nearest(block, monkeypatch):
+    """Tuning's exact nearest, taken a block of vectors at a time (blocks of fewer vectors than k included, and a
+    last short shard), are those of one exact search over all of them, best first."""
+    from mmindex.index import tune
+    from mmindex.index.vectors import ShardVectors
+
+    monkeypatch.setattr(tune, "EXACT_BLOCK", block)
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((1_003, 16)).astype(np.float16)
+    queries = rng.standard_normal((40, 16)).astype(np.float32)
+    shards = [ShardVectors(0, None, vectors[:500]), ShardVectors(1, None, vectors[500:1_000]),
+              ShardVectors(2, None, vectors[1_000:])]
+    expected = np.argsort(-(queries @ vectors.astype(np.float32).T), axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(exact_neighbours(shards, queries), expected)

@@ -53,9 +53,13 @@ def exact_neighbours(shards: list[ShardVectors], queries: np.ndarray, k: int = K
         for start in range(0, len(shard), EXACT_BLOCK):
             block = np.asarray(shard.vectors[start:start + EXACT_BLOCK], np.float32)
             scores = queries @ block.T
-            ids = np.broadcast_to(np.arange(offset + start, offset + start + len(block)), scores.shape)
+            if scores.shape[1] > k:  # the block's k best first: merging all its scores copied them three times
+                columns = np.argpartition(scores, -k, axis=1)[:, -k:]
+                scores = np.take_along_axis(scores, columns, axis=1)
+            else:
+                columns = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
             both_scores = np.concatenate([best_scores, scores], axis=1)
-            both_ids = np.concatenate([best_ids, ids], axis=1)
+            both_ids = np.concatenate([best_ids, columns + (offset + start)], axis=1)
             top = np.argpartition(-both_scores, k - 1, axis=1)[:, :k]
             best_scores = np.take_along_axis(both_scores, top, axis=1)
             best_ids = np.take_along_axis(both_ids, top, axis=1)
