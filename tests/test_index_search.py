@@ -386,3 +386,17 @@ def test_the_ground_truth_of_tuning_is_every_querys_exact_nearest(block, monkeyp
               ShardVectors(2, None, vectors[1_000:])]
     expected = np.argsort(-(queries @ vectors.astype(np.float32).T), axis=1, kind="stable")[:, :10]
     np.testing.assert_array_equal(exact_neighbours(shards, queries), expected)
+
+
+def test_an_index_gets_each_modalitys_embedded_keys_in_vector_order():
+    """A shard's embeddings table lists items in tar order, of every modality, skipped ones without a row: the keys
+    of one modality come back in the order of its vectors."""
+    import pyarrow as pa
+
+    from mmindex.dataset.embeddings import embedded_keys
+
+    table = pa.table({"key": ["a", "b", "c", "d", "e", "f"],
+                      "modality": ["image", "text", "image", "image", "text", "image"],
+                      "row": pa.array([2, 0, None, 0, 1, 1], pa.int64())})
+    assert embedded_keys(table, "image") == ["d", "f", "a"]
+    assert embedded_keys(table, "text") == ["b", "e"] and embedded_keys(table, "audio") == []

@@ -150,9 +150,10 @@ def write_vectors(out: BinaryIO, shape: tuple[int, int], chunks: Iterable[np.nda
 
 
 def embedded_keys(table: pa.Table, modality: str) -> list[str]:
-    """Keys of a shard's embedded items of ``modality`` (skipped ones have no row), in vector order."""
-    rows = [(r["row"], r["key"]) for r in table.to_pylist() if r["modality"] == modality and r["row"] is not None]
-    return [key for _, key in sorted(rows)]
+    """Keys of a shard's embedded items of ``modality`` (skipped ones have no row), in vector order: filtered and
+    ordered by Arrow (a row as a Python dict cost a second per million)."""
+    embedded = table.filter(pc.and_(pc.equal(table["modality"], modality), pc.is_valid(table["row"])))
+    return embedded["key"].take(pc.sort_indices(embedded["row"])).to_pylist()
 
 
 def recorded_spaces(dataset: Dataset) -> list[Space]:
