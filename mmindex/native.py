@@ -1,5 +1,5 @@
-"""The few calls mmindex makes into the C library, in one place: memory given back to the system, and C stdio
-flushed, where Python has no call of its own."""
+"""The few calls mmindex makes into the C library, in one place: memory given back to the system (Arrow's allocator's
+with it), and C stdio flushed, where Python has no call of its own."""
 
 from __future__ import annotations
 
@@ -16,7 +16,11 @@ def drop_pages(address: int, size: int) -> None:
 
 def give_back_freed_memory() -> None:
     """Hands memory that was freed back to the system: glibc keeps what a thread freed for its next allocations,
-    and after filling parts on two threads an index build held 1.3 GB that nothing used while it merged and tuned."""
+    and after filling parts on two threads an index build held 1.3 GB that nothing used while it merged and tuned.
+    Arrow's own allocator (mimalloc) keeps what it freed too: about 60 MB after reading a 1M-row shard's keys."""
+    import pyarrow
+
+    pyarrow.default_memory_pool().release_unused()
     trim = getattr(_LIBC, "malloc_trim", None)  # glibc's; other C libraries give memory back as they do
     if trim is not None:
         trim(0)

@@ -85,13 +85,17 @@ class IndexPlan(Compact):
 
     def shard_vectors(self, span: ShardSpan) -> ShardVectors:
         """The shard's vectors as the index holds them (near-duplicates left out), without their keys."""
-        return self.shard(span).without_keys()
+        return self.shard(span, keys=False)
 
-    def shard(self, span: ShardSpan) -> ShardVectors:
-        """The shard's vectors (read, not mapped: see vectors.Unmapped) and keys as the index holds them."""
-        shard = shard_vectors(self.files.embeddings, span.number, self.files.modality).unmapped()
-        if self.exclusion is not None:
+    def shard(self, span: ShardSpan, keys: bool = True) -> ShardVectors:
+        """The shard's vectors (read, not mapped: see vectors.Unmapped) and keys as the index holds them. The keys
+        are read only where asked for, or needed to leave near-duplicates out."""
+        excluding = self.exclusion is not None
+        shard = shard_vectors(self.files.embeddings, span.number, self.files.modality, keys or excluding).unmapped()
+        if excluding:
             shard = Exclusion.of(self.files.duplicates, self.files.modality).keep(shard)
+        if not keys:
+            shard = shard.without_keys()
         if len(shard) != span.vectors:
             raise ValueError(f"shard {span.name}'s {self.files.modality} vectors changed during the build: run the "
                              f"same command again")

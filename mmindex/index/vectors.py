@@ -105,9 +105,12 @@ class ShardVectors:
         return ShardVectors(self.number, self.keys, Unmapped.of(self.vectors))
 
 
-def shard_vectors(store: EmbeddingStore, number: int, modality: str) -> ShardVectors:
+def shard_vectors(store: EmbeddingStore, number: int, modality: str, keys: bool = True) -> ShardVectors:
+    """A shard's vectors of ``modality``, with their keys unless ``keys`` is False (a build reads the vectors of
+    every shard several times, the keys once)."""
     table, arrays = store.read(number)  # refuses damaged files, saying how to repair them
-    return ShardVectors(number, embedded_keys(table, modality), arrays.get(modality, np.zeros((0, 0), np.float16)))
+    return ShardVectors(number, embedded_keys(table, modality) if keys else None,
+                        arrays.get(modality, np.zeros((0, 0), np.float16)))
 
 
 def modality_shards(store: EmbeddingStore, modality: str, numbers: list[int] | None = None) -> Iterator[ShardVectors]:
