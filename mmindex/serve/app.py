@@ -91,9 +91,8 @@ def create_app(settings: ServeSettings, catalog: dict[str, ServedDataset]) -> Fa
         try:
             wanted = byte_range(request.headers.get("range"), found.size)
         except RangeNotSatisfiable:
-            return Response(error_body(f"the range {request.headers.get('range')} lies outside the member's "
-                                       f"{found.size:,} bytes"), 416,
-                            {**headers, "Content-Range": f"bytes */{found.size}"}, media_type="application/json")
+            return error(416, f"the range {request.headers.get('range')} lies outside the member's {found.size:,} "
+                              f"bytes", {**headers, "Content-Range": f"bytes */{found.size}"})
         if wanted is None:
             return StreamingResponse(found.read(), 200, {**headers, "Content-Length": str(found.size)},
                                      media_type=found.content_type)
@@ -165,11 +164,13 @@ def checked_key(key: str) -> str:
     return key
 
 
-def _errors(app: FastAPI) -> None:
-    """Every refusal as {"error": "..."}: what was wrong, in one sentence."""
-    def error(status: int, message: str) -> Response:
-        return Response(error_body(message), status, media_type="application/json")
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """A refusal as {"error": "..."}: what was wrong, in one sentence."""
+    return Response(error_body(message), status, headers, media_type="application/json")
 
+
+def _errors(app: FastAPI) -> None:
+    """Every exception a request may end in, as a refusal (error)."""
     app.add_exception_handler(ApiError, lambda _, err: error(err.status, err.message))
     app.add_exception_handler(NotFound, lambda _, err: error(404, str(err)))
     app.add_exception_handler(BadQuery, lambda _, err: error(422, str(err)))
