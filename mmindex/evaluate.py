@@ -12,7 +12,6 @@ from) are queries, and pairs with a modality that came through the bridge are ma
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
@@ -93,13 +92,13 @@ def evaluate(store: EmbeddingStore, with_index: bool = True) -> list[dict[str, A
             row["queries_from"] = "held-out keys"
             row["through_bridge"] = source in bridged or target in bridged
         if target not in built:
-            built[target] = _checked_index(store, target, targets.keys) if with_index else None
-        if built[target] is not None:
-            index, positions, stands_for = built[target]
-            _, found = index.search(query_vectors, min(INDEX_DEPTH, index.ntotal))
-            row["index"] = summarise([first_correct(np.where(r >= 0, positions[r], -1), stands_for(c))
+            built[target] = BuiltTarget.read(store, target, targets.keys) if with_index else None
+        indexed = built[target]
+        if indexed is not None:
+            _, found = indexed.index.search(query_vectors, min(INDEX_DEPTH, indexed.index.ntotal))
+            row["index"] = summarise([first_correct(indexed.positions_of(r), indexed.correct(c))
                                       for r, (_, c) in zip(found, asked, strict=True)])
-            row["index_type"] = IndexFiles(store, target).info()["type"]
+            row["index_type"] = indexed.kind
         rows.append(row)
     return rows
 
@@ -112,22 +111,35 @@ def _bridged_modalities(store: EmbeddingStore) -> set[str] | None:
     return set(bridged.modalities()) - set(base.modalities())
 
 
-def _checked_index(store: EmbeddingStore, modality: str,
-                   keys: list[str]) -> tuple[SearchableIndex, np.ndarray, Callable[[set[int]], set[int]]] | None:
-    """The modality's built index (refused if stale; None if none is built), the position in ``keys`` of each of
-    its ids, and what makes a set of correct positions whole for it: an index without near-duplicates holds each
-    group's representative alone (under ids of its own), which stands for the copies it leaves out, as search
-    shows it in their place."""
-    files = IndexFiles(store, modality)
-    if not files.exists():
-        return None
-    loaded = files.load_published(check=True)
-    position = {key: i for i, key in enumerate(keys)}
-    positions = np.fromiter((position[key] for key in loaded.keys), np.int64, len(loaded.keys))
-    if not loaded.info.get("excluded"):
-        return loaded.index, positions, lambda correct: correct
-    groups = DuplicateStore(store.dataset, store.space.name).groups()
-    representative = {position[row["key"]]: position[row["representative"]] for row in groups
-                      if row["modality"] == modality and row["key"] in position}
-    return loaded.index, positions, lambda correct: correct | {representative[i] for i in correct
-                                                               if i in representative}
+@dataclass(frozen=True)
+class BuiltTarget:
+    """A modality's built index as eval reads it: the position among the modality's items of each of its ids (an
+    index numbers only what it holds), and, for an index without near-duplicates, the representative that stands
+    for each copy it leaves out, as search shows it in their place."""
+
+    index: SearchableIndex
+    kind: str                        # its type, as its info records it
+    positions: np.ndarray            # by id
+    representative: dict[int, int]  # a left-out copy's position -> its representative's
+
+    @classmethod
+    def read(cls, store: EmbeddingStore, modality: str, keys: list[str]) -> BuiltTarget | None:
+        """The modality's published index, refused if stale; None if none is built."""
+        files = IndexFiles(store, modality)
+        if not files.exists():
+            return None
+        loaded = files.load_published(check=True)
+        position = {key: i for i, key in enumerate(keys)}
+        groups = DuplicateStore(store.dataset, store.space.name).groups() if loaded.info.get("excluded") else []
+        return cls(loaded.index, loaded.info["type"],
+                   np.fromiter((position[key] for key in loaded.keys), np.int64, len(loaded.keys)),
+                   {position[row["key"]]: position[row["representative"]] for row in groups
+                    if row["modality"] == modality and row["key"] in position})
+
+    def positions_of(self, ids: np.ndarray) -> np.ndarray:
+        """Items' positions of the ids a search found (-1 stays -1)."""
+        return np.where(ids >= 0, self.positions[ids], -1)
+
+    def correct(self, positions: set[int]) -> set[int]:
+        """The correct answers with the representatives that stand for them."""
+        return positions | {self.representative[i] for i in positions if i in self.representative}
