@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ctypes
 
+import pyarrow
+
 MADV_DONTNEED = 4   # madvise(2): the process no longer needs these pages of a mapping
 _LIBC = ctypes.CDLL(None)
 
@@ -18,8 +20,6 @@ def give_back_freed_memory() -> None:
     """Hands memory that was freed back to the system: glibc keeps what a thread freed for its next allocations,
     and after filling parts on two threads an index build held 1.3 GB that nothing used while it merged and tuned.
     Arrow's own allocator (mimalloc) keeps what it freed too: about 60 MB after reading a 1M-row shard's keys."""
-    import pyarrow
-
     pyarrow.default_memory_pool().release_unused()
     trim = getattr(_LIBC, "malloc_trim", None)  # glibc's; other C libraries give memory back as they do
     if trim is not None:
