@@ -210,14 +210,13 @@ def raw_rate(encoder, path: str, modality: str, batch_size: int,
             encoder.encode(batch)
             done += len(batch)
         encode_rate = done / (time.perf_counter() - started)
-    decodes_on_device = getattr(encoder, "device_images", None) is not None  # its batches are JPEG files' bytes
-    return prepare_rate, encode_rate, model_rate(encoder, batches[0], seconds) if modality == "image" and not \
-        decodes_on_device else None
+    return prepare_rate, encode_rate, model_rate(encoder, batches[0], seconds) if modality == "image" else None
 
 
 def model_rate(encoder, batch: list, seconds: float) -> float | None:
-    """Images/s of the model's image tower alone on a batch already on the device (a Hugging Face encoder)."""
-    if not hasattr(encoder, "pixels"):
+    """Images/s of the model's image tower alone on a batch already on the device (a Hugging Face encoder that
+    decodes on the host: one that decodes on the device is given JPEG files' bytes, not pixels)."""
+    if not hasattr(encoder, "pixels") or encoder.device_images is not None:
         return None
     pixels = encoder.pixels(batch)
     done, started = 0, time.perf_counter()
